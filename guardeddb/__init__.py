@@ -1,0 +1,87 @@
+"""guardeddb: identity, guardrails, masking, tracing and audit for DB-API connections.
+
+::
+
+    import guardeddb
+
+    conn = guardeddb.connect("sqlite:///shop.db")
+    with guardeddb.identity(user="alice@example.com", agent="support-bot"):
+        conn.execute("SELECT name FROM customers WHERE id = ?", (42,)).fetchone()
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from . import drivers as _drivers
+from .connection import GuardedConnection, GuardedCursor, guard_connection
+from .errors import ApprovalRequired, AuditUnavailable, Error, PolicyError, QueryBlocked
+from .identity import Identity, current_identity, identity
+from .policy.decision import Decision
+from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from opentelemetry.metrics import MeterProvider
+    from opentelemetry.trace import TracerProvider
+
+__all__ = [
+    "ApprovalRequired",
+    "AuditUnavailable",
+    "Decision",
+    "Error",
+    "GuardedConnection",
+    "GuardedCursor",
+    "Identity",
+    "PolicyError",
+    "QueryBlocked",
+    "connect",
+    "current_identity",
+    "identity",
+    "wrap",
+]
+
+__version__ = "0.1.0.dev0"
+
+
+def connect(
+    target: Any,
+    *args: Any,
+    identity: Identity | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    **kwargs: Any,
+) -> GuardedConnection:
+    """Open a database connection and guard it.
+
+    ``target`` is a URL (``sqlite:///shop.db``, ``postgresql://...``,
+    ``mysql://...``, ``mariadb://...``) whose driver gets ``kwargs``, or a
+    DB-API ``connect`` callable or module that gets ``args`` and ``kwargs``.
+    ``identity`` is the connection's default identity; one bound with
+    ``guardeddb.identity()`` wins over it. The tracer and meter providers
+    default to OpenTelemetry's global ones.
+    """
+    if isinstance(target, str):
+        if args:
+            raise TypeError("a URL target takes keyword arguments only")
+        raw = _drivers.connect_url(target, kwargs)
+    else:
+        raw = _drivers.connect_callable(target)(*args, **kwargs)
+    return wrap(
+        raw, identity=identity, tracer_provider=tracer_provider, meter_provider=meter_provider
+    )
+
+
+def wrap(
+    conn: Any,
+    *,
+    identity: Identity | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+) -> GuardedConnection:
+    """Guard an open DB-API connection; a guarded one is returned as it is."""
+    if isinstance(conn, GuardedConnection):
+        return conn
+    driver = _drivers.detect(conn)
+    facts = _drivers.facts(driver, conn)
+    telemetry = Telemetry(driver, facts, tracer_provider, meter_provider)
+    return guard_connection(conn, driver, facts, telemetry, identity)

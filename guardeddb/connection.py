@@ -1,0 +1,383 @@
+"""GuardedConnection and GuardedCursor: transparent wrapt proxies.
+
+Every attribute of the driver's connection and cursor still works and
+``isinstance`` still holds; what runs SQL or returns rows is intercepted so
+that no path hands back an unguarded cursor: ``conn.cursor()``,
+``conn.execute()`` (sqlite3, psycopg), ``executescript`` (sqlite3),
+``conn.query()`` (PyMySQL), ``with conn.cursor() as cur``, ``cursor.connection``.
+
+Each driver type gets its own proxy class, composed once from the methods
+that type really has, so ``hasattr`` answers as it does on the raw object.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sized
+from typing import Any
+
+import wrapt
+
+from .drivers import ConnectionFacts, Driver
+from .errors import QueryBlocked, for_driver
+from .identity import Identity, _current
+from .policy.decision import ALLOW, Decision
+from .sql.analysis import Analysis, analyze
+from .telemetry import Operation, Telemetry
+
+__all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
+
+
+class _Guard:
+    """What every cursor of one guarded connection shares."""
+
+    __slots__ = ("blocked", "dialect", "driver", "facts", "identity", "telemetry")
+
+    def __init__(
+        self,
+        driver: Driver,
+        facts: ConnectionFacts,
+        telemetry: Telemetry,
+        identity: Identity | None,
+    ) -> None:
+        self.driver = driver
+        self.dialect = driver.dialect
+        self.facts = facts
+        self.telemetry = telemetry
+        self.identity = identity
+        self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
+
+    def analyze(self, query: Any, raw: Any) -> Analysis:
+        """The analysis of a query given as str, bytes or a composed object."""
+        if type(query) is str:
+            return analyze(query, self.dialect)
+        return analyze(query_text(query, raw), self.dialect)
+
+    def decide(self, analysis: Analysis, ident: Identity | None) -> Decision:
+        """The guardrail decision (policies arrive with the policy engine)."""
+        return ALLOW
+
+    def begin(self, query: Any, raw: Any, batch: int = 0) -> Operation | None:
+        """Analyze, decide and start recording one operation; raise if blocked."""
+        analysis = self.analyze(query, raw)
+        ident = _current.get() or self.identity
+        decision = self.decide(analysis, ident)
+        op = self.telemetry.start(analysis, ident, decision, batch)
+        if decision.action == "block":
+            exc = self.blocked(decision)
+            if op is not None:
+                op.failed(exc)
+            raise exc
+        return op
+
+    def fail(self, op: Operation, exc: BaseException) -> None:
+        op.failed(exc, self.driver.status_code(exc))
+
+    def run(
+        self, raw: Any, method: Callable[..., Any], query: Any, args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> Any:
+        """Guard ``query`` and make one call that returns no rows to count."""
+        op = self.begin(query, raw)
+        if op is None:
+            return method(*args, **kwargs)
+        try:
+            result = method(*args, **kwargs)
+        except BaseException as exc:
+            self.fail(op, exc)
+            raise
+        op.executed()
+        op.end()
+        return result
+
+
+def query_text(query: Any, raw: Any) -> str:
+    """The SQL text of ``query``: str, bytes (undecodable bytes replaced) or
+    an object that renders itself, like psycopg's ``sql.Composed``."""
+    if isinstance(query, str):
+        return query
+    if isinstance(query, bytes | bytearray | memoryview):
+        return bytes(query).decode("utf-8", "replace")
+    as_string = getattr(query, "as_string", None)
+    if callable(as_string):
+        conn = getattr(raw, "connection", raw)
+        try:
+            return str(as_string(conn))
+        except TypeError:
+            return str(as_string())
+    return str(query)
+
+
+class GuardedCursor(wrapt.BaseObjectProxy):  # type: ignore[misc]
+    """A driver cursor whose statements are guarded, traced and counted."""
+
+    def __init__(self, wrapped: Any, connection: GuardedConnection) -> None:
+        super().__init__(wrapped)
+        self._self_connection = connection
+        self._self_guard: _Guard = connection._self_guard
+        self._self_op: Operation | None = None
+
+    @property
+    def connection(self) -> GuardedConnection:
+        """The guarded connection (never the raw one)."""
+        return self._self_connection
+
+    def _self_run(
+        self, method: Callable[..., Any], query: Any, args: tuple[Any, ...],
+        kwargs: dict[str, Any], batch: int = 0,
+    ) -> Any:
+        """Guard ``query``, then ``method(*args, **kwargs)``; the span stays
+        open while the statement has rows left to fetch."""
+        self._self_done()
+        raw = self.__wrapped__
+        op = self._self_guard.begin(query, raw, batch)
+        if op is None:
+            result = method(*args, **kwargs)
+        else:
+            try:
+                result = method(*args, **kwargs)
+            except BaseException as exc:
+                self._self_guard.fail(op, exc)
+                raise
+            op.executed()
+            if raw.description is None:
+                op.end()
+            else:
+                self._self_op = op
+        return self if result is raw else result
+
+    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """Guard, trace and run one statement."""
+        return self._self_run(self.__wrapped__.execute, query, (query, *args), kwargs)
+
+    def executemany(self, query: Any, params_seq: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
+        """Guard and run a statement for each parameter set, as one BATCH span."""
+        batch = len(params_seq) if isinstance(params_seq, Sized) else 1
+        return self._self_run(
+            self.__wrapped__.executemany, query, (query, params_seq, *args), kwargs, max(batch, 1)
+        )
+
+    def _self_done(self) -> None:
+        op = self._self_op
+        if op is not None:
+            self._self_op = None
+            op.end()
+
+    def fetchone(self) -> Any:
+        row = self.__wrapped__.fetchone()
+        op = self._self_op
+        if op is not None:
+            if row is None:
+                self._self_op = None
+                op.end()
+            else:
+                op.rows += 1
+        return row
+
+    def fetchmany(self, size: int | None = None) -> Any:
+        raw = self.__wrapped__
+        rows = raw.fetchmany() if size is None else raw.fetchmany(size)
+        op = self._self_op
+        if op is not None:
+            op.rows += len(rows)
+            if not rows or len(rows) < (size or raw.arraysize):
+                self._self_op = None
+                op.end()
+        return rows
+
+    def fetchall(self) -> Any:
+        rows = self.__wrapped__.fetchall()
+        op = self._self_op
+        if op is not None:
+            op.rows += len(rows)
+            self._self_op = None
+            op.end()
+        return rows
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        row = self.fetchone()
+        if row is None:
+            raise StopIteration
+        return row
+
+    def close(self) -> None:
+        self._self_done()
+        self.__wrapped__.close()
+
+    def __enter__(self) -> GuardedCursor:
+        enter = getattr(self.__wrapped__, "__enter__", None)
+        if enter is None:
+            raise TypeError(
+                f"{type(self.__wrapped__).__name__!r} object does not support the "
+                "context manager protocol"
+            )
+        enter()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        self._self_done()
+        return self.__wrapped__.__exit__(*exc_info)
+
+    def __del__(self) -> None:
+        # The finalizer that ends a span whose result was never consumed.
+        op = getattr(self, "_self_op", None)
+        if op is not None:
+            self._self_op = None
+            op.end()
+
+    def __repr__(self) -> str:
+        return f"<guardeddb.GuardedCursor of {self.__wrapped__!r}>"
+
+
+class _ExecuteScript:
+    """sqlite3's ``executescript``: several statements, guarded as one text."""
+
+    def executescript(self: Any, sql_script: str) -> Any:
+        return self._self_run(self.__wrapped__.executescript, sql_script, (sql_script,), {})
+
+
+class _NextSet:
+    def nextset(self: Any) -> Any:
+        """Move to the next result set; its rows are counted on the same span."""
+        return self.__wrapped__.nextset()
+
+
+class _CallProc:
+    def callproc(self: Any, procname: str, args: Any = ()) -> Any:
+        """Guard a stored procedure call as the statement ``CALL procname``."""
+        return self._self_run(self.__wrapped__.callproc, f"CALL {procname}", (procname, args), {})
+
+
+class _Stream:
+    def stream(self: Any, query: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """psycopg's ``stream()``: guarded, traced, rows counted as they flow."""
+        self._self_done()
+        raw = self.__wrapped__
+        op = self._self_guard.begin(query, raw)
+        return _streamed(self._self_guard, op, raw.stream(query, *args, **kwargs))
+
+
+def _streamed(guard: _Guard, op: Operation | None, rows: Iterator[Any]) -> Iterator[Any]:
+    if op is None:
+        yield from rows
+        return
+    try:
+        for row in rows:
+            op.rows += 1
+            yield row
+    except BaseException as exc:
+        if isinstance(exc, GeneratorExit):
+            op.executed()
+            op.end()
+        else:
+            guard.fail(op, exc)
+        raise
+    op.executed()
+    op.end()
+
+
+class _Copy:
+    def copy(self: Any, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        """psycopg's ``copy()``: the COPY statement is guarded like any other."""
+        self._self_done()
+        raw = self.__wrapped__
+        return self._self_guard.run(raw, raw.copy, statement, (statement, *args), kwargs)
+
+
+class GuardedConnection(wrapt.BaseObjectProxy):  # type: ignore[misc]
+    """A driver connection whose cursors are all guarded."""
+
+    def __init__(self, wrapped: Any, guard: _Guard) -> None:
+        super().__init__(wrapped)
+        self._self_guard = guard
+
+    def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
+        """A guarded cursor; arguments go to the driver's ``cursor()``."""
+        raw = self.__wrapped__.cursor(*args, **kwargs)
+        return _cursor_class(type(raw))(raw, self)
+
+    def __enter__(self) -> GuardedConnection:
+        self.__wrapped__.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> Any:
+        return self.__wrapped__.__exit__(*exc_info)
+
+    @property
+    def guardeddb_identity(self) -> Identity | None:
+        """This connection's default identity (a context identity wins)."""
+        return self._self_guard.identity
+
+    def __repr__(self) -> str:
+        return f"<guardeddb.GuardedConnection of {self.__wrapped__!r}>"
+
+
+class _ConnExecute:
+    """``conn.execute()`` shortcuts (sqlite3, psycopg) go through a guarded cursor."""
+
+    def execute(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().execute(*args, **kwargs)
+
+
+class _ConnExecuteMany:
+    def executemany(self: Any, *args: Any, **kwargs: Any) -> Any:
+        return self.cursor().executemany(*args, **kwargs)
+
+
+class _ConnExecuteScript:
+    def executescript(self: Any, sql_script: str) -> Any:
+        return self.cursor().executescript(sql_script)
+
+
+class _ConnQuery:
+    """PyMySQL's low-level ``conn.query()`` is guarded like a cursor execute."""
+
+    def query(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        raw = self.__wrapped__
+        return self._self_guard.run(raw, raw.query, sql, (sql, *args), kwargs)
+
+
+_CURSOR_MIXINS = (
+    ("executescript", _ExecuteScript),
+    ("nextset", _NextSet),
+    ("callproc", _CallProc),
+    ("stream", _Stream),
+    ("copy", _Copy),
+)
+_CONNECTION_MIXINS = (
+    ("execute", _ConnExecute),
+    ("executemany", _ConnExecuteMany),
+    ("executescript", _ConnExecuteScript),
+    ("query", _ConnQuery),
+)
+_CLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}
+
+
+def _compose(base: type[Any], raw_type: type[Any], mixins: Any) -> type[Any]:
+    """The proxy class for ``raw_type``: ``base`` plus the mixins it has methods for."""
+    key = (base, raw_type)
+    cls = _CLASSES.get(key)
+    if cls is None:
+        bases = tuple(m for name, m in mixins if callable(getattr(raw_type, name, None)))
+        cls = type(base.__name__, (*bases, base), {"__module__": "guardeddb"})
+        _CLASSES[key] = cls
+    return cls
+
+
+def _cursor_class(raw_type: type[Any]) -> type[GuardedCursor]:
+    return _compose(GuardedCursor, raw_type, _CURSOR_MIXINS)
+
+
+def guard_connection(
+    raw: Any,
+    driver: Driver,
+    facts: ConnectionFacts,
+    telemetry: Telemetry,
+    identity: Identity | None,
+) -> GuardedConnection:
+    """Wrap a raw connection; used by ``connect`` and ``wrap``."""
+    cls = _compose(GuardedConnection, type(raw), _CONNECTION_MIXINS)
+    conn: GuardedConnection = cls(raw, _Guard(driver, facts, telemetry, identity))
+    return conn

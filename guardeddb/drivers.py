@@ -1,0 +1,175 @@
+"""Per-driver facts, in one place.
+
+Everything guardeddb needs to know about sqlite3, psycopg 3 and PyMySQL (and
+what it assumes of any other DB-API 2.0 driver): the ``db.system.name``, the
+sqlglot dialect, where the server is, how to open a connection from a URL,
+how to read a query's text and an error's status code.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+__all__ = ["ConnectionFacts", "Driver", "connect_url", "detect", "facts"]
+
+
+@dataclass(frozen=True, slots=True)
+class Driver:
+    """What guardeddb knows about one DB-API driver module."""
+
+    module: str  # top-level module name: sqlite3, psycopg, pymysql
+    system: str  # db.system.name
+    dialect: str  # sqlglot dialect
+    default_port: int | None
+
+    def programming_error(self) -> type[BaseException] | None:
+        """The driver's ProgrammingError, which guardeddb's errors also become."""
+        mod = importlib.import_module(self.module)
+        err = getattr(mod, "ProgrammingError", None)
+        return err if isinstance(err, type) and issubclass(err, BaseException) else None
+
+    def status_code(self, exc: BaseException) -> str | None:
+        """``db.response.status_code``: SQLSTATE, MySQL error number, sqlite error name."""
+        if self.module == "psycopg":
+            code = getattr(exc, "sqlstate", None)
+        elif self.module == "pymysql":
+            args = getattr(exc, "args", ())
+            code = args[0] if args and isinstance(args[0], int) else None
+        elif self.module == "sqlite3":
+            code = getattr(exc, "sqlite_errorname", None)
+        else:
+            code = getattr(exc, "sqlstate", None) or getattr(exc, "pgcode", None)
+        return None if code is None else str(code)
+
+
+_SQLITE = Driver("sqlite3", "sqlite", "sqlite", None)
+_PSYCOPG = Driver("psycopg", "postgresql", "postgres", 5432)
+_PYMYSQL = Driver("pymysql", "mysql", "mysql", 3306)
+_MARIADB = Driver("pymysql", "mariadb", "mysql", 3306)
+_KNOWN = {d.module: d for d in (_SQLITE, _PSYCOPG, _PYMYSQL)}
+_PARAMSTYLE_DIALECT = {"qmark": "sqlite", "pyformat": "postgres", "format": "mysql"}
+
+
+def detect(conn: Any) -> Driver:
+    """The Driver of a raw DB-API connection, from the module that defined its type."""
+    top = type(conn).__module__.split(".", 1)[0]
+    if top == "_sqlite3":
+        top = "sqlite3"
+    driver = _KNOWN.get(top)
+    if driver is _PYMYSQL and "mariadb" in str(getattr(conn, "server_version", "")).lower():
+        return _MARIADB
+    if driver is not None:
+        return driver
+    # Another DB-API driver: call it what its module is called, parse it as
+    # the dialect its paramstyle suggests (generic SQL otherwise).
+    try:
+        module = importlib.import_module(top)
+        paramstyle = getattr(module, "paramstyle", "")
+    except ImportError:
+        paramstyle = ""
+    return Driver(top, top, _PARAMSTYLE_DIALECT.get(paramstyle, ""), None)
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFacts:
+    """Where a connection points: db.namespace, server.address, server.port."""
+
+    namespace: str | None
+    address: str | None
+    port: int | None
+
+
+def facts(driver: Driver, conn: Any) -> ConnectionFacts:
+    """Read the connection's database and server, without running a query
+    except on sqlite3, whose file name only ``PRAGMA database_list`` tells."""
+    try:
+        if driver.module == "psycopg":
+            info = conn.info
+            host = info.host
+            address = None if host.startswith("/") else host
+            return ConnectionFacts(info.dbname or None, address, int(info.port))
+        if driver.module == "pymysql":
+            db = conn.db.decode() if isinstance(conn.db, bytes) else conn.db
+            host = conn.host if not getattr(conn, "unix_socket", None) else None
+            return ConnectionFacts(db or None, host, int(conn.port))
+        if driver.module == "sqlite3":
+            rows = conn.execute("PRAGMA database_list").fetchall()
+            path = next((r[2] for r in rows if r[1] == "main"), "")
+            return ConnectionFacts(path or ":memory:", None, None)
+    except Exception:  # facts are for telemetry; never fail a connection over them
+        pass
+    return ConnectionFacts(None, None, None)
+
+
+def _sqlite_connect(url: str, kwargs: dict[str, Any]) -> Any:
+    # sqlite:///relative.db, sqlite:////abs/path.db, sqlite:///:memory:, sqlite://
+    rest = url.split("://", 1)[1]
+    path = rest[1:] if rest.startswith("/") else rest
+    path, _, query = path.partition("?")
+    params = dict(parse_qsl(query))
+    if params:
+        # Query parameters ask for sqlite's URI mode (mode=ro, cache=shared).
+        return sqlite3.connect(f"file:{path}?{query}", uri=True, **kwargs)
+    return sqlite3.connect(unquote(path) or ":memory:", **kwargs)
+
+
+def _mysql_connect(url: str, kwargs: dict[str, Any]) -> Any:
+    import pymysql
+
+    parts = urlsplit(url)
+    options: dict[str, Any] = {
+        "host": parts.hostname or "localhost",
+        "port": parts.port or 3306,
+        "user": unquote(parts.username) if parts.username else None,
+        "password": unquote(parts.password) if parts.password else "",
+    }
+    database = parts.path.lstrip("/")
+    if database:
+        options["database"] = unquote(database)
+    options.update(parse_qsl(parts.query))
+    options.update(kwargs)
+    return pymysql.connect(**options)
+
+
+def _postgres_connect(url: str, kwargs: dict[str, Any]) -> Any:
+    import psycopg
+
+    return psycopg.connect(url, **kwargs)
+
+
+_URL_SCHEMES: dict[str, Callable[[str, dict[str, Any]], Any]] = {
+    "sqlite": _sqlite_connect,
+    "postgresql": _postgres_connect,
+    "postgres": _postgres_connect,
+    "mysql": _mysql_connect,
+    "mariadb": _mysql_connect,
+}
+
+
+def connect_url(url: str, kwargs: dict[str, Any]) -> Any:
+    """Open a raw connection for a ``scheme://`` URL."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    scheme = scheme.split("+", 1)[0]  # postgresql+psycopg://, as SQLAlchemy spells it
+    opener = _URL_SCHEMES.get(scheme)
+    if opener is None:
+        known = ", ".join(f"{s}://" for s in _URL_SCHEMES)
+        raise ValueError(f"unsupported database URL {scheme or url!r}: use one of {known}")
+    return opener(url, kwargs)
+
+
+def connect_callable(target: Any) -> Callable[..., Any]:
+    """The connect function of a DB-API module, or ``target`` if it is callable."""
+    if isinstance(target, ModuleType):
+        fn = getattr(target, "connect", None)
+        if not callable(fn):
+            raise TypeError(f"module {target.__name__} has no connect() function")
+        return fn  # type: ignore[no-any-return]
+    if callable(target):
+        return target  # type: ignore[no-any-return]
+    raise TypeError(f"cannot connect to {target!r}: pass a URL, a connect callable or a module")

@@ -1,0 +1,114 @@
+"""guardeddb's errors.
+
+::
+
+    Exception
+     +-- Error                      every guardeddb error
+          +-- PolicyError           a policy that cannot be loaded (file, line, key)
+          +-- QueryBlocked          a query the guardrails refused; carries .decision
+               +-- ApprovalRequired held for a human; carries .request_id
+               +-- AuditUnavailable no audit record could be written, so no query
+
+Raised from a guarded cursor, ``QueryBlocked`` and its subclasses are
+*also* instances of that driver's ``ProgrammingError`` (see
+``for_driver``), so ``except psycopg.Error:`` handlers and SQLAlchemy's
+DBAPI error wrapping keep working unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .policy.decision import Decision
+
+__all__ = [
+    "ApprovalRequired",
+    "AuditUnavailable",
+    "Error",
+    "PolicyError",
+    "QueryBlocked",
+    "for_driver",
+]
+
+
+class Error(Exception):
+    """Base of every guardeddb error: one ``except`` catches them all."""
+
+    __module__ = "guardeddb"
+
+
+class PolicyError(Error, ValueError):
+    """A policy that cannot be loaded; a ValueError because the input is bad."""
+
+    __module__ = "guardeddb"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        self.source = source
+        self.line = line
+        self.key = key
+        where = ""
+        if source is not None:
+            where = source if line is None else f"{source}:{line}"
+        if key:
+            where = f"{where}: {key}" if where else key
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class QueryBlocked(Error):
+    """The guardrails refused a query before it reached the database."""
+
+    __module__ = "guardeddb"
+
+    def __init__(self, decision: Decision, message: str | None = None) -> None:
+        self.decision = decision
+        if message is None:
+            rule = f" by rule {decision.rule_id!r}" if decision.rule_id else ""
+            why = f": {decision.message}" if decision.message else ""
+            message = f"query blocked{rule}{why}"
+        super().__init__(message)
+
+
+class ApprovalRequired(QueryBlocked):
+    """The query is held until someone approves request ``request_id``."""
+
+    __module__ = "guardeddb"
+
+    def __init__(self, decision: Decision, request_id: str, message: str | None = None) -> None:
+        self.request_id = request_id
+        if message is None:
+            rule = f" by rule {decision.rule_id!r}" if decision.rule_id else ""
+            message = f"query held for approval{rule} (request {request_id})"
+            if decision.message:
+                message += f": {decision.message}"
+        super().__init__(decision, message)
+
+
+class AuditUnavailable(QueryBlocked):
+    """The audit sink could not record the query, and the policy requires it."""
+
+    __module__ = "guardeddb"
+
+
+_DRIVER_CLASSES: dict[tuple[type[QueryBlocked], type[BaseException]], type[QueryBlocked]] = {}
+
+
+def for_driver(cls: type[QueryBlocked], programming_error: type[BaseException] | None) -> Any:
+    """``cls`` mixed with a driver's ``ProgrammingError``; one class per pair, cached.
+
+    Returns ``cls`` itself when the driver has no ProgrammingError.
+    """
+    if programming_error is None or issubclass(cls, programming_error):
+        return cls
+    key = (cls, programming_error)
+    mixed = _DRIVER_CLASSES.get(key)
+    if mixed is None:
+        mixed = type(cls.__name__, (cls, programming_error), {"__module__": "guardeddb"})
+        _DRIVER_CLASSES[key] = mixed
+    return mixed

@@ -1,0 +1,126 @@
+"""Who is running a query: the Identity, carried through contextvars.
+
+Shaped like structlog's ``contextvars`` module: a context manager for code,
+``bind_identity``/``reset_identity`` tokens for frameworks (middleware that
+enters on request start and leaves on request end). Threads and asyncio tasks
+each see their own identity because contextvars are copied per task and are
+empty in a new thread.
+"""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+__all__ = [
+    "Identity",
+    "bind_identity",
+    "current_identity",
+    "identity",
+    "reset_identity",
+]
+
+_EMPTY: Mapping[str, Any] = MappingProxyType({})
+
+
+@dataclass(frozen=True, eq=True)
+class Identity:
+    """The caller of a query: a user, the agent acting for them, their roles.
+
+    Frozen and hashable so that decisions and span attributes can be cached
+    per identity; ``attributes`` is free-form context kept out of the hash.
+    """
+
+    user: str | None = None
+    agent: str | None = None
+    roles: frozenset[str] = frozenset()
+    session: str | None = None
+    attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, hash=False, compare=False)
+
+    __module__ = "guardeddb"
+
+    def __post_init__(self) -> None:
+        # Accept any iterable of roles (a list from YAML, a set from code) but
+        # store a frozenset so the identity stays hashable; a lone string is
+        # one role, not a set of characters.
+        roles: Iterable[str] = self.roles
+        if isinstance(roles, str):
+            roles = (roles,)
+        object.__setattr__(self, "roles", frozenset(roles))
+        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+        object.__setattr__(self, "_span_attributes", self._build_span_attributes())
+
+    def _build_span_attributes(self) -> Mapping[str, Any]:
+        attrs: dict[str, Any] = {}
+        if self.user is not None:
+            attrs["enduser.id"] = self.user
+        if self.agent is not None:
+            attrs["gen_ai.agent.name"] = self.agent
+        if self.roles:
+            attrs["user.roles"] = tuple(sorted(self.roles))
+        if self.session is not None:
+            attrs["guardeddb.identity.session"] = self.session
+        return MappingProxyType(attrs)
+
+    @property
+    def span_attributes(self) -> Mapping[str, Any]:
+        """The OTel attributes that name this identity (built once)."""
+        attrs: Mapping[str, Any] = self.__dict__["_span_attributes"]
+        return attrs
+
+
+_current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
+    "guardeddb_identity", default=None
+)
+
+
+def current_identity() -> Identity | None:
+    """The identity bound in this context (thread or task), or None."""
+    return _current.get()
+
+
+def bind_identity(ident: Identity | None) -> contextvars.Token[Identity | None]:
+    """Bind ``ident`` for this context; pass the token to ``reset_identity``."""
+    return _current.set(ident)
+
+
+def reset_identity(token: contextvars.Token[Identity | None]) -> None:
+    """Restore the identity that was bound before ``bind_identity``."""
+    _current.reset(token)
+
+
+@contextmanager
+def identity(
+    ident: Identity | None = None,
+    /,
+    *,
+    user: str | None = None,
+    agent: str | None = None,
+    roles: Iterable[str] = (),
+    session: str | None = None,
+    attributes: Mapping[str, Any] | None = None,
+) -> Iterator[Identity]:
+    """Run the block as ``ident`` (or as the identity the keywords describe).
+
+    Nested blocks replace the outer identity and restore it on exit, also when
+    the block raises.
+    """
+    if ident is None:
+        ident = Identity(
+            user=user,
+            agent=agent,
+            roles=frozenset(roles),
+            session=session,
+            attributes=attributes or _EMPTY,
+        )
+    elif user or agent or roles or session or attributes:
+        raise TypeError("pass either an Identity or keyword fields, not both")
+    token = _current.set(ident)
+    try:
+        yield ident
+    finally:
+        _current.reset(token)

@@ -1,0 +1,7 @@
+"""Guardrail policies: the model, loading, rule matching, presets, Decision."""
+
+from __future__ import annotations
+
+from .decision import ALLOW, Decision
+
+__all__ = ["ALLOW", "Decision"]

@@ -1,0 +1,222 @@
+"""Spans and metrics per the OpenTelemetry database semantic conventions.
+
+One CLIENT span per execute, a leaf: started with ``start_span`` and every
+attribute passed at start (samplers see them), never attached as the current
+span (attaching costs a third of a bare span), ended when the result is
+exhausted, the cursor runs again or closes. The ``db.client.operation.duration``
+histogram is recorded for every operation, sampled or not.
+
+Only ``opentelemetry-api`` is imported. With no SDK configured, the global
+providers are proxies; guardeddb notices that and skips telemetry entirely,
+so an untraced application pays nothing for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import metrics, trace
+from opentelemetry.metrics import Histogram, MeterProvider, NoOpMeterProvider
+from opentelemetry.trace import (
+    NoOpTracerProvider,
+    ProxyTracerProvider,
+    Span,
+    SpanKind,
+    Status,
+    StatusCode,
+    Tracer,
+    TracerProvider,
+)
+
+from .drivers import ConnectionFacts, Driver
+from .identity import Identity
+from .policy.decision import Decision
+from .sql.analysis import Analysis
+
+__all__ = ["DURATION_BUCKETS", "Operation", "Telemetry", "error_type"]
+
+_SCOPE = "guardeddb"
+_VERSION = "0.1.0"
+#: Bucket boundaries the semantic conventions advise for db.client.operation.duration.
+DURATION_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0)
+_ATTR_CACHE_SIZE = 2048
+_MAX_SUMMARY_NAME = 255
+
+try:  # the key is in the API package; instrumentations set it to silence each other
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY as _SUPPRESS_KEY
+except ImportError:  # pragma: no cover - older API
+    _SUPPRESS_KEY = otel_context.create_key("suppress_instrumentation")
+
+_ProxyMeterProvider: type[Any] = type(metrics.get_meter_provider())
+_PROXY_TRACER_PROVIDER: type[Any] = ProxyTracerProvider
+
+
+def error_type(exc: BaseException) -> str:
+    """``error.type``: the exception's fully qualified class name."""
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+class Telemetry:
+    """The tracer and instruments of one guarded connection.
+
+    Resolved lazily from the global providers until the application sets
+    real ones (OpenTelemetry lets that happen once, so a real provider, once
+    found, is kept), or taken as given to ``connect(tracer_provider=...)``.
+    """
+
+    __slots__ = (
+        "_attrs",
+        "_meter_provider",
+        "_tracer_provider",
+        "decisions",
+        "driver",
+        "duration",
+        "facts",
+        "tracer",
+    )
+
+    def __init__(
+        self,
+        driver: Driver,
+        facts: ConnectionFacts,
+        tracer_provider: TracerProvider | None = None,
+        meter_provider: MeterProvider | None = None,
+    ) -> None:
+        self.driver = driver
+        self.facts = facts
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
+        self.tracer: Tracer | None = None
+        self.duration: Histogram | None = None
+        self._attrs: dict[tuple[Analysis, int], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+        self._resolve()
+
+    def _resolve(self) -> bool:
+        """Find real providers; True when there is anything to record to."""
+        if self.tracer is None:
+            tp = self._tracer_provider or trace.get_tracer_provider()
+            if not isinstance(tp, _PROXY_TRACER_PROVIDER | NoOpTracerProvider):
+                self.tracer = tp.get_tracer(_SCOPE, _VERSION)
+        if self.duration is None:
+            mp = self._meter_provider or metrics.get_meter_provider()
+            if not isinstance(mp, _ProxyMeterProvider | NoOpMeterProvider):
+                self.duration = mp.get_meter(_SCOPE, _VERSION).create_histogram(
+                    "db.client.operation.duration",
+                    unit="s",
+                    description="Duration of database client operations.",
+                    explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
+                )
+        return self.tracer is not None or self.duration is not None
+
+    def _static(self, analysis: Analysis, batch: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
+        """Span name, span attributes and metric attributes that depend only
+        on the statement and the connection; built once per statement."""
+        key = (analysis, batch)
+        cached = self._attrs.get(key)
+        if cached is not None:
+            return cached
+        driver, facts = self.driver, self.facts
+        metric: dict[str, Any] = {"db.system.name": driver.system}
+        if facts.namespace:
+            metric["db.namespace"] = facts.namespace
+        if analysis.summary:
+            metric["db.query.summary"] = analysis.summary
+        if facts.address:
+            metric["server.address"] = facts.address
+        if facts.port is not None and facts.port != driver.default_port:
+            metric["server.port"] = facts.port
+        span = dict(metric)
+        span["db.query.text"] = analysis.sanitized
+        if batch >= 2:
+            span["db.operation.batch.size"] = batch
+        name = analysis.summary or driver.system
+        if batch:
+            name = f"BATCH {name}"
+        result = (name[:_MAX_SUMMARY_NAME], span, metric)
+        if len(self._attrs) >= _ATTR_CACHE_SIZE:
+            self._attrs.clear()
+        self._attrs[key] = result
+        return result
+
+    def start(
+        self,
+        analysis: Analysis,
+        ident: Identity | None,
+        decision: Decision,
+        batch: int = 0,
+    ) -> Operation | None:
+        """Begin recording one operation; None when nothing records.
+
+        ``batch`` is 0 for execute, else the number of parameter sets of an
+        executemany (1 when it cannot be known without consuming them).
+        """
+        if self.tracer is None and self.duration is None and not self._resolve():
+            return None
+        if otel_context.get_value(_SUPPRESS_KEY):
+            return None
+        name, static, metric = self._static(analysis, batch)
+        span: Span | None = None
+        if self.tracer is not None:
+            attrs = dict(static)
+            if ident is not None:
+                attrs.update(ident.span_attributes)
+            attrs["guardeddb.decision.action"] = decision.action
+            if decision.rule_id is not None:
+                attrs["guardeddb.decision.rule"] = decision.rule_id
+            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        return Operation(self, span, metric)
+
+
+class Operation:
+    """One database operation being recorded: its span, timing and row count."""
+
+    __slots__ = ("_metric", "_start", "_telemetry", "rows", "span")
+
+    def __init__(self, telemetry: Telemetry, span: Span | None, metric: Mapping[str, Any]):
+        self._telemetry = telemetry
+        self.span = span
+        self._metric = metric
+        self.rows = 0
+        self._start = time.perf_counter()
+
+    def executed(self) -> None:
+        """The driver call returned: record the operation's duration."""
+        duration = self._telemetry.duration
+        if duration is not None:
+            duration.record(time.perf_counter() - self._start, self._metric)
+
+    def failed(self, exc: BaseException, code: str | None = None) -> None:
+        """The operation raised (or was refused): mark the span, record, end.
+
+        Only the class name and status code are recorded: driver messages
+        quote values (``Key (email)=(ada@example.com) already exists``).
+        """
+        etype = error_type(exc)
+        duration = self._telemetry.duration
+        if duration is not None:
+            metric = dict(self._metric)
+            metric["error.type"] = etype
+            if code is not None:
+                metric["db.response.status_code"] = code
+            duration.record(time.perf_counter() - self._start, metric)
+        span = self.span
+        if span is not None:
+            self.span = None
+            span.set_attribute("error.type", etype)
+            if code is not None:
+                span.set_attribute("db.response.status_code", code)
+            span.set_status(Status(StatusCode.ERROR, etype))
+            span.end()
+
+    def end(self) -> None:
+        """The result is consumed or abandoned: record the row count, end the span."""
+        span = self.span
+        if span is not None:
+            self.span = None
+            span.set_attribute("db.response.returned_rows", self.rows)
+            span.end()
