@@ -183,11 +183,14 @@ def _strip_comments(gap: str, hash_comments: bool) -> str:
 
 
 def _is_placeholder_number(tokens: Sequence[Token], i: int) -> bool:
-    """``$1`` and ``:1`` are parameter markers, not literals."""
+    """``$1``, ``:1`` and ``?1`` are parameter markers, not literals."""
     if i == 0:
         return False
     prev = tokens[i - 1]
-    return prev.token_type in (_T.PARAMETER, _T.COLON) and prev.end + 1 == tokens[i].start
+    return (
+        prev.token_type in (_T.PARAMETER, _T.COLON, _T.PLACEHOLDER)
+        and prev.end + 1 == tokens[i].start
+    )
 
 
 def _sanitize(sql: str, tokens: Sequence[Token], hash_comments: bool) -> str:
@@ -237,7 +240,10 @@ def _sanitize(sql: str, tokens: Sequence[Token], hash_comments: bool) -> str:
                 t = tokens[j].token_type
                 if t in _LITERALS or t is _T.COMMA:
                     j += 1
-                elif t in (_T.DASH, _T.PLUS) and j + 1 < n and tokens[j + 1].token_type is _T.NUMBER:
+                elif t in (_T.DASH, _T.PLUS, _T.DOT) and j + 1 < n and tokens[j + 1].token_type in (
+                    _T.NUMBER,
+                    _T.DOT,
+                ):
                     j += 1
                 else:
                     literal_only = False

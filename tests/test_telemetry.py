@@ -1,0 +1,263 @@
+"""One CLIENT span per execute, with the semconv attributes and no literal values."""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import pytest
+from opentelemetry.context import attach, detach, set_value
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.trace import SpanKind, StatusCode
+
+import guardeddb
+from guardeddb import GuardedConnection
+
+from .fix_db import Backend
+from .fix_otel import Otel
+
+SECRETS = ("ada@example.com", "s3cr3t-token", "4111111111111111", "987654")
+
+
+def _connect(backend: Backend, otel: Otel, **kwargs: Any) -> GuardedConnection:
+    return guardeddb.connect(
+        backend.url,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+        **kwargs,
+    )
+
+
+def _only(otel: Otel) -> ReadableSpan:
+    spans = otel.spans()
+    assert len(spans) == 1, [s.name for s in spans]
+    return spans[0]
+
+
+def _assert_no_secret(span: ReadableSpan) -> None:
+    flat = repr(span.name) + repr(dict(span.attributes or {})) + repr(span.status.description)
+    for event in span.events:
+        flat += repr(dict(event.attributes or {}))
+    for secret in SECRETS:
+        assert secret not in flat, f"{secret!r} leaked into span {span.name}"
+
+
+def test_select_span_name_kind_and_attributes(backend: Backend, otel: Otel, table: str) -> None:
+    """A SELECT makes one CLIENT span named by its summary, with the stable attributes."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    cur.execute(f"SELECT name FROM {table} WHERE email = 'ada@example.com' AND id > 987654")
+    assert cur.fetchall() == [] or True
+    span = _only(otel)
+    attrs = dict(span.attributes or {})
+    assert span.kind is SpanKind.CLIENT
+    assert span.name == f"SELECT {table}"
+    assert attrs["db.system.name"] == backend.system
+    assert attrs["db.query.summary"] == f"SELECT {table}"
+    assert attrs["db.query.text"] == f"SELECT name FROM {table} WHERE email = ? AND id > ?"
+    assert attrs["db.response.returned_rows"] == 0
+    assert attrs["guardeddb.decision.action"] == "allow"
+    if backend.name == "sqlite":
+        assert attrs["db.namespace"].endswith("test.db")
+        assert "server.address" not in attrs
+    else:
+        assert attrs["db.namespace"] == "test"
+        assert attrs["server.address"] == "127.0.0.1"
+        assert "server.port" not in attrs  # the default port is not repeated
+    _assert_no_secret(span)
+    conn.close()
+
+
+def test_parameters_are_never_recorded(backend: Backend, otel: Otel, table: str) -> None:
+    """Parameterized text is kept as written; the parameter values appear nowhere."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    q = backend.sql(f"SELECT id FROM {table} WHERE email = ? OR name = ?")
+    cur.execute(q, ("ada@example.com", "s3cr3t-token"))
+    cur.fetchall()
+    span = _only(otel)
+    assert dict(span.attributes or {})["db.query.text"] == q
+    _assert_no_secret(span)
+    conn.close()
+
+
+def test_returned_rows_counts_rows_actually_fetched(
+    backend: Backend, otel: Otel, table: str
+) -> None:
+    """Rows fetched, not rowcount: by fetchone until exhaustion, fetchmany, iteration."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    q = f"SELECT id FROM {table} ORDER BY id"
+    cur.execute(q)
+    while cur.fetchone() is not None:
+        pass
+    cur.execute(q)
+    cur.fetchmany(2)
+    cur.execute(q)  # running again ends the previous span with what was fetched
+    list(cur)
+    cur.execute(q)
+    cur.fetchone()
+    cur.close()  # closing ends it too
+    counts = [dict(s.attributes or {})["db.response.returned_rows"] for s in otel.spans()]
+    assert counts == [3, 2, 3, 1]
+    conn.close()
+
+
+def test_abandoned_cursor_span_ends_on_finalization(backend: Backend, otel: Otel) -> None:
+    """A cursor dropped with rows unread still ends its span."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert otel.spans() == []
+    del cur
+    gc.collect()
+    assert dict(_only(otel).attributes or {})["db.response.returned_rows"] == 0
+    conn.close()
+
+
+def test_statement_without_rows_ends_at_once(backend: Backend, otel: Otel, table: str) -> None:
+    """DML has no result set: its span ends when execute returns."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    cur.execute(backend.sql(f"UPDATE {table} SET name = ? WHERE id = ?"), ("x", 1))
+    span = _only(otel)
+    assert span.name == f"UPDATE {table}"
+    assert dict(span.attributes or {})["db.query.text"] == backend.sql(
+        f"UPDATE {table} SET name = ? WHERE id = ?"
+    )
+    conn.rollback()
+    conn.close()
+
+
+def test_driver_error_is_reraised_unchanged_and_recorded(backend: Backend, otel: Otel) -> None:
+    """The driver's own exception propagates; the span says ERROR with type and code."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    with pytest.raises(Exception) as info:
+        cur.execute("SELECT * FROM gdb_no_such_table WHERE secret = 's3cr3t-token'")
+    assert type(info.value).__module__.split(".")[0] in ("sqlite3", "psycopg", "pymysql")
+    span = _only(otel)
+    attrs = dict(span.attributes or {})
+    assert span.status.status_code is StatusCode.ERROR
+    cls = type(info.value)
+    assert attrs["error.type"] == f"{cls.__module__}.{cls.__qualname__}"
+    expected_code = {"sqlite": "SQLITE_ERROR", "postgresql": "42P01", "mysql": "1146"}
+    assert attrs["db.response.status_code"] == expected_code[backend.name]
+    _assert_no_secret(span)
+    conn.close()
+
+
+def test_executemany_is_one_batch_span(backend: Backend, otel: Otel, table: str) -> None:
+    """executemany: one span, BATCH prefix, db.operation.batch.size."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    cur.executemany(
+        backend.sql(f"INSERT INTO {table} (id, name, email) VALUES (?, ?, ?)"),
+        [(20, "n", "ada@example.com"), (21, "m", "s3cr3t-token")],
+    )
+    span = _only(otel)
+    attrs = dict(span.attributes or {})
+    assert span.name == f"BATCH INSERT {table}"
+    assert attrs["db.operation.batch.size"] == 2
+    _assert_no_secret(span)
+    conn.rollback()
+    conn.close()
+
+
+def test_identity_attributes_on_span(backend: Backend, otel: Otel) -> None:
+    """enduser.id, gen_ai.agent.name, user.roles and the session come from the identity."""
+    conn = _connect(backend, otel)
+    with guardeddb.identity(user="alice@example.com", agent="support-bot", roles={"b", "a"},
+                            session="s-1"):
+        conn.cursor().execute("SELECT 1").fetchall() if backend.name != "mysql" else None
+        if backend.name == "mysql":
+            c = conn.cursor()
+            c.execute("SELECT 1")
+            c.fetchall()
+    attrs = dict(_only(otel).attributes or {})
+    assert attrs["enduser.id"] == "alice@example.com"
+    assert attrs["gen_ai.agent.name"] == "support-bot"
+    assert attrs["user.roles"] == ("a", "b")
+    assert attrs["guardeddb.identity.session"] == "s-1"
+    conn.close()
+
+
+def test_connection_default_identity_and_context_wins(backend: Backend, otel: Otel) -> None:
+    """A connection's default identity applies unless the context binds another."""
+    conn = _connect(backend, otel, identity=guardeddb.Identity(user="batch-job"))
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    with guardeddb.identity(user="alice"):
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    users = [dict(s.attributes or {})["enduser.id"] for s in otel.spans()]
+    assert users == ["batch-job", "alice"]
+    conn.close()
+
+
+def test_duration_metric_recorded(backend: Backend, otel: Otel) -> None:
+    """db.client.operation.duration is recorded in seconds with low-cardinality attributes."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    with pytest.raises(Exception):
+        cur.execute("SELECT * FROM gdb_no_such_table")
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    points = [
+        p
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "db.client.operation.duration"
+        for p in m.data.data_points  # type: ignore[union-attr]
+    ]
+    assert sum(p.count for p in points) == 2  # type: ignore[union-attr]
+    errors = [p for p in points if "error.type" in (p.attributes or {})]
+    assert len(errors) == 1
+    for p in points:
+        assert "db.query.text" not in (p.attributes or {})
+        assert (p.attributes or {})["db.system.name"] == backend.system
+    conn.close()
+
+
+def test_suppress_instrumentation_is_respected(backend: Backend, otel: Otel) -> None:
+    """Inside suppress_instrumentation, no span and no metric."""
+    from opentelemetry.context import _SUPPRESS_INSTRUMENTATION_KEY
+
+    conn = _connect(backend, otel)
+    token = attach(set_value(_SUPPRESS_INSTRUMENTATION_KEY, True))
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        cur.fetchall()
+    finally:
+        detach(token)
+    assert otel.spans() == []
+    conn.close()
+
+
+def test_no_sdk_means_no_telemetry_work(backend: Backend) -> None:
+    """Without any provider configured, guardeddb records nothing and still works."""
+    conn = guardeddb.connect(backend.url)
+    telemetry = conn._self_guard.telemetry
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert cur.fetchone()[0] == 1
+    assert telemetry.tracer is None and telemetry.duration is None
+    assert cur._self_op is None
+    conn.close()
+
+
+def test_span_is_a_leaf_not_attached(backend: Backend, otel: Otel) -> None:
+    """guardeddb never makes its span the current one."""
+    from opentelemetry import trace
+
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert not trace.get_current_span().get_span_context().is_valid
+    cur.fetchall()
+    conn.close()
