@@ -73,7 +73,11 @@ class _Guard:
         op.failed(exc, self.driver.status_code(exc))
 
     def run(
-        self, raw: Any, method: Callable[..., Any], query: Any, args: tuple[Any, ...],
+        self,
+        raw: Any,
+        method: Callable[..., Any],
+        query: Any,
+        args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> Any:
         """Guard ``query`` and make one call that returns no rows to count."""
@@ -107,7 +111,7 @@ def query_text(query: Any, raw: Any) -> str:
     return str(query)
 
 
-class GuardedCursor(wrapt.BaseObjectProxy):  # type: ignore[misc]
+class GuardedCursor(wrapt.BaseObjectProxy[Any]):
     """A driver cursor whose statements are guarded, traced and counted."""
 
     def __init__(self, wrapped: Any, connection: GuardedConnection) -> None:
@@ -122,8 +126,12 @@ class GuardedCursor(wrapt.BaseObjectProxy):  # type: ignore[misc]
         return self._self_connection
 
     def _self_run(
-        self, method: Callable[..., Any], query: Any, args: tuple[Any, ...],
-        kwargs: dict[str, Any], batch: int = 0,
+        self,
+        method: Callable[..., Any],
+        query: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        batch: int = 0,
     ) -> Any:
         """Guard ``query``, then ``method(*args, **kwargs)``; the span stays
         open while the statement has rows left to fetch."""
@@ -286,7 +294,7 @@ class _Copy:
         return self._self_guard.run(raw, raw.copy, statement, (statement, *args), kwargs)
 
 
-class GuardedConnection(wrapt.BaseObjectProxy):  # type: ignore[misc]
+class GuardedConnection(wrapt.BaseObjectProxy[Any]):
     """A driver connection whose cursors are all guarded."""
 
     def __init__(self, wrapped: Any, guard: _Guard) -> None:

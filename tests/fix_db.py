@@ -8,6 +8,7 @@ tests skip with the reason, unless ``GUARDEDDB_REQUIRE_SERVERS=1`` (set by
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import uuid
@@ -33,6 +34,13 @@ class Backend:
     connect_raw: Callable[[], Any]
     placeholder: str  # paramstyle marker: ? or %s
     system: str  # expected db.system.name
+
+    @property
+    def error(self) -> type[Exception]:
+        """The driver's DB-API Error base class."""
+        module = {"sqlite": "sqlite3", "postgresql": "psycopg", "mysql": "pymysql"}[self.name]
+        err: type[Exception] = __import__(module).Error
+        return err
 
     def sql(self, text: str) -> str:
         """Write tests with ``?`` markers; this rewrites them for the driver."""
@@ -95,9 +103,7 @@ def backend(request: pytest.FixtureRequest) -> Backend:
         return b
     # A file, not :memory:, so that fixtures and the test see the same data.
     path = request.getfixturevalue("tmp_path") / "test.db"
-    return Backend(
-        "sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path), "?", "sqlite"
-    )
+    return Backend("sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path), "?", "sqlite")
 
 
 @pytest.fixture
@@ -106,19 +112,23 @@ def table(backend: Backend) -> Iterator[str]:
     name = f"gdb_users_{uuid.uuid4().hex[:10]}"
     raw = backend.connect_raw()
     cur = raw.cursor()
-    cur.execute(f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, name VARCHAR(100), email VARCHAR(200))")
+    cur.execute(
+        f"CREATE TABLE {name} (id INTEGER PRIMARY KEY, name VARCHAR(100), email VARCHAR(200))"
+    )
     cur.executemany(
         backend.sql(f"INSERT INTO {name} (id, name, email) VALUES (?, ?, ?)"),
-        [(1, "Ada", "ada@example.com"), (2, "Grace", "grace@example.com"), (3, "Linus", "linus@example.com")],
+        [
+            (1, "Ada", "ada@example.com"),
+            (2, "Grace", "grace@example.com"),
+            (3, "Linus", "linus@example.com"),
+        ],
     )
     raw.commit()
     try:
         yield name
     finally:
-        try:
+        with contextlib.suppress(Exception):
             raw.rollback()
-        except Exception:
-            pass
         cur = raw.cursor()
         cur.execute(f"DROP TABLE IF EXISTS {name}")
         raw.commit()

@@ -165,9 +165,9 @@ def test_sqlite_row_factory_and_executescript() -> None:
     row = conn.execute("SELECT a, b FROM t").fetchone()
     assert isinstance(row, sqlite3.Row)
     assert row["b"] == "x"
-    with pytest.raises(TypeError, match="context manager"):
-        with conn.cursor():  # sqlite3 cursors are not context managers either
-            pass
+    # sqlite3 cursors are not context managers either
+    with pytest.raises(TypeError, match="context manager"), conn.cursor():
+        pass
 
 
 def test_sqlite_url_forms(tmp_path: Any) -> None:

@@ -30,8 +30,11 @@ SEMCONV = [
         "SELECT a FROM dbo.Table JOIN dbo.AnotherTable",
         "SELECT dbo.Table dbo.AnotherTable",
     ),
-    ("INSERT INTO X VALUES(1, 23456, 123.456, 99+100)", "INSERT INTO X VALUES(?, ?, ?, ??)",
-     "INSERT X"),
+    (
+        "INSERT INTO X VALUES(1, 23456, 123.456, 99+100)",
+        "INSERT INTO X VALUES(?, ?, ?, ??)",
+        "INSERT X",
+    ),
     (
         "SELECT * FROM table WHERE value IN (123, 456, 'abc')",
         "SELECT * FROM table WHERE value IN (?)",
@@ -57,40 +60,66 @@ SEMCONV = [
         "SELECT SELECT orders customers",
     ),
     ("SELEcT order_date\nFROM ORders", "SELEcT order_date\nFROM ORders", "SELEcT ORders"),
-    ("SELECT * FROM Orders o CROSS JOIN OrderDetails od",
-     "SELECT * FROM Orders o CROSS JOIN OrderDetails od", "SELECT Orders OrderDetails"),
-    ("SELECT * FROM Orders o, OrderDetails od", "SELECT * FROM Orders o, OrderDetails od",
-     "SELECT Orders OrderDetails"),
-    ("CREATE  TABLE MyTable (\n    ID NOT NULL IDENTITY(1,1) PRIMARY KEY\n)",
-     "CREATE  TABLE MyTable (\n    ID NOT NULL IDENTITY(?,?) PRIMARY KEY\n)",
-     "CREATE TABLE MyTable"),
+    (
+        "SELECT * FROM Orders o CROSS JOIN OrderDetails od",
+        "SELECT * FROM Orders o CROSS JOIN OrderDetails od",
+        "SELECT Orders OrderDetails",
+    ),
+    (
+        "SELECT * FROM Orders o, OrderDetails od",
+        "SELECT * FROM Orders o, OrderDetails od",
+        "SELECT Orders OrderDetails",
+    ),
+    (
+        "CREATE  TABLE MyTable (\n    ID NOT NULL IDENTITY(1,1) PRIMARY KEY\n)",
+        "CREATE  TABLE MyTable (\n    ID NOT NULL IDENTITY(?,?) PRIMARY KEY\n)",
+        "CREATE TABLE MyTable",
+    ),
     ("DROP  TABLE MyTable", "DROP  TABLE MyTable", "DROP TABLE MyTable"),
     ("SELECT * FROM SelectedData", "SELECT * FROM SelectedData", "SELECT SelectedData"),
-    ("CREATE UNIQUE INDEX IX_Employee_Email ON Employees (Email);",
-     "CREATE UNIQUE INDEX IX_Employee_Email ON Employees (Email);",
-     "CREATE INDEX IX_Employee_Email"),
-    ("CREATE VIEW ActiveUsers AS SELECT * FROM Users WHERE IsActive = 1;",
-     "CREATE VIEW ActiveUsers AS SELECT * FROM Users WHERE IsActive = ?;",
-     "CREATE VIEW ActiveUsers"),
-    ("SELECT Id, Name FROM Customers UNION SELECT Id, Name FROM Suppliers ORDER BY Name;",
-     "SELECT Id, Name FROM Customers UNION SELECT Id, Name FROM Suppliers ORDER BY Name;",
-     "SELECT Customers Suppliers"),
+    (
+        "CREATE UNIQUE INDEX IX_Employee_Email ON Employees (Email);",
+        "CREATE UNIQUE INDEX IX_Employee_Email ON Employees (Email);",
+        "CREATE INDEX IX_Employee_Email",
+    ),
+    (
+        "CREATE VIEW ActiveUsers AS SELECT * FROM Users WHERE IsActive = 1;",
+        "CREATE VIEW ActiveUsers AS SELECT * FROM Users WHERE IsActive = ?;",
+        "CREATE VIEW ActiveUsers",
+    ),
+    (
+        "SELECT Id, Name FROM Customers UNION SELECT Id, Name FROM Suppliers ORDER BY Name;",
+        "SELECT Id, Name FROM Customers UNION SELECT Id, Name FROM Suppliers ORDER BY Name;",
+        "SELECT Customers Suppliers",
+    ),
     ("DROP DATABASE IF EXISTS TestDb;", "DROP DATABASE IF EXISTS TestDb;", "DROP DATABASE TestDb"),
-    ("CREATE SEQUENCE SalesSeq START WITH 1 INCREMENT BY 1;",
-     "CREATE SEQUENCE SalesSeq START WITH ? INCREMENT BY ?;", "CREATE SEQUENCE SalesSeq"),
-    ("CREATE USER johndoe WITH PASSWORD = 'password';", "CREATE USER johndoe WITH PASSWORD = ?;",
-     "CREATE USER johndoe"),
+    (
+        "CREATE SEQUENCE SalesSeq START WITH 1 INCREMENT BY 1;",
+        "CREATE SEQUENCE SalesSeq START WITH ? INCREMENT BY ?;",
+        "CREATE SEQUENCE SalesSeq",
+    ),
+    (
+        "CREATE USER johndoe WITH PASSWORD = 'password';",
+        "CREATE USER johndoe WITH PASSWORD = ?;",
+        "CREATE USER johndoe",
+    ),
     ("SELECT ((123)) AS C;", "SELECT ((?)) AS C;", "SELECT"),
-    ("SELECT * FROM T WHERE Id = COALESCE((123), 0);",
-     "SELECT * FROM T WHERE Id = COALESCE((?), ?);", "SELECT T"),
-    ("SELECT * FROM table WHERE value IN (-123, .456, 'abc', 0.12, 1e10)",
-     "SELECT * FROM table WHERE value IN (?)", "SELECT table"),
-    ("ALTER  TABLE MyTable ADD Name varchar(255) 'mypassword' 1234",
-     "ALTER  TABLE MyTable ADD Name varchar(?) ? ?", "ALTER TABLE MyTable"),
-    ("SELECT * FROM Vecnzotjejucwitzgrfifscuevittljlnrlpbruvkezeptqciyvbjhsytmbucbhwttidayecnthaz"
-     "txbyppbyztcqccedeirgkxzrfezjxfwbtuqxeusroqgbvulgmsvnelovkxqsaqmlogomkhtjuirzhaocxlrmerihnmwa"
-     "elullionarkmxwdamhduwrbooknqsnilurutgyerxphokeqnnoumbpcfjtmqrbpukjllofiwaltyoawkp o, "
-     "OrderDetails od", None, "SELECT"),
+    (
+        "SELECT * FROM T WHERE Id = COALESCE((123), 0);",
+        "SELECT * FROM T WHERE Id = COALESCE((?), ?);",
+        "SELECT T",
+    ),
+    (
+        "SELECT * FROM table WHERE value IN (-123, .456, 'abc', 0.12, 1e10)",
+        "SELECT * FROM table WHERE value IN (?)",
+        "SELECT table",
+    ),
+    (
+        "ALTER  TABLE MyTable ADD Name varchar(255) 'mypassword' 1234",
+        "ALTER  TABLE MyTable ADD Name varchar(?) ? ?",
+        "ALTER TABLE MyTable",
+    ),
+    ("SELECT * FROM " + "Vecnzotjejucwitz" * 16 + " o, OrderDetails od", None, "SELECT"),
 ]
 
 
@@ -107,15 +136,25 @@ def test_semconv_cases(dialect: str, query: str, text: str | None, summary: str)
 @pytest.mark.parametrize(
     ("dialect", "query", "text"),
     [
-        ("postgres", "SELECT * FROM t WHERE a = $1 AND b = %s AND c = %(c)s",
-         "SELECT * FROM t WHERE a = $1 AND b = %s AND c = %(c)s"),
+        (
+            "postgres",
+            "SELECT * FROM t WHERE a = $1 AND b = %s AND c = %(c)s",
+            "SELECT * FROM t WHERE a = $1 AND b = %s AND c = %(c)s",
+        ),
         ("postgres", "SELECT E'\\x41', $$dollar secret$$, B'0101'", "SELECT ?, ?, ?"),
         ("mysql", "SELECT \"dq secret\", x'4142' # comment secret\n", "SELECT ?, ? \n"),
-        ("sqlite", "SELECT * FROM t WHERE a = :name AND b = ?1 AND c = ?",
-         "SELECT * FROM t WHERE a = :name AND b = ?1 AND c = ?"),
+        (
+            "sqlite",
+            "SELECT * FROM t WHERE a = :name AND b = ?1 AND c = ?",
+            "SELECT * FROM t WHERE a = :name AND b = ?1 AND c = ?",
+        ),
         ("postgres", "SELECT 'unterminated secret", "SELECT ?"),
         ("mysql", "SELECT /*!50000 'hidden secret' */ 1", "SELECT  ?"),
-        ("postgres", "SELECT a FROM t WHERE id IN (%s, %s)", "SELECT a FROM t WHERE id IN (%s, %s)"),
+        (
+            "postgres",
+            "SELECT a FROM t WHERE id IN (%s, %s)",
+            "SELECT a FROM t WHERE id IN (%s, %s)",
+        ),
     ],
 )
 def test_placeholders_kept_literals_gone(dialect: str, query: str, text: str) -> None:
@@ -157,8 +196,15 @@ _SECRET = st.from_regex(r"[A-Za-z0-9@._ -]{6,30}", fullmatch=True).filter(lambda
 @given(
     dialect=st.sampled_from(["postgres", "mysql", "sqlite"]),
     secret=_SECRET,
-    prefix=st.sampled_from(["SELECT ", "SELECT a FROM t WHERE b = ", "INSERT INTO t VALUES (",
-                            "UPDATE t SET a = ", "SELECT * FROM t WHERE x IN (1, "]),
+    prefix=st.sampled_from(
+        [
+            "SELECT ",
+            "SELECT a FROM t WHERE b = ",
+            "INSERT INTO t VALUES (",
+            "UPDATE t SET a = ",
+            "SELECT * FROM t WHERE x IN (1, ",
+        ]
+    ),
     suffix=st.sampled_from(["", ")", " AND c = 1", "; DROP TABLE t", " -- done"]),
 )
 def test_string_literals_never_survive(dialect: str, secret: str, prefix: str, suffix: str) -> None:

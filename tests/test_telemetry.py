@@ -133,7 +133,7 @@ def test_driver_error_is_reraised_unchanged_and_recorded(backend: Backend, otel:
     """The driver's own exception propagates; the span says ERROR with type and code."""
     conn = _connect(backend, otel)
     cur = conn.cursor()
-    with pytest.raises(Exception) as info:
+    with pytest.raises(backend.error) as info:
         cur.execute("SELECT * FROM gdb_no_such_table WHERE secret = 's3cr3t-token'")
     assert type(info.value).__module__.split(".")[0] in ("sqlite3", "psycopg", "pymysql")
     span = _only(otel)
@@ -167,8 +167,9 @@ def test_executemany_is_one_batch_span(backend: Backend, otel: Otel, table: str)
 def test_identity_attributes_on_span(backend: Backend, otel: Otel) -> None:
     """enduser.id, gen_ai.agent.name, user.roles and the session come from the identity."""
     conn = _connect(backend, otel)
-    with guardeddb.identity(user="alice@example.com", agent="support-bot", roles={"b", "a"},
-                            session="s-1"):
+    with guardeddb.identity(
+        user="alice@example.com", agent="support-bot", roles={"b", "a"}, session="s-1"
+    ):
         conn.cursor().execute("SELECT 1").fetchall() if backend.name != "mysql" else None
         if backend.name == "mysql":
             c = conn.cursor()
@@ -202,7 +203,7 @@ def test_duration_metric_recorded(backend: Backend, otel: Otel) -> None:
     cur = conn.cursor()
     cur.execute("SELECT 1")
     cur.fetchall()
-    with pytest.raises(Exception):
+    with pytest.raises(backend.error):
         cur.execute("SELECT * FROM gdb_no_such_table")
     data = otel.reader.get_metrics_data()
     assert data is not None

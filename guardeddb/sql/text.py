@@ -18,9 +18,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
+from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import SqlglotError
-from sqlglot.tokens import Token, TokenType
 
 __all__ = ["MAX_SUMMARY", "MAX_TOKENIZED", "sanitize_and_summarize"]
 
@@ -163,7 +163,7 @@ def _strip_comments(gap: str, hash_comments: bool) -> str:
     i, n = 0, len(gap)
     while i < n:
         c = gap[i]
-        if c == "-" and gap.startswith("--", i) or (c == "#" and hash_comments):
+        if (c == "-" and gap.startswith("--", i)) or (c == "#" and hash_comments):
             j = gap.find("\n", i)
             i = n if j < 0 else j
         elif c == "/" and gap.startswith("/*", i):
@@ -238,11 +238,18 @@ def _sanitize(sql: str, tokens: Sequence[Token], hash_comments: bool) -> str:
             literal_only = True
             while j < n and tokens[j].token_type is not _T.R_PAREN:
                 t = tokens[j].token_type
-                if t in _LITERALS or t is _T.COMMA:
-                    j += 1
-                elif t in (_T.DASH, _T.PLUS, _T.DOT) and j + 1 < n and tokens[j + 1].token_type in (
-                    _T.NUMBER,
-                    _T.DOT,
+                if (
+                    t in _LITERALS
+                    or t is _T.COMMA
+                    or (
+                        t in (_T.DASH, _T.PLUS, _T.DOT)
+                        and j + 1 < n
+                        and tokens[j + 1].token_type
+                        in (
+                            _T.NUMBER,
+                            _T.DOT,
+                        )
+                    )
                 ):
                     j += 1
                 else:
