@@ -12,7 +12,7 @@ that type really has, so ``hasattr`` answers as it does on the raw object.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sized
+from collections.abc import Callable, Iterator, Sized
 from typing import Any
 
 import wrapt
@@ -21,7 +21,7 @@ from .drivers import ConnectionFacts, Driver
 from .errors import QueryBlocked, for_driver
 from .identity import Identity, _current
 from .policy.decision import ALLOW, Decision
-from .sql.analysis import Analysis, analyze
+from .sql.analysis import Analysis, analyze, cache_for
 from .telemetry import Operation, Telemetry
 
 __all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
@@ -30,7 +30,7 @@ __all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
 class _Guard:
     """What every cursor of one guarded connection shares."""
 
-    __slots__ = ("blocked", "dialect", "driver", "facts", "identity", "telemetry")
+    __slots__ = ("blocked", "cache", "dialect", "driver", "facts", "identity", "telemetry")
 
     def __init__(
         self,
@@ -41,6 +41,7 @@ class _Guard:
     ) -> None:
         self.driver = driver
         self.dialect = driver.dialect
+        self.cache = cache_for(driver.dialect)
         self.facts = facts
         self.telemetry = telemetry
         self.identity = identity
@@ -57,8 +58,14 @@ class _Guard:
         return ALLOW
 
     def begin(self, query: Any, raw: Any, batch: int = 0) -> Operation | None:
-        """Analyze, decide and start recording one operation; raise if blocked."""
-        analysis = self.analyze(query, raw)
+        """Analyze, decide and start recording one operation; raise if blocked.
+
+        This is the hot path of every execute: a dict hit for the analysis,
+        a contextvar read, the decision, and nothing else when no SDK records.
+        """
+        analysis = self.cache.get(query) if type(query) is str else None
+        if analysis is None:
+            analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
         decision = self.decide(analysis, ident)
         op = self.telemetry.start(analysis, ident, decision, batch)
@@ -155,13 +162,36 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
 
     def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         """Guard, trace and run one statement."""
-        return self._self_run(self.__wrapped__.execute, query, (query, *args), kwargs)
+        # _self_run inlined: this is the path every query takes.
+        if self._self_op is not None:
+            self._self_done()
+        raw = self.__wrapped__
+        op = self._self_guard.begin(query, raw)
+        if op is None:
+            result = raw.execute(query, *args, **kwargs)
+            return self if result is raw else result
+        try:
+            result = raw.execute(query, *args, **kwargs)
+        except BaseException as exc:
+            self._self_guard.fail(op, exc)
+            raise
+        op.executed()
+        if raw.description is None:
+            op.end()
+        else:
+            self._self_op = op
+        return self if result is raw else result
 
-    def executemany(self, query: Any, params_seq: Iterable[Any], *args: Any, **kwargs: Any) -> Any:
-        """Guard and run a statement for each parameter set, as one BATCH span."""
-        batch = len(params_seq) if isinstance(params_seq, Sized) else 1
+    def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """Guard and run a statement for each parameter set, as one BATCH span.
+
+        Arguments pass through untouched (PyMySQL calls the sequence ``args``,
+        psycopg ``params_seq``, sqlite3 ``parameters``).
+        """
+        seq = args[0] if args else next(iter(kwargs.values()), None)
+        batch = len(seq) if isinstance(seq, Sized) else 1
         return self._self_run(
-            self.__wrapped__.executemany, query, (query, params_seq, *args), kwargs, max(batch, 1)
+            self.__wrapped__.executemany, query, (query, *args), kwargs, max(batch, 1)
         )
 
     def _self_done(self) -> None:
@@ -181,12 +211,13 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
                 op.rows += 1
         return row
 
-    def fetchmany(self, size: int | None = None) -> Any:
+    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
         raw = self.__wrapped__
-        rows = raw.fetchmany() if size is None else raw.fetchmany(size)
+        rows = raw.fetchmany(*args, **kwargs)
         op = self._self_op
         if op is not None:
             op.rows += len(rows)
+            size = args[0] if args else kwargs.get("size")
             if not rows or len(rows) < (size or raw.arraysize):
                 self._self_op = None
                 op.end()

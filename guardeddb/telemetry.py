@@ -13,6 +13,7 @@ so an untraced application pays nothing for it.
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -52,6 +53,14 @@ except ImportError:  # pragma: no cover - older API
 
 _ProxyMeterProvider: type[Any] = type(metrics.get_meter_provider())
 _PROXY_TRACER_PROVIDER: type[Any] = ProxyTracerProvider
+# Where the API keeps the global providers once an application sets them.
+# Reading them is the cheapest "is any SDK configured?" test there is; if a
+# future API moves them, the public getters are used instead.
+_trace_globals = sys.modules["opentelemetry.trace"]
+_metrics_globals = sys.modules.get("opentelemetry.metrics._internal")
+_FAST_UNSET_CHECK = hasattr(_trace_globals, "_TRACER_PROVIDER") and hasattr(
+    _metrics_globals, "_METER_PROVIDER"
+)
 
 
 def error_type(exc: BaseException) -> str:
@@ -71,6 +80,7 @@ class Telemetry:
 
     __slots__ = (
         "_attrs",
+        "_explicit",
         "_meter_provider",
         "_tracer_provider",
         "decisions",
@@ -91,6 +101,7 @@ class Telemetry:
         self.facts = facts
         self._tracer_provider = tracer_provider
         self._meter_provider = meter_provider
+        self._explicit = tracer_provider is not None or meter_provider is not None
         self.tracer: Tracer | None = None
         self.duration: Histogram | None = None
         self._attrs: dict[tuple[Analysis, int], tuple[str, dict[str, Any], dict[str, Any]]] = {}
@@ -155,8 +166,16 @@ class Telemetry:
         ``batch`` is 0 for execute, else the number of parameter sets of an
         executemany (1 when it cannot be known without consuming them).
         """
-        if self.tracer is None and self.duration is None and not self._resolve():
-            return None
+        if self.tracer is None and self.duration is None:
+            if (
+                _FAST_UNSET_CHECK
+                and not self._explicit
+                and _trace_globals._TRACER_PROVIDER is None
+                and _metrics_globals._METER_PROVIDER is None  # type: ignore[union-attr]
+            ):
+                return None
+            if not self._resolve():
+                return None
         if otel_context.get_value(_SUPPRESS_KEY):
             return None
         name, static, metric = self._static(analysis, batch)

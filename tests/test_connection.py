@@ -275,3 +275,34 @@ def test_non_utf8_bytes_and_huge_sql_do_not_crash(backend: Backend) -> None:
         cur.execute(b"SELECT 'caf\xc3\xa9'")
         assert cur.fetchone()[0] == "caf\u00e9"
     conn.close()
+
+
+def test_executemany_keyword_arguments_pass_through(backend: Backend, table: str) -> None:
+    """Each driver's own keyword for the parameter sequence still works."""
+    conn = _connect(backend)
+    cur = conn.cursor()
+    keyword = {"sqlite": None, "postgresql": "params_seq", "mysql": "args"}[backend.name]
+    q = backend.sql(f"INSERT INTO {table} (id, name, email) VALUES (?, ?, ?)")
+    rows = [(30, "k", "k@x.io"), (31, "l", "l@x.io")]
+    if keyword is None:  # sqlite3's parameter is positional-only
+        cur.executemany(q, rows)
+    else:
+        cur.executemany(q, **{keyword: rows})
+    cur.execute(f"SELECT count(*) FROM {table} WHERE id >= 30")
+    assert cur.fetchone()[0] == 2
+    conn.rollback()
+    conn.close()
+
+
+def test_fetchmany_arguments_are_the_drivers(backend: Backend, table: str) -> None:
+    """fetchmany accepts exactly what the driver accepts (sqlite3 refuses None)."""
+    conn = _connect(backend)
+    raw = backend.connect_raw()
+    for c in (conn.cursor(), raw.cursor()):
+        c.execute(f"SELECT id FROM {table} ORDER BY id")
+        if backend.name == "sqlite":
+            with pytest.raises(TypeError):
+                c.fetchmany(None)
+        assert len(c.fetchmany(size=2)) == 2
+    raw.close()
+    conn.close()
