@@ -13,7 +13,7 @@ that type really has, so ``hasattr`` answers as it does on the raw object.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sized
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import wrapt
 
@@ -126,6 +126,11 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         self._self_connection = connection
         self._self_guard: _Guard = connection._self_guard
         self._self_op: Operation | None = None
+
+    if TYPE_CHECKING:
+        # The driver's own attributes, as far as a type checker can know them.
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     @property
     def connection(self) -> GuardedConnection:
@@ -332,6 +337,11 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
         super().__init__(wrapped)
         self._self_guard = guard
 
+    if TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
+
     def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
         """A guarded cursor; arguments go to the driver's ``cursor()``."""
         raw = self.__wrapped__.cursor(*args, **kwargs)
@@ -342,7 +352,13 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
         return self
 
     def __exit__(self, *exc_info: Any) -> Any:
+        self._self_guard.telemetry.end_all()
         return self.__wrapped__.__exit__(*exc_info)
+
+    def close(self) -> None:
+        """Close the connection, ending the spans of results left unread."""
+        self._self_guard.telemetry.end_all()
+        self.__wrapped__.close()
 
     @property
     def guardeddb_identity(self) -> Identity | None:

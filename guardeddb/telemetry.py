@@ -87,6 +87,7 @@ class Telemetry:
         "driver",
         "duration",
         "facts",
+        "open",
         "tracer",
     )
 
@@ -105,6 +106,7 @@ class Telemetry:
         self.tracer: Tracer | None = None
         self.duration: Histogram | None = None
         self._attrs: dict[tuple[Analysis, int], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+        self.open: set[Operation] = set()  # operations whose span has not ended
         self._resolve()
 
     def _resolve(self) -> bool:
@@ -154,6 +156,11 @@ class Telemetry:
         self._attrs[key] = result
         return result
 
+    def end_all(self) -> None:
+        """End every open span: the connection is closing."""
+        for op in list(self.open):
+            op.end()
+
     def start(
         self,
         analysis: Analysis,
@@ -202,6 +209,8 @@ class Operation:
         self._metric = metric
         self.rows = 0
         self._start = time.perf_counter()
+        if span is not None:
+            telemetry.open.add(self)
 
     def executed(self) -> None:
         """The driver call returned: record the operation's duration."""
@@ -226,6 +235,7 @@ class Operation:
         span = self.span
         if span is not None:
             self.span = None
+            self._telemetry.open.discard(self)
             span.set_attribute("error.type", etype)
             if code is not None:
                 span.set_attribute("db.response.status_code", code)
@@ -237,5 +247,6 @@ class Operation:
         span = self.span
         if span is not None:
             self.span = None
+            self._telemetry.open.discard(self)
             span.set_attribute("db.response.returned_rows", self.rows)
             span.end()
