@@ -26,6 +26,8 @@ from .telemetry import Operation, Telemetry
 
 __all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
 
+_NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from None
+
 
 class _Guard:
     """What every cursor of one guarded connection shares."""
@@ -165,26 +167,37 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
                 self._self_op = op
         return self if result is raw else result
 
-    def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
-        """Guard, trace and run one statement."""
-        # _self_run inlined: this is the path every query takes.
+    def execute(self, query: Any, params: Any = _NO_PARAMS, *args: Any, **kwargs: Any) -> Any:
+        """Guard, trace and run one statement.
+
+        Arguments reach the driver exactly as given; the common
+        ``execute(sql, params)`` call takes a path without ``*args`` packing,
+        because this is the call every query makes.
+        """
         if self._self_op is not None:
             self._self_done()
         raw = self.__wrapped__
         op = self._self_guard.begin(query, raw)
-        if op is None:
-            result = raw.execute(query, *args, **kwargs)
-            return self if result is raw else result
         try:
-            result = raw.execute(query, *args, **kwargs)
+            if args or kwargs:
+                if params is _NO_PARAMS:
+                    result = raw.execute(query, *args, **kwargs)
+                else:
+                    result = raw.execute(query, params, *args, **kwargs)
+            elif params is _NO_PARAMS:
+                result = raw.execute(query)
+            else:
+                result = raw.execute(query, params)
         except BaseException as exc:
-            self._self_guard.fail(op, exc)
+            if op is not None:
+                self._self_guard.fail(op, exc)
             raise
-        op.executed()
-        if raw.description is None:
-            op.end()
-        else:
-            self._self_op = op
+        if op is not None:
+            op.executed()
+            if raw.description is None:
+                op.end()
+            else:
+                self._self_op = op
         return self if result is raw else result
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
