@@ -17,7 +17,7 @@ from . import drivers as _drivers
 from .connection import GuardedConnection, GuardedCursor, guard_connection
 from .errors import ApprovalRequired, AuditUnavailable, Error, PolicyError, QueryBlocked
 from .identity import Identity, current_identity, identity
-from .policy.decision import Decision
+from .policy import Decision, Policy, PolicySource, load_policy
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -32,11 +32,13 @@ __all__ = [
     "GuardedConnection",
     "GuardedCursor",
     "Identity",
+    "Policy",
     "PolicyError",
     "QueryBlocked",
     "connect",
     "current_identity",
     "identity",
+    "load_policy",
     "wrap",
 ]
 
@@ -46,6 +48,7 @@ __version__ = "0.1.0.dev0"
 def connect(
     target: Any,
     *args: Any,
+    policy: PolicySource | None = None,
     identity: Identity | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
@@ -56,10 +59,13 @@ def connect(
     ``target`` is a URL (``sqlite:///shop.db``, ``postgresql://...``,
     ``mysql://...``, ``mariadb://...``) whose driver gets ``kwargs``, or a
     DB-API ``connect`` callable or module that gets ``args`` and ``kwargs``.
-    ``identity`` is the connection's default identity; one bound with
-    ``guardeddb.identity()`` wins over it. The tracer and meter providers
-    default to OpenTelemetry's global ones.
+    ``policy`` is a ``Policy``, a YAML path or a dict; without one the
+    ``agent-safe`` preset applies (secure by default). ``identity`` is the
+    connection's default identity; one bound with ``guardeddb.identity()``
+    wins over it. The tracer and meter providers default to OpenTelemetry's
+    global ones.
     """
+    resolved = load_policy(policy)  # a bad policy fails before any connection opens
     if isinstance(target, str):
         if args:
             raise TypeError("a URL target takes keyword arguments only")
@@ -67,13 +73,18 @@ def connect(
     else:
         raw = _drivers.connect_callable(target)(*args, **kwargs)
     return wrap(
-        raw, identity=identity, tracer_provider=tracer_provider, meter_provider=meter_provider
+        raw,
+        policy=resolved,
+        identity=identity,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
     )
 
 
 def wrap(
     conn: Any,
     *,
+    policy: PolicySource | None = None,
     identity: Identity | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
@@ -81,7 +92,8 @@ def wrap(
     """Guard an open DB-API connection; a guarded one is returned as it is."""
     if isinstance(conn, GuardedConnection):
         return conn
+    resolved = load_policy(policy)
     driver = _drivers.detect(conn)
     facts = _drivers.facts(driver, conn)
     telemetry = Telemetry(driver, facts, tracer_provider, meter_provider)
-    return guard_connection(conn, driver, facts, telemetry, identity)
+    return guard_connection(conn, driver, facts, telemetry, identity, resolved)

@@ -20,6 +20,7 @@ import guardeddb
 
 __all__ = ["main"]
 
+_RESET = "DROP TABLE IF EXISTS orders; DROP TABLE IF EXISTS customers;"
 _SEED = """
 CREATE TABLE customers (
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,
@@ -57,6 +58,16 @@ def _scenario(conn: guardeddb.GuardedConnection) -> None:
             cur.execute("SELECT * FROM refunds WHERE customer_id = 1")
         cur.execute("UPDATE orders SET status = 'cancelled' WHERE id = ?", (2,))
         conn.commit()
+        # What a confused or injected model tries next; the guardrails refuse
+        # before anything reaches the database.
+        for attempt in (
+            "DROP TABLE customers",
+            "DELETE FROM orders",
+            "DELETE FROM orders WHERE 1 = 1",
+            "SELECT name FROM customers; DELETE FROM orders WHERE id > 0",
+        ):
+            with contextlib.suppress(guardeddb.QueryBlocked):
+                cur.execute(attempt)
     with guardeddb.identity(user="bob@example.com", roles={"analyst"}):
         cur = conn.cursor()
         cur.execute(
@@ -78,6 +89,7 @@ def _rows(spans: Sequence[Any]) -> list[dict[str, Any]]:
                 "db.query.text": attrs.get("db.query.text", ""),
                 "rows": attrs.get("db.response.returned_rows", ""),
                 "decision": attrs.get("guardeddb.decision.action", ""),
+                "rule": attrs.get("guardeddb.decision.rule", ""),
                 "error": attrs.get("error.type", ""),
                 "trace_id": f"{span.context.trace_id:032x}",
             }
@@ -90,6 +102,8 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         return f"{r['user']}\nvia {r['agent']}" if r["agent"] else str(r["user"])
 
     def outcome(r: dict[str, Any]) -> str:
+        if r["decision"] == "block":
+            return f"BLOCKED by {r['rule']}"
         return f"{r['decision']}, failed: {r['error']}" if r["error"] else f"{r['decision']}, ok"
 
     try:
@@ -107,7 +121,7 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     table.add_column("rows", justify="right")
     table.add_column("outcome")
     for i, r in enumerate(rows, 1):
-        style = "red" if r["error"] else None
+        style = "bold red" if r["decision"] == "block" else "red" if r["error"] else None
         query = f"[bold]{r['span']}[/bold]\n{r['db.query.text']}"
         table.add_row(str(i), who(r), query, str(r["rows"]), outcome(r), style=style)
     console = Console()
@@ -131,9 +145,10 @@ def _demo(args: argparse.Namespace) -> int:
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
 
-    conn = guardeddb.connect(f"sqlite:///{args.database}", tracer_provider=provider)
-    conn.executescript(_SEED) if args.database == ":memory:" else _seed_file(conn)
-    exporter.clear()  # the seeding is not part of the story
+    raw = sqlite3.connect(args.database)
+    raw.executescript(_RESET + _SEED)  # seeded by the application, not the agent
+    raw.commit()
+    conn = guardeddb.wrap(raw, tracer_provider=provider)  # the agent-safe preset
     _scenario(conn)
     conn.close()
     provider.shutdown()
@@ -146,13 +161,11 @@ def _demo(args: argparse.Namespace) -> int:
         print(
             "\nEvery query became one OpenTelemetry span tied to the identity that ran it;"
             "\nevery literal in the SQL (an email, a status) was replaced by ? before it"
-            " was recorded."
+            " was recorded.\nThe agent-safe policy (the default) refused the DROP, the"
+            " DELETE without a real WHERE\nand the stacked statements before they reached"
+            " the database."
         )
     return 0
-
-
-def _seed_file(conn: guardeddb.GuardedConnection) -> None:
-    conn.executescript("DROP TABLE IF EXISTS orders; DROP TABLE IF EXISTS customers;" + _SEED)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ that type really has, so ``hasattr`` answers as it does on the raw object.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
@@ -20,9 +21,13 @@ import wrapt
 from .drivers import ConnectionFacts, Driver
 from .errors import QueryBlocked, for_driver
 from .identity import Identity, _current
-from .policy.decision import ALLOW, Decision
-from .sql.analysis import Analysis, analyze, cache_for
+from .policy.decision import Decision
+from .policy.model import Policy
+from .sql.analysis import MAX_CACHED_TEXT, Analysis, analyze, cache_for
 from .telemetry import Operation, Telemetry
+
+_log = logging.getLogger("guardeddb")
+_DECISION_CACHE_SIZE = 8192
 
 __all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
 
@@ -30,23 +35,45 @@ _NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from N
 
 
 class _Guard:
-    """What every cursor of one guarded connection shares."""
+    """What every cursor of one guarded connection shares: the policy, the
+    decision cache, the session's read-only state and the telemetry."""
 
-    __slots__ = ("blocked", "cache", "dialect", "driver", "facts", "identity", "telemetry")
+    __slots__ = (
+        "blocked",
+        "cache",
+        "decisions",
+        "dialect",
+        "driver",
+        "enforce",
+        "facts",
+        "identity",
+        "policy",
+        "raw",
+        "read_only",
+        "telemetry",
+    )
 
     def __init__(
         self,
+        raw: Any,
         driver: Driver,
         facts: ConnectionFacts,
         telemetry: Telemetry,
         identity: Identity | None,
+        policy: Policy,
     ) -> None:
+        self.raw = raw
         self.driver = driver
         self.dialect = driver.dialect
         self.cache = cache_for(driver.dialect)
         self.facts = facts
         self.telemetry = telemetry
         self.identity = identity
+        self.policy = policy
+        self.enforce = policy.mode == "enforce"
+        # (analysis, identity) -> (decision, whether the session must be read-only)
+        self.decisions: dict[tuple[Analysis, Identity | None], tuple[Decision, bool]] = {}
+        self.read_only = False  # what guardeddb last told the server
         self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
 
     def analyze(self, query: Any, raw: Any) -> Analysis:
@@ -55,28 +82,95 @@ class _Guard:
             return analyze(query, self.dialect)
         return analyze(query_text(query, raw), self.dialect)
 
-    def decide(self, analysis: Analysis, ident: Identity | None) -> Decision:
-        """The guardrail decision (policies arrive with the policy engine)."""
-        return ALLOW
+    def decide(self, analysis: Analysis, ident: Identity | None) -> tuple[Decision, bool]:
+        """The policy's decision and the session mode it needs; cached."""
+        decision = self.policy.decide(analysis, ident, self.facts.schemas)
+        result = (decision, self.policy.read_only_for(ident))
+        if len(self.decisions) >= _DECISION_CACHE_SIZE:
+            self.decisions.clear()
+        if len(analysis.text) <= MAX_CACHED_TEXT:
+            self.decisions[(analysis, ident)] = result
+        return result
 
     def begin(self, query: Any, raw: Any, batch: int = 0) -> Operation | None:
-        """Analyze, decide and start recording one operation; raise if blocked.
+        """Analyze, decide and start recording one operation; raise if refused.
 
         This is the hot path of every execute: a dict hit for the analysis,
-        a contextvar read, the decision, and nothing else when no SDK records.
+        a contextvar read, a dict hit for the decision, and nothing else when
+        no SDK records.
         """
         analysis = self.cache.get(query) if type(query) is str else None
         if analysis is None:
             analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
-        decision = self.decide(analysis, ident)
+        cached = self.decisions.get((analysis, ident))
+        decision, read_only = cached if cached is not None else self.decide(analysis, ident)
+        if read_only is not self.read_only:
+            self.switch_session(read_only, analysis, ident)
         op = self.telemetry.start(analysis, ident, decision, batch)
-        if decision.action == "block":
+        action = decision.action
+        if action != "allow" and self.enforce:
+            if action == "warn":
+                _log.warning(
+                    "guardeddb: rule %s warns: %s (%s)",
+                    decision.rule_id,
+                    decision.message or "",
+                    analysis.summary or analysis.sanitized[:200],
+                )
+            else:
+                exc = self.refusal(decision)
+                if op is not None:
+                    op.failed(exc)
+                raise exc
+        return op
+
+    def refusal(self, decision: Decision) -> QueryBlocked:
+        """The error for a blocked or held query, mixed with the driver's."""
+        if decision.action == "review":
+            # Approvals need a store (configured in a later release); until
+            # then a held query is a blocked one, and says why.
+            return self.blocked(
+                decision,
+                f"query held for review by rule {decision.rule_id!r}"
+                + (f": {decision.message}" if decision.message else "")
+                + " (no approval store is configured, so it cannot run)",
+            )
+        return self.blocked(decision)
+
+    def switch_session(self, read_only: bool, analysis: Analysis, ident: Identity | None) -> None:
+        """Tell the database to refuse (or allow again) writes for this session.
+
+        Only between transactions: an identity that must be read-only never
+        runs inside a transaction that a read-write identity opened.
+        """
+        raw = self.raw
+        if self.driver.in_transaction(raw):
+            decision = Decision(
+                "block",
+                "read-only-session",
+                "the identity changed inside an open transaction; commit or roll back first "
+                "so the database session can switch to "
+                + ("read-only" if read_only else "read-write"),
+            )
             exc = self.blocked(decision)
+            op = self.telemetry.start(analysis, ident, decision)
             if op is not None:
                 op.failed(exc)
             raise exc
-        return op
+        statements = self.driver.read_only_statements(read_only)
+        if not statements:
+            return
+        cur = raw.cursor()
+        try:
+            for sql in statements:
+                cur.execute(sql)
+        finally:
+            cur.close()
+        if self.driver.in_transaction(raw):
+            # psycopg opened a transaction for the SET: close it, so the next
+            # statement starts a transaction with the new characteristics.
+            raw.commit()
+        self.read_only = read_only
 
     def fail(self, op: Operation, exc: BaseException) -> None:
         op.failed(exc, self.driver.status_code(exc))
@@ -444,8 +538,9 @@ def guard_connection(
     facts: ConnectionFacts,
     telemetry: Telemetry,
     identity: Identity | None,
+    policy: Policy,
 ) -> GuardedConnection:
     """Wrap a raw connection; used by ``connect`` and ``wrap``."""
     cls = _compose(GuardedConnection, type(raw), _CONNECTION_MIXINS)
-    conn: GuardedConnection = cls(raw, _Guard(driver, facts, telemetry, identity))
+    conn: GuardedConnection = cls(raw, _Guard(raw, driver, facts, telemetry, identity, policy))
     return conn

@@ -34,6 +34,31 @@ class Driver:
         err = getattr(mod, "ProgrammingError", None)
         return err if isinstance(err, type) and issubclass(err, BaseException) else None
 
+    def read_only_statements(self, read_only: bool) -> tuple[str, ...]:
+        """What puts the session in (or out of) read-only mode on the server."""
+        if self.module == "psycopg":
+            mode = "READ ONLY" if read_only else "READ WRITE"
+            return (f"SET SESSION CHARACTERISTICS AS TRANSACTION {mode}",)
+        if self.module == "pymysql":
+            return (f"SET SESSION TRANSACTION {'READ ONLY' if read_only else 'READ WRITE'}",)
+        if self.module == "sqlite3":
+            return (f"PRAGMA query_only = {1 if read_only else 0}",)
+        return ()
+
+    def in_transaction(self, conn: Any) -> bool:
+        """Whether a transaction is open, in which the session mode cannot change.
+
+        SQLite's query_only takes effect at once, so it never has to wait.
+        Unknown drivers answer True: guardeddb will not switch their mode.
+        """
+        if self.module == "psycopg":
+            from psycopg.pq import TransactionStatus
+
+            return bool(conn.info.transaction_status != TransactionStatus.IDLE)
+        if self.module == "pymysql":
+            return bool(getattr(conn, "server_status", 1) & 1)  # SERVER_STATUS_IN_TRANS
+        return self.module != "sqlite3"
+
     def status_code(self, exc: BaseException) -> str | None:
         """``db.response.status_code``: SQLSTATE, MySQL error number, sqlite error name."""
         if self.module == "psycopg":
@@ -78,11 +103,13 @@ def detect(conn: Any) -> Driver:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionFacts:
-    """Where a connection points: db.namespace, server.address, server.port."""
+    """Where a connection points: db.namespace, server.address, server.port,
+    and the schemas an unqualified table name may resolve to (None: unknown)."""
 
     namespace: str | None
     address: str | None
     port: int | None
+    schemas: frozenset[str] | None = None
 
 
 def facts(driver: Driver, conn: Any) -> ConnectionFacts:
@@ -93,15 +120,18 @@ def facts(driver: Driver, conn: Any) -> ConnectionFacts:
             info = conn.info
             host = info.host
             address = None if host.startswith("/") else host
-            return ConnectionFacts(info.dbname or None, address, int(info.port))
+            # The default search_path: "$user", public (and pg_catalog, always).
+            schemas = frozenset({"public", "pg_catalog", info.user})
+            return ConnectionFacts(info.dbname or None, address, int(info.port), schemas)
         if driver.module == "pymysql":
             db = conn.db.decode() if isinstance(conn.db, bytes) else conn.db
             host = conn.host if not getattr(conn, "unix_socket", None) else None
-            return ConnectionFacts(db or None, host, int(conn.port))
+            # USE can change the current database: only the one at connect is known.
+            return ConnectionFacts(db or None, host, int(conn.port), None)
         if driver.module == "sqlite3":
             rows = conn.execute("PRAGMA database_list").fetchall()
             path = next((r[2] for r in rows if r[1] == "main"), "")
-            return ConnectionFacts(path or ":memory:", None, None)
+            return ConnectionFacts(path or ":memory:", None, None, frozenset({"main", "temp"}))
     except Exception:  # facts are for telemetry; never fail a connection over them
         pass
     return ConnectionFacts(None, None, None)

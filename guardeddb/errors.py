@@ -17,9 +17,10 @@ DBAPI error wrapping keep working unchanged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .policy.decision import Decision
+if TYPE_CHECKING:  # the policy package imports errors; only the type is needed here
+    from .policy.decision import Decision
 
 __all__ = [
     "ApprovalRequired",

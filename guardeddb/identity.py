@@ -40,8 +40,14 @@ class Identity:
     roles: frozenset[str] = frozenset()
     session: str | None = None
     attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, hash=False, compare=False)
+    verified: bool = False  # True only for identities built from a signed token
 
     __module__ = "guardeddb"
+
+    def __hash__(self) -> int:
+        # Computed once: decisions are cached per (statement, identity).
+        cached: int = self.__dict__["_hash"]
+        return cached
 
     def __post_init__(self) -> None:
         # Accept any iterable of roles (a list from YAML, a set from code) but
@@ -53,6 +59,9 @@ class Identity:
         object.__setattr__(self, "roles", frozenset(roles))
         object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
         object.__setattr__(self, "_span_attributes", self._build_span_attributes())
+        object.__setattr__(
+            self, "_hash", hash((self.user, self.agent, self.roles, self.session, self.verified))
+        )
 
     def _build_span_attributes(self) -> Mapping[str, Any]:
         attrs: dict[str, Any] = {}

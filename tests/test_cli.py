@@ -20,12 +20,23 @@ def test_demo_json_reports_every_query(capsys: pytest.CaptureFixture[str]) -> No
         "SELECT orders customers",
         "SELECT refunds",
         "UPDATE orders",
+        "DROP TABLE customers",
+        "DELETE orders",
+        "DELETE orders",
+        "SELECT customers; DELETE orders",
         "SELECT orders customers",
     ]
     assert rows[0]["user"] == "alice@example.com" and rows[0]["agent"] == "support-bot"
-    assert rows[4]["user"] == "bob@example.com" and rows[4]["agent"] == ""
-    assert rows[0]["rows"] == 1 and rows[4]["rows"] == 3
+    assert rows[-1]["user"] == "bob@example.com" and rows[-1]["agent"] == ""
+    assert rows[0]["rows"] == 1 and rows[-1]["rows"] == 3
     assert rows[2]["error"] == "sqlite3.OperationalError"
+    assert [(r["decision"], r["rule"]) for r in rows[4:8]] == [
+        ("block", "no-ddl"),
+        ("block", "write-needs-where"),
+        ("block", "write-needs-where"),
+        ("block", "no-stacked-statements"),
+    ]
+    assert all(r["error"] == "guardeddb.QueryBlocked" for r in rows[4:8])
     text = json.dumps(rows)
     for literal in ("ada@example.com", "pending", "shipped", "cancelled"):
         assert literal not in text
@@ -40,4 +51,5 @@ def test_demo_table_as_console_script(tmp_path: object) -> None:
         text=True,
     ).stdout
     assert "SELECT customers" in out and "alice@example.com" in out
+    assert "BLOCKED by no-ddl" in out
     assert "ada@example.com" not in out

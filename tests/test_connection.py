@@ -10,11 +10,11 @@ import pytest
 import guardeddb
 from guardeddb import GuardedConnection, GuardedCursor
 
-from .fix_db import Backend
+from .fix_db import PERMISSIVE, Backend
 
 
 def _connect(backend: Backend, **kwargs: Any) -> GuardedConnection:
-    return guardeddb.connect(backend.url, **kwargs)
+    return guardeddb.connect(backend.url, policy=PERMISSIVE, **kwargs)
 
 
 def test_connect_url_is_guarded_and_isinstance_holds(backend: Backend) -> None:
@@ -40,13 +40,13 @@ def test_wrap_existing_connection_and_wrap_is_idempotent(backend: Backend) -> No
 def test_connect_callable_and_module(backend: Backend) -> None:
     """connect() takes a DB-API connect callable or module plus its arguments."""
     if backend.name == "sqlite":
-        conn = guardeddb.connect(sqlite3, ":memory:")
-        conn2 = guardeddb.connect(sqlite3.connect, ":memory:")
+        conn = guardeddb.connect(sqlite3, ":memory:", policy=PERMISSIVE)
+        conn2 = guardeddb.connect(sqlite3.connect, ":memory:", policy=PERMISSIVE)
     elif backend.name == "postgresql":
         import psycopg
 
-        conn = guardeddb.connect(psycopg, backend.url)
-        conn2 = guardeddb.connect(psycopg.connect, backend.url)
+        conn = guardeddb.connect(psycopg, backend.url, policy=PERMISSIVE)
+        conn2 = guardeddb.connect(psycopg.connect, backend.url, policy=PERMISSIVE)
     else:
         import pymysql
 
@@ -55,8 +55,8 @@ def test_connect_callable_and_module(backend: Backend) -> None:
         probe = connect_url(backend.url, {})
         kwargs = {"host": probe.host, "port": probe.port, "user": probe.user, "password": ""}
         probe.close()
-        conn = guardeddb.connect(pymysql, **kwargs)
-        conn2 = guardeddb.connect(pymysql.connect, **kwargs)
+        conn = guardeddb.connect(pymysql, policy=PERMISSIVE, **kwargs)
+        conn2 = guardeddb.connect(pymysql.connect, policy=PERMISSIVE, **kwargs)
     for c in (conn, conn2):
         assert isinstance(c, GuardedConnection)
         cur = c.cursor()
@@ -157,7 +157,7 @@ def test_context_managers_return_the_proxy(backend: Backend, table: str) -> None
 
 def test_sqlite_row_factory_and_executescript() -> None:
     """sqlite3.Row, conn.executescript and cursor.executescript work through the proxy."""
-    conn = guardeddb.connect("sqlite:///:memory:")
+    conn = guardeddb.connect("sqlite:///:memory:", policy=PERMISSIVE)
     conn.row_factory = sqlite3.Row
     assert conn.__wrapped__.row_factory is sqlite3.Row
     cur = conn.executescript("CREATE TABLE t (a, b); INSERT INTO t VALUES (1, 'x');")
@@ -173,11 +173,11 @@ def test_sqlite_row_factory_and_executescript() -> None:
 def test_sqlite_url_forms(tmp_path: Any) -> None:
     """sqlite:///relative, sqlite:////absolute and query parameters (URI mode)."""
     path = tmp_path / "shop.db"
-    conn = guardeddb.connect(f"sqlite:///{path}")
+    conn = guardeddb.connect(f"sqlite:///{path}", policy=PERMISSIVE)
     conn.execute("CREATE TABLE t (a)")
     conn.commit()
     conn.close()
-    ro = guardeddb.connect(f"sqlite:///{path}?mode=ro")
+    ro = guardeddb.connect(f"sqlite:///{path}?mode=ro", policy=PERMISSIVE)
     with pytest.raises(sqlite3.OperationalError):
         ro.execute("INSERT INTO t VALUES (1)")
     ro.close()
@@ -194,7 +194,7 @@ def test_psycopg_row_factories_server_cursor_and_stream(pg_backend: Backend) -> 
     """dict_row, namedtuple_row, named (server-side) cursors and stream()."""
     from psycopg.rows import dict_row, namedtuple_row
 
-    conn = guardeddb.connect(pg_backend.url)
+    conn = guardeddb.connect(pg_backend.url, policy=PERMISSIVE)
     cur = conn.cursor(row_factory=dict_row)
     cur.execute("SELECT 1 AS a, 'x' AS b")
     assert cur.fetchone() == {"a": 1, "b": "x"}
@@ -216,7 +216,7 @@ def test_psycopg_row_factories_server_cursor_and_stream(pg_backend: Backend) -> 
 @pytest.mark.pg
 def test_psycopg_nextset_over_several_results(pg_backend: Backend) -> None:
     """A psycopg execute of two statements exposes both results through nextset."""
-    conn = guardeddb.connect(pg_backend.url)
+    conn = guardeddb.connect(pg_backend.url, policy=PERMISSIVE)
     cur = conn.cursor()
     cur.execute("SELECT 1; SELECT 2")
     assert cur.fetchone()[0] == 1
@@ -232,7 +232,7 @@ def test_pymysql_dictcursor_sscursor_callproc_query(mysql_backend: Backend) -> N
 
     from guardeddb.drivers import connect_url
 
-    conn = guardeddb.wrap(connect_url(mysql_backend.url, {}))
+    conn = guardeddb.wrap(connect_url(mysql_backend.url, {}), policy=PERMISSIVE)
     dcur = conn.cursor(pymysql.cursors.DictCursor)
     dcur.execute("SELECT 1 AS a")
     assert dcur.fetchone() == {"a": 1}

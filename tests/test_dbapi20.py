@@ -20,7 +20,7 @@ pytest.register_assert_rewrite("tests.pep249")  # detailed assertion messages fr
 
 import guardeddb  # noqa: E402
 
-from .fix_db import Backend  # noqa: E402
+from .fix_db import PERMISSIVE, Backend  # noqa: E402
 from .fix_otel import Otel  # noqa: E402
 from .pep249 import PEP249Suite, Target  # noqa: E402
 
@@ -101,8 +101,12 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
         otel: Otel = request.getfixturevalue("otel")
 
         def wrap(raw: Any) -> guardeddb.GuardedConnection:
+            # PEP 249 checks create and drop tables: transparency, not guardrails.
             return guardeddb.wrap(
-                raw, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+                raw,
+                policy=PERMISSIVE,
+                tracer_provider=otel.tracer_provider,
+                meter_provider=otel.meter_provider,
             )
 
         target.wrap = wrap

@@ -14,7 +14,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 import guardeddb
 from guardeddb import GuardedConnection
 
-from .fix_db import Backend
+from .fix_db import PERMISSIVE, Backend
 from .fix_otel import Otel
 
 SECRETS = ("ada@example.com", "s3cr3t-token", "4111111111111111", "987654")
@@ -23,6 +23,7 @@ SECRETS = ("ada@example.com", "s3cr3t-token", "4111111111111111", "987654")
 def _connect(backend: Backend, otel: Otel, **kwargs: Any) -> GuardedConnection:
     return guardeddb.connect(
         backend.url,
+        policy=PERMISSIVE,
         tracer_provider=otel.tracer_provider,
         meter_provider=otel.meter_provider,
         **kwargs,

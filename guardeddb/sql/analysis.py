@@ -6,14 +6,17 @@ import hashlib
 from dataclasses import dataclass
 from functools import lru_cache
 
+from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
+from sqlglot.errors import ErrorLevel, SqlglotError
 
+from .classify import Statement, classify
 from .text import sanitize_and_summarize
 
-__all__ = ["CACHE_SIZE", "Analysis", "analyze", "cache_for"]
+__all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for"]
 
-#: Distinct (dialect, SQL text) pairs kept; applications have a bounded set
-#: of statements, and the cache must stay bounded when they do not.
+#: Distinct SQL texts kept per dialect; applications have a bounded set of
+#: statements, and the cache must stay bounded when they do not.
 CACHE_SIZE = 4096
 MAX_CACHED_TEXT = 64 * 1024
 
@@ -31,6 +34,28 @@ class Analysis:
     sanitized: str  # every literal replaced by ?
     summary: str  # db.query.summary; '' when nothing could be named
     fingerprint: str  # stable id of the statement's shape
+    statements: tuple[Statement, ...]
+
+    @property
+    def unparsed(self) -> str | None:
+        """Why some statement was not understood, or None when all were."""
+        return next((s.unparsed for s in self.statements if s.unparsed), None)
+
+    @property
+    def kinds(self) -> frozenset[str]:
+        return frozenset().union(*(s.kinds for s in self.statements))
+
+    @property
+    def classes(self) -> frozenset[str]:
+        return frozenset().union(*(s.classes for s in self.statements))
+
+    @property
+    def tables(self) -> frozenset[str]:
+        return frozenset().union(*(s.tables for s in self.statements))
+
+    @property
+    def functions(self) -> frozenset[str]:
+        return frozenset().union(*(s.functions for s in self.statements))
 
 
 @lru_cache(maxsize=32)
@@ -38,7 +63,95 @@ def _dialect(name: str) -> Dialect:
     return Dialect.get_or_raise(name)
 
 
-_CACHES: dict[str, dict[str, Analysis]] = {}
+def _chunks(sql: str, tokens: list[Token]) -> list[str]:
+    """The text of each statement, split where sqlglot's parser splits."""
+    chunks: list[list[Token]] = [[]]
+    last = len(tokens) - 1
+    for i, tok in enumerate(tokens):
+        if tok.token_type is TokenType.SEMICOLON:
+            if tok.comments:
+                chunks.append([tok])
+            if i < last:
+                chunks.append([])
+        else:
+            chunks[-1].append(tok)
+    return [sql[c[0].start : c[-1].end + 1] if c else "" for c in chunks]
+
+
+_PYFORMAT = frozenset({"s", "b", "t"})
+
+
+def _placeholders(tokens: list[Token]) -> list[Token]:
+    """``%s``, ``%b``, ``%t`` and ``%(name)s`` (psycopg, PyMySQL) as placeholders.
+
+    The parser knows ``?`` but reads ``%s`` as a broken modulo; the tokens
+    are rewritten so that parameterized statements parse as what they are.
+    """
+    out: list[Token] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        tok = tokens[i]
+        if tok.token_type is TokenType.MOD and i + 1 < n:
+            nxt = tokens[i + 1]
+            end = None
+            if (
+                nxt.start == tok.end + 1
+                and nxt.token_type is TokenType.VAR
+                and nxt.text in _PYFORMAT
+            ):
+                end = i + 1
+            elif (
+                nxt.token_type is TokenType.L_PAREN
+                and nxt.start == tok.end + 1
+                and i + 3 < n
+                and tokens[i + 2].token_type is TokenType.VAR
+                and tokens[i + 3].token_type is TokenType.R_PAREN
+                and i + 4 < n
+                and tokens[i + 4].text in _PYFORMAT
+                and tokens[i + 4].start == tokens[i + 3].end + 1
+            ):
+                end = i + 4
+            if end is not None:
+                last = tokens[end]
+                out.append(
+                    Token(
+                        TokenType.PLACEHOLDER,
+                        "?",
+                        line=tok.line,
+                        col=tok.col,
+                        start=tok.start,
+                        end=last.end,
+                        comments=[*tok.comments, *last.comments],
+                    )
+                )
+                i = end + 1
+                continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+def _statements(
+    sql: str, tokens: list[Token] | None, dialect: Dialect, name: str
+) -> tuple[Statement, ...]:
+    if tokens is None:
+        return (Statement.unknown("the SQL could not be tokenized"),)
+    if name == "mysql" and ("/*!" in sql or "/*M!" in sql):
+        # MySQL runs the inside of /*! ... */; every parser skips it.
+        return (Statement.unknown("MySQL executable comment (/*! ... */)"),)
+    if name in ("postgres", "mysql"):
+        tokens = _placeholders(tokens)
+    try:
+        trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(tokens, sql)
+    except (SqlglotError, RecursionError, ValueError, IndexError, KeyError, TypeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return (Statement.unknown(f"parse error: {first[:200]}"),)
+    texts = _chunks(sql, tokens)
+    if len(texts) != len(trees):
+        return (Statement.unknown("statements could not be delimited"),)
+    return tuple(
+        classify(tree, text, name) for tree, text in zip(trees, texts, strict=True) if tree
+    )
 
 
 def cache_for(dialect: str) -> dict[str, Analysis]:
@@ -53,16 +166,25 @@ def cache_for(dialect: str) -> dict[str, Analysis]:
     return cache
 
 
+_CACHES: dict[str, dict[str, Analysis]] = {}
+
+
 def analyze(text: str, dialect: str) -> Analysis:
-    """Analyze ``text`` as ``dialect`` (sqlglot's name); results are cached."""
+    """Analyze ``text`` as ``dialect`` (sqlglot's name); results are cached.
+
+    Never raises: what cannot be understood is a statement with ``unparsed``
+    set, which policies treat as ``on_unparsed`` says (block by default).
+    """
     cache = cache_for(dialect)
     found = cache.get(text)
     if found is not None:
         return found
-    sanitized, summary = sanitize_and_summarize(text, _dialect(dialect))
+    d = _dialect(dialect)
+    sanitized, summary, tokens = sanitize_and_summarize(text, d)
+    statements = _statements(text, tokens, d, dialect)
     shape = " ".join(sanitized.split()).lower()
     fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    result = Analysis(text, dialect, sanitized, summary, fingerprint)
+    result = Analysis(text, dialect, sanitized, summary, fingerprint, statements)
     if len(text) > MAX_CACHED_TEXT:
         return result  # one-off giants (bulk loads) would pin megabytes
     if len(cache) >= CACHE_SIZE:

@@ -383,14 +383,18 @@ def _summarize_statement(sql: str, tokens: Sequence[Token], out: _Summary) -> No
         out.add(tokens[0].text)  # BEGIN, COMMIT, SET, SHOW, PRAGMA, GRANT, ...
 
 
-def _fallback(sql: str) -> tuple[str, str]:
+def _fallback(sql: str) -> tuple[str, str, None]:
     sanitized = _FALLBACK.sub("?", sql)
     m = _FALLBACK_WORD.match(sql)
-    return sanitized, (m.group(1) if m else "")
+    return sanitized, (m.group(1) if m else ""), None
 
 
-def sanitize_and_summarize(sql: str, dialect: Dialect) -> tuple[str, str]:
-    """``(sanitized text, summary)`` of ``sql`` in ``dialect``; never raises."""
+def sanitize_and_summarize(sql: str, dialect: Dialect) -> tuple[str, str, list[Token] | None]:
+    """``(sanitized text, summary, tokens)`` of ``sql`` in ``dialect``; never raises.
+
+    ``tokens`` is None when the text could not be tokenized (or is too long
+    to try): the caller must then treat the statement as not understood.
+    """
     if len(sql) > MAX_TOKENIZED:
         return _fallback(sql)
     try:
@@ -410,4 +414,4 @@ def sanitize_and_summarize(sql: str, dialect: Dialect) -> tuple[str, str]:
                 _summarize_statement(sql, tokens[start:i], summary)
             start = i + 1
     text = " ".join(summary.words).rstrip(";")
-    return sanitized, text
+    return sanitized, text, tokens

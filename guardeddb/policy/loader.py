@@ -1,0 +1,340 @@
+"""Loading policies from YAML files and dicts, with errors that say where.
+
+Every unknown key, bad value or bad glob is a ``PolicyError`` naming the
+file, the line and the key (``policy.yaml:12: rules[2].match.statements:
+unknown statement class or kind 'selct'``): a policy that half loads is a
+policy that half protects.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping, Sequence
+from fnmatch import translate
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..errors import PolicyError
+from ..sql.classify import CLASSES, KINDS
+from .model import ACTIONS, IdentityMatch, Match, Policy, Rule
+from .presets import PRESETS
+
+__all__ = ["PolicySource", "load_policy"]
+
+PolicySource = Policy | str | os.PathLike[str] | Mapping[str, Any]
+
+_TOP_KEYS = {
+    "version",
+    "mode",
+    "default",
+    "on_unparsed",
+    "require_identity",
+    "extends",
+    "rules",
+    "masking",
+    "audit",
+    "approvals",
+}
+_RULE_KEYS = {"id", "match", "action", "message"}
+_MATCH_KEYS = {
+    "identity",
+    "statements",
+    "tables",
+    "columns",
+    "functions",
+    "where",
+    "limit",
+    "multiple_statements",
+    "sql_regex",
+}
+_IDENTITY_KEYS = {"user", "agent", "roles", "roles_absent"}
+_MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
+_AUDIT_KEYS = {"jsonl", "postgresql", "required", "fsync"}
+_APPROVALS_KEYS = {"store", "ttl"}
+
+Path_ = tuple[str | int, ...]
+
+
+class _Context:
+    """Where values came from, so errors can name file, line and key."""
+
+    def __init__(self, source: str, lines: dict[Path_, int]) -> None:
+        self.source = source
+        self.lines = lines
+
+    def error(self, path: Path_, message: str) -> PolicyError:
+        line = None
+        for n in range(len(path), -1, -1):
+            line = self.lines.get(path[:n])
+            if line is not None:
+                break
+        return PolicyError(message, source=self.source, line=line, key=_dotted(path) or None)
+
+
+def _dotted(path: Path_) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """YAML to Python, remembering the line of every key and item."""
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise PolicyError(f"invalid YAML: {problem}", source=source, line=line) from None
+    finally:
+        loader.dispose()
+    lines: dict[Path_, int] = {}
+    constructor = yaml.constructor.SafeConstructor()
+
+    def walk(n: yaml.Node, path: Path_) -> Any:
+        lines.setdefault(path, n.start_mark.line + 1)
+        if isinstance(n, yaml.MappingNode):
+            out: dict[str, Any] = {}
+            for key_node, value_node in n.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+                if not isinstance(key, str):
+                    raise PolicyError(
+                        "keys must be plain strings",
+                        source=source,
+                        line=key_node.start_mark.line + 1,
+                        key=_dotted(path) or None,
+                    )
+                if key in out:
+                    raise PolicyError(
+                        "duplicate key",
+                        source=source,
+                        line=key_node.start_mark.line + 1,
+                        key=_dotted((*path, key)),
+                    )
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = walk(value_node, (*path, key))
+            return out
+        if isinstance(n, yaml.SequenceNode):
+            return [walk(item, (*path, i)) for i, item in enumerate(n.value)]
+        return constructor.construct_object(n, deep=True)
+
+    if node is None:
+        return {}, lines
+    return walk(node, ()), lines
+
+
+def _keys(ctx: _Context, value: Any, path: Path_, allowed: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ctx.error(path, f"{what} must be a mapping, not {type(value).__name__}")
+    for key in value:
+        if key not in allowed:
+            raise ctx.error(
+                (*path, key), f"unknown key {key!r} (expected one of: {', '.join(sorted(allowed))})"
+            )
+    return dict(value)
+
+
+def _choice(ctx: _Context, value: Any, path: Path_, choices: Sequence[str]) -> str:
+    if value not in choices:
+        raise ctx.error(path, f"must be one of {', '.join(choices)}, not {value!r}")
+    return str(value)
+
+
+def _bool(ctx: _Context, value: Any, path: Path_) -> bool:
+    if not isinstance(value, bool):
+        raise ctx.error(path, f"must be true or false, not {value!r}")
+    return value
+
+
+def _strings(ctx: _Context, value: Any, path: Path_) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ctx.error(path, "must be a string or a non-empty list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str) or not item.strip():
+            raise ctx.error((*path, i), f"must be a non-empty string, not {item!r}")
+    return value
+
+
+def _globs(ctx: _Context, value: Any, path: Path_) -> tuple[str, ...]:
+    items = _strings(ctx, value, path)
+    for i, pattern in enumerate(items):
+        depth = 0
+        for ch in pattern:
+            depth += ch == "["
+            depth -= ch == "]" and depth > 0
+        if depth:
+            raise ctx.error((*path, i), f"bad glob {pattern!r}: unclosed '['")
+        try:
+            re.compile(translate(pattern))
+        except re.error as exc:
+            raise ctx.error((*path, i), f"bad glob {pattern!r}: {exc}") from None
+    return tuple(items)
+
+
+def _identity(ctx: _Context, value: Any, path: Path_) -> IdentityMatch:
+    raw = _keys(ctx, value, path, _IDENTITY_KEYS, "identity")
+    for key in ("user", "agent"):
+        if key in raw:
+            _globs(ctx, raw[key], (*path, key))
+            if not isinstance(raw[key], str):
+                raise ctx.error((*path, key), "must be one glob string")
+    return IdentityMatch(
+        user=raw.get("user"),
+        agent=raw.get("agent"),
+        roles=frozenset(_strings(ctx, raw["roles"], (*path, "roles")))
+        if "roles" in raw
+        else frozenset(),
+        roles_absent=frozenset(_strings(ctx, raw["roles_absent"], (*path, "roles_absent")))
+        if "roles_absent" in raw
+        else frozenset(),
+    )
+
+
+def _match(ctx: _Context, value: Any, path: Path_) -> Match:
+    raw = _keys(ctx, value if value is not None else {}, path, _MATCH_KEYS, "match")
+    kwargs: dict[str, Any] = {}
+    if "identity" in raw:
+        kwargs["identity"] = _identity(ctx, raw["identity"], (*path, "identity"))
+    if "statements" in raw:
+        names = [s.lower() for s in _strings(ctx, raw["statements"], (*path, "statements"))]
+        for i, name in enumerate(names):
+            if name not in CLASSES and name not in KINDS:
+                raise ctx.error(
+                    (*path, "statements", i),
+                    f"unknown statement class or kind {name!r} (classes: "
+                    f"{', '.join(sorted(CLASSES))}; kinds: {', '.join(sorted(KINDS))})",
+                )
+        kwargs["statements"] = frozenset(names)
+    for key in ("tables", "columns", "functions"):
+        if key in raw:
+            kwargs[key] = _globs(ctx, raw[key], (*path, key))
+    for key in ("where", "limit", "multiple_statements"):
+        if key in raw:
+            kwargs[key] = _bool(ctx, raw[key], (*path, key))
+    if "sql_regex" in raw:
+        pattern = raw["sql_regex"]
+        if not isinstance(pattern, str):
+            raise ctx.error((*path, "sql_regex"), "must be a regular expression string")
+        try:
+            kwargs["sql_regex"] = re.compile(pattern, re.IGNORECASE | re.DOTALL)
+        except re.error as exc:
+            raise ctx.error((*path, "sql_regex"), f"bad regular expression: {exc}") from None
+    return Match(**kwargs)
+
+
+def _rules(ctx: _Context, value: Any, path: Path_, seen: set[str]) -> list[Rule]:
+    if not isinstance(value, list):
+        raise ctx.error(path, "must be a list of rules")
+    rules = []
+    for i, item in enumerate(value):
+        rpath = (*path, i)
+        raw = _keys(ctx, item, rpath, _RULE_KEYS, "a rule")
+        for required in ("id", "action"):
+            if required not in raw:
+                raise ctx.error((*rpath, required), f"a rule needs {required!r}")
+        rule_id = raw["id"]
+        if not isinstance(rule_id, str) or not rule_id.strip():
+            raise ctx.error((*rpath, "id"), "must be a non-empty string")
+        if rule_id in seen:
+            raise ctx.error((*rpath, "id"), f"duplicate rule id {rule_id!r}")
+        seen.add(rule_id)
+        message = raw.get("message")
+        if message is not None and not isinstance(message, str):
+            raise ctx.error((*rpath, "message"), "must be a string")
+        rules.append(
+            Rule(
+                id=rule_id,
+                match=_match(ctx, raw.get("match"), (*rpath, "match")),
+                action=_choice(ctx, raw["action"], (*rpath, "action"), ACTIONS),
+                message=message,
+            )
+        )
+    return rules
+
+
+def _section(ctx: _Context, raw: Mapping[str, Any], key: str, allowed: set[str]) -> dict[str, Any]:
+    if key not in raw:
+        return {}
+    return _keys(ctx, raw[key], (key,), allowed, key)
+
+
+def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
+    top = _keys(ctx, raw, (), _TOP_KEYS, "a policy")
+    version = top.get("version", 1)
+    if version != 1:
+        raise ctx.error(("version",), f"unsupported policy version {version!r} (expected 1)")
+    extends = top.get("extends", [])
+    bases: list[Policy] = []
+    for i, name in enumerate(_strings(ctx, extends, ("extends",)) if extends else []):
+        if name not in PRESETS:
+            raise ctx.error(
+                ("extends", i), f"unknown preset {name!r} (presets: {', '.join(sorted(PRESETS))})"
+            )
+        if name in stack:
+            raise ctx.error(("extends", i), f"preset {name!r} extends itself")
+        bases.append(_build(PRESETS[name], _Context(f"<preset {name}>", {}), (*stack, name)))
+
+    def inherit(key: str, fallback: Any) -> Any:
+        if key in top:
+            return top[key]
+        for base in bases:
+            return getattr(base, key)
+        return fallback
+
+    require = inherit("require_identity", False)
+    if require not in (True, False, "verified"):
+        raise ctx.error(("require_identity",), f"must be true, false or verified, not {require!r}")
+    seen: set[str] = set()
+    rules = _rules(ctx, top.get("rules", []), ("rules",), seen)
+    for base in bases:
+        rules.extend(r for r in base.rules if r.id not in seen)
+        seen.update(r.id for r in base.rules)
+    return Policy(
+        version=1,
+        mode=_choice(ctx, inherit("mode", "enforce"), ("mode",), ("enforce", "report")),
+        default=_choice(ctx, inherit("default", "allow"), ("default",), ACTIONS),
+        on_unparsed=_choice(ctx, inherit("on_unparsed", "block"), ("on_unparsed",), ACTIONS),
+        require_identity=require,
+        rules=tuple(rules),
+        masking=_section(ctx, top, "masking", _MASKING_KEYS) or inherit("masking", {}),
+        audit=_section(ctx, top, "audit", _AUDIT_KEYS) or inherit("audit", {}),
+        approvals=_section(ctx, top, "approvals", _APPROVALS_KEYS) or inherit("approvals", {}),
+        source=ctx.source,
+    )
+
+
+def load_policy(source: PolicySource | None = None) -> Policy:
+    """A validated Policy from a YAML file path, a dict, or a Policy.
+
+    ``None`` gives the secure default, the ``agent-safe`` preset. To opt out
+    of guardrails say so explicitly: ``{"version": 1, "on_unparsed": "allow"}``.
+    """
+    if isinstance(source, Policy):
+        return source
+    if source is None:
+        return preset("agent-safe")
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PolicyError(f"cannot read policy: {exc}", source=str(path)) from None
+        raw, lines = _compose(text, str(path))
+        return _build(raw, _Context(str(path), lines))
+    if isinstance(source, Mapping):
+        return _build(dict(source), _Context("<dict>", {}))
+    raise TypeError(f"a policy is a Policy, a YAML path or a dict, not {type(source).__name__}")
+
+
+def preset(name: str) -> Policy:
+    """One of the built-in policies: ``readonly`` or ``agent-safe``."""
+    if name not in PRESETS:
+        raise PolicyError(f"unknown preset {name!r} (presets: {', '.join(sorted(PRESETS))})")
+    return _build(PRESETS[name], _Context(f"<preset {name}>", {}), (name,))
