@@ -63,19 +63,62 @@ def _dialect(name: str) -> Dialect:
     return Dialect.get_or_raise(name)
 
 
-def _chunks(sql: str, tokens: list[Token]) -> list[str]:
-    """The text of each statement, split where sqlglot's parser splits."""
+def _chunks(tokens: list[Token]) -> list[list[Token]]:
+    """The tokens of each statement, split where sqlglot's parser splits.
+
+    A chunk holding only a semicolon (its comments, ``SELECT 1; -- done``)
+    is no statement and is left out.
+    """
     chunks: list[list[Token]] = [[]]
-    last = len(tokens) - 1
-    for i, tok in enumerate(tokens):
+    for tok in tokens:
         if tok.token_type is TokenType.SEMICOLON:
-            if tok.comments:
-                chunks.append([tok])
-            if i < last:
-                chunks.append([])
+            chunks.append([])
         else:
             chunks[-1].append(tok)
-    return [sql[c[0].start : c[-1].end + 1] if c else "" for c in chunks]
+    return [c for c in chunks if c]
+
+
+def _words(chunk: list[Token]) -> list[str]:
+    return [t.text.upper() if t.token_type is not TokenType.IDENTIFIER else "" for t in chunk]
+
+
+def _transaction_control(chunk: list[Token]) -> Statement | None:
+    """SAVEPOINT, RELEASE and START TRANSACTION, which sqlglot misreads.
+
+    SQLAlchemy's nested transactions send the first two; recognizing their
+    exact shape keeps them working without trusting a misparse.
+    """
+    words = _words(chunk)
+    n = len(words)
+    if (words[0] == "SAVEPOINT" and n == 2) or (
+        words[0] == "RELEASE" and (n == 2 or (n == 3 and words[1] == "SAVEPOINT"))
+    ):
+        return Statement.control("savepoint" if words[0] == "SAVEPOINT" else "release")
+    if words[:2] == ["START", "TRANSACTION"] and all(
+        w in _TRANSACTION_MODES or w == "," for w in words[2:]
+    ):
+        return Statement.control("begin", "admin" if "WRITE" in words else "other")
+    return None
+
+
+_TRANSACTION_MODES = frozenset(
+    {
+        "ISOLATION",
+        "LEVEL",
+        "SERIALIZABLE",
+        "REPEATABLE",
+        "READ",
+        "COMMITTED",
+        "UNCOMMITTED",
+        "ONLY",
+        "WRITE",
+        "DEFERRABLE",
+        "NOT",
+        "WITH",
+        "CONSISTENT",
+        "SNAPSHOT",
+    }
+)
 
 
 _PYFORMAT = frozenset({"s", "b", "t"})
@@ -141,17 +184,21 @@ def _statements(
         return (Statement.unknown("MySQL executable comment (/*! ... */)"),)
     if name in ("postgres", "mysql"):
         tokens = _placeholders(tokens)
-    try:
-        trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(tokens, sql)
-    except (SqlglotError, RecursionError, ValueError, IndexError, KeyError, TypeError) as exc:
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        return (Statement.unknown(f"parse error: {first[:200]}"),)
-    texts = _chunks(sql, tokens)
-    if len(texts) != len(trees):
-        return (Statement.unknown("statements could not be delimited"),)
-    return tuple(
-        classify(tree, text, name) for tree, text in zip(trees, texts, strict=True) if tree
-    )
+    statements = []
+    for chunk in _chunks(tokens):
+        control = _transaction_control(chunk)
+        if control is not None:
+            statements.append(control)
+            continue
+        try:
+            trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(chunk, sql)
+        except (SqlglotError, RecursionError, ValueError, IndexError, KeyError, TypeError) as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            statements.append(Statement.unknown(f"parse error: {first[:200]}"))
+            continue
+        text = sql[chunk[0].start : chunk[-1].end + 1]
+        statements.extend(classify(tree, text, name) for tree in trees if tree is not None)
+    return tuple(statements)
 
 
 def cache_for(dialect: str) -> dict[str, Analysis]:

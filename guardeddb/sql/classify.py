@@ -179,6 +179,20 @@ class Statement:
     unparsed: str | None = None  # why the statement is not understood
 
     @staticmethod
+    def control(kind: str, klass: str = "other") -> Statement:
+        """A transaction-control statement (savepoint, release, begin)."""
+        return Statement(
+            kind,
+            frozenset({kind}),
+            frozenset({klass}),
+            frozenset(),
+            frozenset(),
+            frozenset(),
+            has_where=False,
+            has_limit=False,
+        )
+
+    @staticmethod
     def unknown(reason: str, kind: str = "unknown") -> Statement:
         """A statement guardeddb does not understand (fail closed)."""
         return Statement(
@@ -237,7 +251,10 @@ def _command(stmt: exp.Command) -> Statement:
 
 
 def _set_class(stmt: exp.Expr, text: str) -> str:
-    words = {w.strip("=,;@").upper() for w in text.split()}
+    upper = text.upper()
+    if "@@GLOBAL" in upper or "@@PERSIST" in upper:
+        return "admin"
+    words = {w.strip("=,;@").upper() for w in upper.replace("=", " ").split()}
     if words & _SET_DCL_WORDS:
         return "dcl"
     if words & _SET_ADMIN_WORDS:
@@ -420,5 +437,5 @@ KINDS = frozenset(
     {k for k, _ in _ROOT_KINDS.values()}
     | {k for k, _ in _COMMANDS.values()}
     | {d.lower() for d in _DYNAMIC}
-    | {"unknown", "replace", "upsert"}
+    | {"unknown", "replace", "upsert", "savepoint", "release"}
 )
