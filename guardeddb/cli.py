@@ -168,6 +168,80 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check(args: argparse.Namespace) -> int:
+    """Judge one statement under a policy, without a database."""
+    from .errors import PolicyError
+    from .policy import load_policy, preset
+    from .sql import analyze
+
+    try:
+        policy = preset(args.preset) if args.preset else load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    ident = None
+    if args.user or args.agent or args.role:
+        ident = guardeddb.Identity(user=args.user, agent=args.agent, roles=frozenset(args.role))
+    analysis = analyze(args.sql, args.dialect)
+    decision = policy.decide(analysis, ident)
+    statements: list[dict[str, Any]] = [
+        {
+            "kind": s.kind,
+            "kinds": sorted(s.kinds),
+            "classes": sorted(s.classes),
+            "tables": sorted(s.tables) if not s.tables_unknown else "unknown",
+            "columns": sorted(s.columns),
+            "functions": sorted(s.functions),
+            "where": s.has_where,
+            "limit": s.has_limit,
+            "unparsed": s.unparsed,
+        }
+        for s in analysis.statements
+    ]
+    facts = {
+        "decision": decision.action,
+        "rule": decision.rule_id,
+        "message": decision.message,
+        "mode": policy.mode,
+        "summary": analysis.summary,
+        "sanitized": analysis.sanitized,
+        "statements": statements,
+    }
+    if args.json:
+        json.dump(facts, sys.stdout, indent=2)
+        print()
+    else:
+        rule = f" by rule {decision.rule_id}" if decision.rule_id else ""
+        print(
+            f"{decision.action.upper()}{rule}"
+            + (f": {decision.message}" if decision.message else "")
+        )
+        print(f"  summary:   {analysis.summary}")
+        print(f"  sanitized: {analysis.sanitized}")
+        for i, st in enumerate(statements, 1):
+            print(f"  statement {i}: " + ", ".join(f"{k}={v}" for k, v in st.items()))
+    return 0 if decision.action in ("allow", "warn") else 1
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Load a policy and report whether it is valid."""
+    from .errors import PolicyError
+    from .policy import load_policy
+
+    try:
+        policy = load_policy(args.file)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"{args.file}: valid (mode {policy.mode}, default {policy.default}, "
+        f"on_unparsed {policy.on_unparsed}, {len(policy.rules)} rules: "
+        + ", ".join(r.id for r in policy.rules)
+        + ")"
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``guardeddb`` console script."""
     parser = argparse.ArgumentParser(prog="guardeddb", description=__doc__.splitlines()[0])
@@ -178,9 +252,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     demo.add_argument(
         "--otlp", action="store_true", help="also export spans over OTLP/HTTP (OTEL_* variables)"
     )
+    check = sub.add_parser("check", help="judge one SQL statement under a policy (no database)")
+    source = check.add_mutually_exclusive_group()
+    source.add_argument("--policy", help="policy YAML file (default: the agent-safe preset)")
+    source.add_argument("--preset", choices=["agent-safe", "readonly"], help="a built-in policy")
+    check.add_argument("--user")
+    check.add_argument("--agent")
+    check.add_argument("--role", action="append", default=[], help="repeat for several roles")
+    check.add_argument(
+        "--dialect", default="postgres", choices=["postgres", "mysql", "sqlite"], help="SQL dialect"
+    )
+    check.add_argument("--json", action="store_true", help="print the decision and facts as JSON")
+    check.add_argument("sql")
+    policy_cmd = sub.add_parser("policy", help="work with policy files")
+    policy_sub = policy_cmd.add_subparsers(dest="policy_command", required=True)
+    validate = policy_sub.add_parser("validate", help="check a policy file and list its rules")
+    validate.add_argument("file")
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "check":
+        return _check(args)
+    if args.command == "policy":
+        return _validate(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -362,6 +362,13 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
             classes = {"admin"}  # reads or writes a file on the database server
         elif not stmt.args.get("kind"):
             classes = {"read"}  # COPY ... TO STDOUT
+    elif isinstance(stmt, exp.Merge):
+        # WHEN MATCHED THEN DELETE is a delete of every matched row; sqlglot
+        # keeps it as a bare keyword rather than a Delete node.
+        for when in stmt.find_all(exp.When):
+            then = when.args.get("then")
+            if isinstance(then, exp.Var) and then.name.upper() == "DELETE":
+                kinds.add("delete")
     elif isinstance(stmt, exp.Select) and stmt.args.get("into") is not None:
         kinds.add("create")  # SELECT ... INTO new_table
         classes.add("ddl")
