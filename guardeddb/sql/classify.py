@@ -373,19 +373,38 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         kinds.add("create")  # SELECT ... INTO new_table
         classes.add("ddl")
 
+    # One walk over the tree, sorting out what the facts need.
+    cte_nodes: list[exp.CTE] = []
+    table_nodes: list[exp.Table] = []
+    column_nodes: list[exp.Column] = []
+    functions: set[str] = set()
+    star_outside_column = False
     for node in stmt.walk():
+        cls = type(node)
+        if cls is exp.Column:
+            column_nodes.append(node)  # type: ignore[arg-type]
+        elif cls is exp.Table:
+            table_nodes.append(node)  # type: ignore[arg-type]
+        elif cls is exp.Anonymous:
+            functions.add(str(node.name).lower())
+        elif cls is exp.CTE:
+            cte_nodes.append(node)  # type: ignore[arg-type]
+        elif cls is exp.Star:
+            star_outside_column = star_outside_column or not isinstance(
+                node.parent, exp.Column | exp.Count
+            )
+        elif isinstance(node, exp.Func):
+            functions.add(node.sql_name().lower())
         if node is not stmt:
-            nested = _NESTED_KINDS.get(type(node))
+            nested = _NESTED_KINDS.get(cls)
             if nested is not None:
                 kinds.add(nested[0])
                 classes.add(nested[1])
 
-    ctes = {
-        _name(c.args.get("alias") and c.args["alias"].this, fold) for c in stmt.find_all(exp.CTE)
-    }
+    ctes = {_name(c.args.get("alias") and c.args["alias"].this, fold) for c in cte_nodes}
     tables: set[str] = set()
     aliases: dict[str, str] = {}
-    for table in stmt.find_all(exp.Table):
+    for table in table_nodes:
         name = _table_name(table, fold)
         if not name or (not table.args.get("db") and name in ctes):
             continue
@@ -396,7 +415,7 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
             aliases[_name(alias.this, fold).lower()] = name
 
     columns: set[str] = set()
-    for col in stmt.find_all(exp.Column):
+    for col in column_nodes:
         cname = _name(col.this, fold) if not isinstance(col.this, exp.Star) else "*"
         qual = col.table
         if qual:
@@ -413,16 +432,8 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         for ident in stmt.this.expressions:
             if isinstance(ident, exp.Identifier):
                 columns.add(f"{owner}.{_name(ident, fold)}")
-    for star in stmt.find_all(exp.Star):
-        if not isinstance(star.parent, exp.Column | exp.Count):
-            columns.update(f"{t}.*" for t in tables)
-
-    functions = set()
-    for func in stmt.find_all(exp.Func):
-        if isinstance(func, exp.Anonymous):
-            functions.add(str(func.name).lower())
-        else:
-            functions.add(func.sql_name().lower())
+    if star_outside_column:
+        columns.update(f"{t}.*" for t in tables)
 
     where = stmt.args.get("where")
     has_where = isinstance(where, exp.Where) and not is_tautology(where.this)
