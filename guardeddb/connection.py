@@ -254,12 +254,16 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
             except BaseException as exc:
                 self._self_guard.fail(op, exc)
                 raise
-            op.executed()
-            if raw.description is None:
-                op.end()
-            else:
-                self._self_op = op
+            self._self_track(op, raw)
         return self if result is raw else result
+
+    def _self_track(self, op: Operation, raw: Any) -> None:
+        """The statement ran: its span stays open while rows are left to fetch."""
+        op.executed()
+        if raw.description is None:
+            op.end()
+        else:
+            self._self_op = op
 
     def execute(self, query: Any, params: Any = _NO_PARAMS, *args: Any, **kwargs: Any) -> Any:
         """Guard, trace and run one statement.
@@ -287,11 +291,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
                 self._self_guard.fail(op, exc)
             raise
         if op is not None:
-            op.executed()
-            if raw.description is None:
-                op.end()
-            else:
-                self._self_op = op
+            self._self_track(op, raw)
         return self if result is raw else result
 
     def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:

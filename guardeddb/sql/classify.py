@@ -56,14 +56,17 @@ _ROOT_KINDS: dict[type[exp.Expr], tuple[str, str]] = {
 # Nested statements that change what a statement does: a data-modifying CTE
 # (WITH d AS (DELETE ...) SELECT ...) is a DELETE as much as a SELECT.
 _NESTED_KINDS: dict[type[exp.Expr], tuple[str, str]] = {
-    exp.Insert: ("insert", "write"),
-    exp.Update: ("update", "write"),
-    exp.Delete: ("delete", "write"),
-    exp.Merge: ("merge", "write"),
-    exp.Create: ("create", "ddl"),
-    exp.Drop: ("drop", "ddl"),
-    exp.Alter: ("alter", "ddl"),
-    exp.TruncateTable: ("truncate", "ddl"),
+    cls: _ROOT_KINDS[cls]
+    for cls in (
+        exp.Insert,
+        exp.Update,
+        exp.Delete,
+        exp.Merge,
+        exp.Create,
+        exp.Drop,
+        exp.Alter,
+        exp.TruncateTable,
+    )
 }
 
 # Statements sqlglot keeps as an opaque Command: classified by their leading
