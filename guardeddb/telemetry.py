@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
-from opentelemetry.metrics import Histogram, MeterProvider, NoOpMeterProvider
+from opentelemetry.metrics import (
+    CallbackOptions,
+    Histogram,
+    MeterProvider,
+    NoOpMeterProvider,
+    Observation,
+)
 from opentelemetry.trace import (
     NoOpTracerProvider,
     ProxyTracerProvider,
@@ -37,7 +43,7 @@ from .identity import Identity
 from .policy.decision import Decision
 from .sql.analysis import Analysis
 
-__all__ = ["DURATION_BUCKETS", "Operation", "Telemetry", "error_type"]
+__all__ = ["DURATION_BUCKETS", "Operation", "Telemetry", "count_decision", "error_type"]
 
 _SCOPE = "guardeddb"
 _VERSION = "0.1.0"
@@ -61,6 +67,27 @@ _metrics_globals = sys.modules.get("opentelemetry.metrics._internal")
 _FAST_UNSET_CHECK = hasattr(_trace_globals, "_TRACER_PROVIDER") and hasattr(
     _metrics_globals, "_METER_PROVIDER"
 )
+
+
+# guardeddb.decisions: counted here in a dict (a few nanoseconds per query) and
+# reported through an observable counter when the SDK collects, instead of a
+# synchronous counter.add() per query, which costs microseconds.
+_decision_counts: dict[tuple[str, str, str], int] = {}
+_counted_providers: set[int] = set()
+
+
+def _observe_decisions(options: CallbackOptions) -> Iterable[Observation]:
+    for (system, action, rule), count in list(_decision_counts.items()):
+        attrs = {"db.system.name": system, "guardeddb.decision.action": action}
+        if rule:
+            attrs["guardeddb.decision.rule"] = rule
+        yield Observation(count, attrs)
+
+
+def count_decision(system: str, decision: Decision) -> None:
+    """Count one decision for the guardeddb.decisions metric."""
+    key = (system, decision.action, decision.rule_id or "")
+    _decision_counts[key] = _decision_counts.get(key, 0) + 1
 
 
 def error_type(exc: BaseException) -> str:
@@ -118,12 +145,21 @@ class Telemetry:
         if self.duration is None:
             mp = self._meter_provider or metrics.get_meter_provider()
             if not isinstance(mp, _ProxyMeterProvider | NoOpMeterProvider):
-                self.duration = mp.get_meter(_SCOPE, _VERSION).create_histogram(
+                meter = mp.get_meter(_SCOPE, _VERSION)
+                self.duration = meter.create_histogram(
                     "db.client.operation.duration",
                     unit="s",
                     description="Duration of database client operations.",
                     explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
                 )
+                if id(mp) not in _counted_providers:
+                    _counted_providers.add(id(mp))
+                    meter.create_observable_counter(
+                        "guardeddb.decisions",
+                        callbacks=[_observe_decisions],
+                        unit="{decision}",
+                        description="Guardrail decisions, by action and rule.",
+                    )
         return self.tracer is not None or self.duration is not None
 
     def _static(self, analysis: Analysis, batch: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
@@ -185,6 +221,7 @@ class Telemetry:
                 return None
         if otel_context.get_value(_SUPPRESS_KEY):
             return None
+        count_decision(self.driver.system, decision)
         name, static, metric = self._static(analysis, batch)
         span: Span | None = None
         if self.tracer is not None:

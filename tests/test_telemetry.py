@@ -276,3 +276,33 @@ def test_connection_close_ends_unread_spans(backend: Backend, otel: Otel) -> Non
     assert otel.spans() == []
     conn.close()
     assert dict(_only(otel).attributes or {})["db.response.returned_rows"] == 1
+
+
+def test_decisions_counter_by_action_and_rule(backend: Backend, otel: Otel) -> None:
+    """guardeddb.decisions counts every decision by action and rule."""
+    conn = guardeddb.connect(
+        backend.url, tracer_provider=otel.tracer_provider, meter_provider=otel.meter_provider
+    )
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    cur.fetchall()
+    with pytest.raises(guardeddb.QueryBlocked):
+        cur.execute("DROP TABLE gdb_never")
+    data = otel.reader.get_metrics_data()
+    assert data is not None
+    points = {
+        (
+            p.attributes["db.system.name"],
+            p.attributes["guardeddb.decision.action"],
+            p.attributes.get("guardeddb.decision.rule"),
+        ): p.value  # type: ignore[union-attr]
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "guardeddb.decisions"
+        for p in m.data.data_points
+        if p.attributes
+    }
+    assert points[(backend.system, "block", "no-ddl")] >= 1
+    assert points[(backend.system, "allow", None)] >= 1
+    conn.close()
