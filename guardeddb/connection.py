@@ -501,6 +501,51 @@ class _ConnQuery:
         return self._self_guard.run(raw, raw.query, sql, (sql, *args), kwargs)
 
 
+def _quoted(name: Any) -> str:
+    return '"' + str(name).replace('"', '""') + '"'
+
+
+# sqlite3 methods that reach data or the server without SQL are judged as the
+# statement they amount to, so a policy that forbids the statement forbids the
+# shortcut: an extension load, a blob write, a dump, backup or replacement.
+_LOAD_EXT = "SELECT load_extension(?)"
+_COPY_DB = "VACUUM INTO ?"
+
+
+def _judged_as(name: str, sql: str) -> type:
+    """A mixin whose ``name`` method runs only if ``sql`` would be allowed."""
+
+    def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+        raw = self.__wrapped__
+        return self._self_guard.run(raw, getattr(raw, name), sql, args, kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"The driver's {name}(), allowed only where ``{sql}`` would be."
+    return type(f"_Judged_{name}", (), {name: method})
+
+
+class _EnableLoadExtension:
+    def enable_load_extension(self: Any, enabled: bool) -> Any:
+        """Turning extension loading on is judged as loading one."""
+        raw = self.__wrapped__
+        if not enabled:
+            return raw.enable_load_extension(False)
+        return self._self_guard.run(raw, raw.enable_load_extension, _LOAD_EXT, (True,), {})
+
+
+class _BlobOpen:
+    def blobopen(self: Any, table: str, column: str, row: int, /, **kwargs: Any) -> Any:
+        """A blob handle is judged as the read or write of that cell."""
+        raw = self.__wrapped__
+        col, tab = _quoted(column), _quoted(table)
+        sql = (
+            f"SELECT {col} FROM {tab} WHERE rowid = ?"
+            if kwargs.get("readonly")
+            else f"UPDATE {tab} SET {col} = ? WHERE rowid = ?"
+        )
+        return self._self_guard.run(raw, raw.blobopen, sql, (table, column, row), kwargs)
+
+
 _CURSOR_MIXINS = (
     ("executescript", _ExecuteScript),
     ("nextset", _NextSet),
@@ -513,6 +558,13 @@ _CONNECTION_MIXINS = (
     ("executemany", _ConnExecuteMany),
     ("executescript", _ConnExecuteScript),
     ("query", _ConnQuery),
+    ("load_extension", _judged_as("load_extension", _LOAD_EXT)),
+    ("enable_load_extension", _EnableLoadExtension),
+    ("blobopen", _BlobOpen),
+    ("iterdump", _judged_as("iterdump", _COPY_DB)),
+    ("backup", _judged_as("backup", _COPY_DB)),
+    ("serialize", _judged_as("serialize", _COPY_DB)),
+    ("deserialize", _judged_as("deserialize", _COPY_DB)),
 )
 _CLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 

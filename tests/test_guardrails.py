@@ -614,3 +614,35 @@ def test_arbitrary_text_is_judged_without_raising(text: str, dialect: str) -> No
     assert decision.action in ("allow", "block")
     if analyze(text, dialect).unparsed:
         assert decision.action == "block"
+
+
+def test_sqlite_shortcuts_are_judged_as_the_statements_they_amount_to(tmp_path: Any) -> None:
+    """iterdump, backup, serialize and blob writes cannot dodge the policy."""
+    import sqlite3
+
+    path = tmp_path / "shop.db"
+    setup = sqlite3.connect(path)
+    setup.executescript("CREATE TABLE files (data BLOB); INSERT INTO files VALUES (x'00');")
+    setup.close()
+    conn = guardeddb.connect(f"sqlite:///{path}", policy=preset("readonly"))
+    with pytest.raises(QueryBlocked, match="read-only"):
+        list(conn.iterdump())
+    with pytest.raises(QueryBlocked):
+        conn.backup(sqlite3.connect(":memory:"))
+    if hasattr(conn.__wrapped__, "serialize"):
+        with pytest.raises(QueryBlocked):
+            conn.serialize()
+    if hasattr(conn.__wrapped__, "blobopen"):
+        with pytest.raises(QueryBlocked, match="only reads"):
+            conn.blobopen("files", "data", 1)
+        with conn.blobopen("files", "data", 1, readonly=True) as blob:
+            assert blob.read() == b"\x00"
+    if hasattr(conn.__wrapped__, "enable_load_extension"):
+        with pytest.raises(QueryBlocked, match="no-dangerous-functions"):
+            conn.enable_load_extension(True)
+    conn.close()
+    permissive = guardeddb.connect(
+        f"sqlite:///{path}", policy={"version": 1, "on_unparsed": "allow"}
+    )
+    assert any("CREATE TABLE files" in line for line in permissive.iterdump())
+    permissive.close()
