@@ -269,3 +269,7 @@ CORPUS: list[Case] = [
     Case("DELETE FROM {t} WHERE `id` = 1", A, B, "m"),
     Case("UPDATE {t} SET \"name\" = 'x'", B, B, "ps"),
 ]
+CORPUS += [
+    Case("CALL some_procedure(pg_read_file('/etc/passwd'))", B, B, "p"),
+    Case("CALL some_procedure(load_file('/etc/passwd'))", B, B, "m"),
+]

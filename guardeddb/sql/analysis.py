@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
+from itertools import pairwise
 
 from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
@@ -197,8 +198,36 @@ def _statements(
             statements.append(Statement.unknown(f"parse error: {first[:200]}"))
             continue
         text = sql[chunk[0].start : chunk[-1].end + 1]
-        statements.extend(classify(tree, text, name) for tree in trees if tree is not None)
+        for tree in trees:
+            if tree is None:
+                continue
+            fact = classify(tree, text, name)
+            if fact.tables_unknown and not fact.unparsed:
+                # An opaque command (CALL p(pg_read_file(...))): its arguments
+                # were never parsed, but the names it calls are in its tokens.
+                fact = replace(fact, functions=_called_names(text, dialect))
+            statements.append(fact)
     return tuple(statements)
+
+
+def _called_names(text: str, dialect: Dialect) -> frozenset[str]:
+    """Every name followed by ``(`` in a command's text.
+
+    The tokenizer keeps a command's arguments as one string, so its text is
+    tokenized again past the first word; what cannot be tokenized calls
+    an unknown function, which no ``functions`` rule can rule out.
+    """
+    rest = text.split(None, 1)[1] if len(text.split(None, 1)) > 1 else ""
+    try:
+        chunk = dialect.tokenize(rest)
+    except (SqlglotError, ValueError, IndexError, RecursionError):
+        return frozenset({"?"})
+    return frozenset(
+        tok.text.lower()
+        for tok, nxt in pairwise(chunk)
+        if nxt.token_type is TokenType.L_PAREN
+        and tok.token_type not in (TokenType.STRING, TokenType.NUMBER)
+    )
 
 
 def cache_for(dialect: str) -> dict[str, Analysis]:
