@@ -12,7 +12,8 @@ Cases:
 1. raw driver
 2. wrapt floor: a bare ``wrapt.BaseObjectProxy`` around connection and cursor
    with explicit ``execute``/``fetchone``/``fetchall`` methods
-3. guardeddb, no SDK (``guardeddb.wrap(raw)``; the global providers are never set)
+3. guardeddb, no SDK (``guardeddb.wrap(raw, policy=GUARDRAILS)``: the agent-safe
+   guardrails without masking; the global providers are never set)
 4. otel-dbapi, no SDK (``instrument_connection`` with the API's proxy provider)
 5. guardeddb with an SDK ``TracerProvider`` + ``BatchSpanProcessor`` exporting
    to a do-nothing exporter, and an SDK ``MeterProvider`` + ``InMemoryMetricReader``
@@ -270,13 +271,21 @@ class Result:
         )
 
 
+#: The agent-safe guardrails (analysis, decision, identity) without masking:
+#: this benchmark measures the per-query path; bench_masking.py measures masking.
+GUARDRAILS: dict[str, Any] = {"version": 1, "extends": ["agent-safe"], "masking": {}}
+
+
 def build_cases(raw: Any, system: str, label: str, sdk: Sdk, checks: list[str]) -> list[Case]:
     """The six cases over one raw connection (``system``: sqlite, postgresql)."""
     floor = FloorConnection(raw)
-    gdb_off = guardeddb.wrap(raw)
+    gdb_off = guardeddb.wrap(raw, policy=GUARDRAILS)
     otel_off = instrument_connection(OTEL_DBAPI_SCOPE, raw, system)
     gdb_sdk = guardeddb.wrap(
-        raw, tracer_provider=sdk.tracer_provider, meter_provider=sdk.meter_provider
+        raw,
+        policy=GUARDRAILS,
+        tracer_provider=sdk.tracer_provider,
+        meter_provider=sdk.meter_provider,
     )
     otel_sdk = instrument_connection(
         OTEL_DBAPI_SCOPE,

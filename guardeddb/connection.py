@@ -21,6 +21,7 @@ import wrapt
 from .drivers import ConnectionFacts, Driver
 from .errors import QueryBlocked, for_driver
 from .identity import Identity, _current
+from .masking.plan import Masking, MaskRun
 from .policy.decision import Decision
 from .policy.model import Policy
 from .sql.analysis import MAX_CACHED_TEXT, Analysis, analyze, cache_for
@@ -32,6 +33,8 @@ _DECISION_CACHE_SIZE = 8192
 __all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
 
 _NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from None
+# decision, session must be read-only, rows are masked, raw values shown to an unmask identity
+_Verdict = tuple[Decision, bool, bool, bool]
 
 
 class _Guard:
@@ -47,6 +50,7 @@ class _Guard:
         "enforce",
         "facts",
         "identity",
+        "masking",
         "policy",
         "raw",
         "read_only",
@@ -71,8 +75,10 @@ class _Guard:
         self.identity = identity
         self.policy = policy
         self.enforce = policy.mode == "enforce"
-        # (analysis, identity) -> (decision, whether the session must be read-only)
-        self.decisions: dict[tuple[Analysis, Identity | None], tuple[Decision, bool]] = {}
+        masking = policy.masker
+        self.masking: Masking | None = masking if masking is not None and masking.active else None
+        # (analysis, identity) -> what begin() needs to know, see decide()
+        self.decisions: dict[tuple[Analysis, Identity | None], _Verdict] = {}
         self.read_only = False  # what guardeddb last told the server
         self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
 
@@ -82,19 +88,37 @@ class _Guard:
             return analyze(query, self.dialect)
         return analyze(query_text(query, raw), self.dialect)
 
-    def decide(self, analysis: Analysis, ident: Identity | None) -> tuple[Decision, bool]:
-        """The policy's decision and the session mode it needs; cached."""
+    def decide(self, analysis: Analysis, ident: Identity | None) -> _Verdict:
+        """The decision, the session mode it needs, whether results are masked
+        and whether raw values are shown to an unmask identity; cached."""
         decision = self.policy.decide(analysis, ident, self.facts.schemas)
-        result = (decision, self.policy.read_only_for(ident))
+        masking = self.masking
+        masked = masking is not None and masking.applies_to(ident)
+        if masked and decision.action != "block":
+            for st in analysis.statements:
+                if st.kind == "copy" and "read" in st.classes:
+                    # COPY ... TO STDOUT bypasses row fetching, so it cannot be masked.
+                    decision = Decision(
+                        "block",
+                        "masking-copy",
+                        "COPY ... TO STDOUT cannot be masked; it is refused for identities "
+                        "that may not see raw values",
+                    )
+        unmasked = masking is not None and not masked
+        result = (decision, self.policy.read_only_for(ident), masked, unmasked)
         if len(self.decisions) >= _DECISION_CACHE_SIZE:
             self.decisions.clear()
         if len(analysis.text) <= MAX_CACHED_TEXT:
             self.decisions[(analysis, ident)] = result
         return result
 
-    def begin(self, query: Any, raw: Any, batch: int = 0) -> Operation | None:
+    def begin(
+        self, query: Any, raw: Any, batch: int = 0
+    ) -> tuple[Operation | None, Analysis | None]:
         """Analyze, decide and start recording one operation; raise if refused.
 
+        Returns the operation being recorded (None when nothing records) and
+        the analysis when its rows must be masked (None when they need not).
         This is the hot path of every execute: a dict hit for the analysis,
         a contextvar read, a dict hit for the decision, and nothing else when
         no SDK records.
@@ -104,10 +128,14 @@ class _Guard:
             analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
         cached = self.decisions.get((analysis, ident))
-        decision, read_only = cached if cached is not None else self.decide(analysis, ident)
+        decision, read_only, masked, unmasked = (
+            cached if cached is not None else self.decide(analysis, ident)
+        )
         if read_only is not self.read_only:
             self.switch_session(read_only, analysis, ident)
         op = self.telemetry.start(analysis, ident, decision, batch)
+        if unmasked and op is not None:
+            op.annotate("guardeddb.masking.unmasked", True)
         action = decision.action
         if action != "allow" and self.enforce:
             if action == "warn":
@@ -122,7 +150,7 @@ class _Guard:
                 if op is not None:
                     op.failed(exc)
                 raise exc
-        return op
+        return op, (analysis if masked else None)
 
     def refusal(self, decision: Decision) -> QueryBlocked:
         """The error for a blocked or held query, mixed with the driver's."""
@@ -184,7 +212,7 @@ class _Guard:
         kwargs: dict[str, Any],
     ) -> Any:
         """Guard ``query`` and make one call that returns no rows to count."""
-        op = self.begin(query, raw)
+        op, _ = self.begin(query, raw)
         if op is None:
             return method(*args, **kwargs)
         try:
@@ -222,6 +250,9 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         self._self_connection = connection
         self._self_guard: _Guard = connection._self_guard
         self._self_op: Operation | None = None
+        # None: rows pass as they are; an Analysis: rows must be masked, plan
+        # not made yet; a MaskRun: the plan of the current result, applying.
+        self._self_mask: Analysis | MaskRun | None = None
 
     if TYPE_CHECKING:
         # The driver's own attributes, as far as a type checker can know them.
@@ -245,7 +276,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         open while the statement has rows left to fetch."""
         self._self_done()
         raw = self.__wrapped__
-        op = self._self_guard.begin(query, raw, batch)
+        op, self._self_mask = self._self_guard.begin(query, raw, batch)
         if op is None:
             result = method(*args, **kwargs)
         else:
@@ -275,7 +306,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         if self._self_op is not None:
             self._self_done()
         raw = self.__wrapped__
-        op = self._self_guard.begin(query, raw)
+        op, self._self_mask = self._self_guard.begin(query, raw)
         try:
             if args or kwargs:
                 if params is _NO_PARAMS:
@@ -306,19 +337,43 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
             self.__wrapped__.executemany, query, (query, *args), kwargs, max(batch, 1)
         )
 
+    def _self_finish(self, op: Operation) -> None:
+        """End the span of the current result, with what masking did to it."""
+        self._self_op = None
+        mask = self._self_mask
+        if type(mask) is MaskRun:
+            op.masked(mask.plan.masked_columns, mask.values)
+        op.end()
+
     def _self_done(self) -> None:
         op = self._self_op
         if op is not None:
-            self._self_op = None
-            op.end()
+            self._self_finish(op)
+
+    def _self_mask_run(self) -> MaskRun | None:
+        """The masking of the current result, planned from its description once."""
+        mask = self._self_mask
+        if mask is None or isinstance(mask, MaskRun):
+            return mask
+        raw = self.__wrapped__
+        desc = raw.description
+        names = tuple(str(d[0]) for d in desc) if desc else ()
+        guard = self._self_guard
+        plan = guard.masking.plan(mask, names) if guard.masking is not None else None
+        run = MaskRun(plan, raw, mask) if plan is not None else None
+        self._self_mask = run
+        return run
 
     def fetchone(self) -> Any:
         row = self.__wrapped__.fetchone()
+        if row is not None and self._self_mask is not None:
+            run = self._self_mask_run()
+            if run is not None:
+                row = run.row(row)
         op = self._self_op
         if op is not None:
             if row is None:
-                self._self_op = None
-                op.end()
+                self._self_finish(op)
             else:
                 op.rows += 1
         return row
@@ -326,22 +381,28 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
         raw = self.__wrapped__
         rows = raw.fetchmany(*args, **kwargs)
+        if rows and self._self_mask is not None:
+            run = self._self_mask_run()
+            if run is not None:
+                rows = run.rows(rows)
         op = self._self_op
         if op is not None:
             op.rows += len(rows)
             size = args[0] if args else kwargs.get("size")
             if not rows or len(rows) < (size or raw.arraysize):
-                self._self_op = None
-                op.end()
+                self._self_finish(op)
         return rows
 
     def fetchall(self) -> Any:
         rows = self.__wrapped__.fetchall()
+        if rows and self._self_mask is not None:
+            run = self._self_mask_run()
+            if run is not None:
+                rows = run.rows(rows)
         op = self._self_op
         if op is not None:
             op.rows += len(rows)
-            self._self_op = None
-            op.end()
+            self._self_finish(op)
         return rows
 
     def __iter__(self) -> Iterator[Any]:
@@ -373,10 +434,8 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
 
     def __del__(self) -> None:
         # The finalizer that ends a span whose result was never consumed.
-        op = getattr(self, "_self_op", None)
-        if op is not None:
-            self._self_op = None
-            op.end()
+        if getattr(self, "_self_op", None) is not None:
+            self._self_done()
 
     def __repr__(self) -> str:
         return f"<guardeddb.GuardedCursor of {self.__wrapped__!r}>"
@@ -391,7 +450,10 @@ class _ExecuteScript:
 
 class _NextSet:
     def nextset(self: Any) -> Any:
-        """Move to the next result set; its rows are counted on the same span."""
+        """Move to the next result set; its rows are counted (and masked) too."""
+        mask = self._self_mask
+        if type(mask) is MaskRun:
+            self._self_mask = mask.analysis  # a new description: plan again
         return self.__wrapped__.nextset()
 
 
@@ -406,27 +468,32 @@ class _Stream:
         """psycopg's ``stream()``: guarded, traced, rows counted as they flow."""
         self._self_done()
         raw = self.__wrapped__
-        op = self._self_guard.begin(query, raw)
-        return _streamed(self._self_guard, op, raw.stream(query, *args, **kwargs))
+        op, self._self_mask = self._self_guard.begin(query, raw)
+        return _streamed(self, op, raw.stream(query, *args, **kwargs))
 
 
-def _streamed(guard: _Guard, op: Operation | None, rows: Iterator[Any]) -> Iterator[Any]:
-    if op is None:
+def _streamed(cursor: Any, op: Operation | None, rows: Iterator[Any]) -> Iterator[Any]:
+    guard: _Guard = cursor._self_guard
+    if op is None and cursor._self_mask is None:
         yield from rows
         return
     try:
         for row in rows:
-            op.rows += 1
-            yield row
+            run = cursor._self_mask_run()
+            if op is not None:
+                op.rows += 1
+            yield row if run is None else run.row(row)
     except BaseException as exc:
-        if isinstance(exc, GeneratorExit):
-            op.executed()
-            op.end()
-        else:
-            guard.fail(op, exc)
+        if op is not None:
+            if isinstance(exc, GeneratorExit):
+                op.executed()
+                op.end()
+            else:
+                guard.fail(op, exc)
         raise
-    op.executed()
-    op.end()
+    if op is not None:
+        op.executed()
+        op.end()
 
 
 class _Copy:

@@ -279,6 +279,18 @@ class Operation:
             span.set_status(Status(StatusCode.ERROR, etype))
             span.end()
 
+    def annotate(self, key: str, value: Any) -> None:
+        """One more attribute on the span, if it records."""
+        if self.span is not None:
+            self.span.set_attribute(key, value)
+
+    def masked(self, columns: int, values: int) -> None:
+        """What masking did to the result: counts only, never values."""
+        span = self.span
+        if span is not None:
+            span.set_attribute("guardeddb.masked.columns", columns)
+            span.set_attribute("guardeddb.masked.values", values)
+
     def end(self) -> None:
         """The result is consumed or abandoned: record the row count, end the span."""
         span = self.span

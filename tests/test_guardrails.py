@@ -326,7 +326,7 @@ def test_unqualified_tables_resolve_to_the_connections_schemas(backend: Backend)
     policy = _policy(rules=[{"id": "b", "match": {"tables": ["billing.*"]}, "action": "block"}])
     conn = guardeddb.connect(backend.url, policy=policy)
     guard = conn._self_guard
-    decision, _ = guard.decide(analyze("SELECT * FROM invoices", guard.dialect), None)
+    decision = guard.decide(analyze("SELECT * FROM invoices", guard.dialect), None)[0]
     # PostgreSQL and SQLite know their default schemas; MySQL's can change with USE.
     assert decision.action == ("block" if backend.name == "mysql" else "allow")
     conn.close()

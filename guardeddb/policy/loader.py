@@ -18,6 +18,9 @@ from typing import Any
 import yaml
 
 from ..errors import PolicyError
+from ..masking import operators
+from ..masking.detectors import DETECTORS, Scanner
+from ..masking.plan import ColumnRule, Masking
 from ..sql.classify import CLASSES, KINDS
 from .model import ACTIONS, IdentityMatch, Match, Policy, Rule
 from .presets import PRESETS
@@ -52,6 +55,8 @@ _MATCH_KEYS = {
 }
 _IDENTITY_KEYS = {"user", "agent", "roles", "roles_absent"}
 _MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
+_MASK_RULE_KEYS = {"columns", "operator", "keep_first", "keep_last", "fill", "value"}
+_UNMASK_KEYS = {"roles", "users"}
 _AUDIT_KEYS = {"jsonl", "postgresql", "required", "fsync"}
 _APPROVALS_KEYS = {"store", "ttl"}
 
@@ -265,6 +270,88 @@ def _section(ctx: _Context, raw: Mapping[str, Any], key: str, allowed: set[str])
     return _keys(ctx, raw[key], (key,), allowed, key)
 
 
+def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
+    """The masking section compiled: operators bound, detectors chosen."""
+    if not raw:
+        return None
+    path: Path_ = ("masking",)
+    key = raw.get("hash_key")
+    env = raw.get("hash_key_env")
+    for name, value in (("hash_key", key), ("hash_key_env", env)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ctx.error((*path, name), "must be a non-empty string")
+    rules: list[ColumnRule] = []
+    items = raw.get("rules", [])
+    if not isinstance(items, list):
+        raise ctx.error((*path, "rules"), "must be a list of masking rules")
+    for i, item in enumerate(items):
+        rpath = (*path, "rules", i)
+        rule = _keys(ctx, item, rpath, _MASK_RULE_KEYS, "a masking rule")
+        if "columns" not in rule or "operator" not in rule:
+            raise ctx.error(rpath, "a masking rule needs 'columns' and 'operator'")
+        columns = _globs(ctx, rule["columns"], (*rpath, "columns"))
+        op = rule["operator"]
+        opath = (*rpath, "operator")
+        if callable(op):
+            operator, name = op, getattr(op, "__name__", "callable")
+        elif op == "partial":
+            ints = {k: rule.get(k, d) for k, d in (("keep_first", 1), ("keep_last", 0))}
+            for k, v in ints.items():
+                if not isinstance(v, int) or isinstance(v, bool) or v < 0:
+                    raise ctx.error((*rpath, k), "must be a whole number, 0 or more")
+            operator, name = (
+                operators.partial(
+                    ints["keep_first"], ints["keep_last"], str(rule.get("fill", "*"))
+                ),
+                "partial",
+            )
+        elif op == "fixed":
+            if "value" not in rule:
+                raise ctx.error((*rpath, "value"), "operator fixed needs a 'value'")
+            operator, name = operators.fixed(rule["value"]), "fixed"
+        elif op == "hash":
+            operator, name = operators.hash_with(operators.hash_key(key, env)), "hash"
+        elif isinstance(op, str) and op in operators.OPERATORS:
+            operator, name = operators.OPERATORS[op], op
+        else:
+            known = ", ".join(sorted({*operators.OPERATORS, "partial", "fixed", "hash"}))
+            raise ctx.error(opath, f"unknown operator {op!r} (operators: {known})")
+        extra = (
+            set(rule)
+            - {"columns", "operator"}
+            - (
+                {"keep_first", "keep_last", "fill"}
+                if op == "partial"
+                else {"value"}
+                if op == "fixed"
+                else set()
+            )
+        )
+        if extra:
+            raise ctx.error((*rpath, sorted(extra)[0]), f"not a parameter of operator {name}")
+        rules.append(ColumnRule(columns, operator, name))
+    scanner = None
+    detectors = raw.get("detectors")
+    if detectors is not None:
+        dpath = (*path, "detectors")
+        if detectors is True or detectors == "all":
+            names = list(DETECTORS)
+        elif detectors is False or detectors == []:
+            names = []
+        else:
+            names = _strings(ctx, detectors, dpath)
+            for i, n in enumerate(names):
+                if n not in DETECTORS:
+                    raise ctx.error(
+                        (*dpath, i), f"unknown detector {n!r} (detectors: {', '.join(DETECTORS)})"
+                    )
+        scanner = Scanner(names) if names else None
+    unmask = _keys(ctx, raw.get("unmask", {}), (*path, "unmask"), _UNMASK_KEYS, "unmask")
+    roles = _strings(ctx, unmask["roles"], (*path, "unmask", "roles")) if "roles" in unmask else []
+    users = _strings(ctx, unmask["users"], (*path, "unmask", "users")) if "users" in unmask else []
+    return Masking(rules, scanner, roles, users)
+
+
 def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
     top = _keys(ctx, raw, (), _TOP_KEYS, "a policy")
     version = top.get("version", 1)
@@ -296,6 +383,10 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
     for base in bases:
         rules.extend(r for r in base.rules if r.id not in seen)
         seen.update(r.id for r in base.rules)
+    masking_raw = _section(ctx, top, "masking", _MASKING_KEYS) if "masking" in top else None
+    masker = _masking(ctx, masking_raw) if masking_raw is not None else None
+    if masking_raw is None and bases:
+        masking_raw, masker = bases[0].masking, bases[0].masker
     return Policy(
         version=1,
         mode=_choice(ctx, inherit("mode", "enforce"), ("mode",), ("enforce", "report")),
@@ -303,7 +394,8 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
         on_unparsed=_choice(ctx, inherit("on_unparsed", "block"), ("on_unparsed",), ACTIONS),
         require_identity=require,
         rules=tuple(rules),
-        masking=_section(ctx, top, "masking", _MASKING_KEYS) or inherit("masking", {}),
+        masking=dict(masking_raw or {}),
+        masker=masker,
         audit=_section(ctx, top, "audit", _AUDIT_KEYS) or inherit("audit", {}),
         approvals=_section(ctx, top, "approvals", _APPROVALS_KEYS) or inherit("approvals", {}),
         source=ctx.source,

@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 
 from ..identity import Identity
+from ..masking.plan import Masking
 from ..sql.analysis import Analysis, analyze
 from ..sql.classify import CLASSES, READ_KINDS, Statement
+from ..sql.patterns import column_matches, glob, table_matches
 from .decision import Decision
 
 __all__ = ["ACTIONS", "IdentityMatch", "Match", "Policy", "Rule"]
 
 ACTIONS = ("allow", "warn", "review", "block")
 _SEVERITY = {a: i for i, a in enumerate(ACTIONS)}
-
-
-def _glob(pattern: str, value: str) -> bool:
-    return fnmatchcase(value.lower(), pattern.lower())
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +39,9 @@ class IdentityMatch:
         user = ident.user if ident else None
         agent = ident.agent if ident else None
         roles = ident.roles if ident else frozenset()
-        if self.user is not None and (user is None or not _glob(self.user, user)):
+        if self.user is not None and (user is None or not glob(self.user, user)):
             return False
-        if self.agent is not None and (agent is None or not _glob(self.agent, agent)):
+        if self.agent is not None and (agent is None or not glob(self.agent, agent)):
             return False
         if self.roles and not (self.roles & roles):
             return False
@@ -90,46 +87,17 @@ class Match:
             if st.tables_unknown:
                 if not holds:
                     return False
-            elif not any(_table_matches(p, t, schemas) for p in self.tables for t in st.tables):
+            elif not any(table_matches(p, t, schemas) for p in self.tables for t in st.tables):
                 return False
         if (
             self.columns
-            and not any(_column_matches(p, c, schemas) for p in self.columns for c in st.columns)
+            and not any(column_matches(p, c, schemas) for p in self.columns for c in st.columns)
             and not (st.tables_unknown and holds)
         ):
             return False
-        if self.functions and not any(_glob(p, f) for p in self.functions for f in st.functions):
+        if self.functions and not any(glob(p, f) for p in self.functions for f in st.functions):
             return False
         return self.sql_regex is None or self.sql_regex.search(analysis.text) is not None
-
-
-def _table_matches(pattern: str, table: str, schemas: frozenset[str] | None) -> bool:
-    """``billing.*`` matches ``billing.invoices``; a bare pattern any schema's table.
-
-    An unqualified table is in one of the connection's default schemas; when
-    those are unknown (``None``) it could be in any, so it matches.
-    """
-    if "." not in pattern:
-        return _glob(pattern, table.rsplit(".", 1)[-1])
-    if "." in table:
-        return _glob(pattern, table) or _glob(pattern, table.split(".", 1)[1])
-    schema_pat, _, table_pat = pattern.rpartition(".")
-    if not _glob(table_pat, table):
-        return False
-    if schemas is None:
-        return True
-    return any(_glob(schema_pat, s) for s in schemas)
-
-
-def _column_matches(pattern: str, column: str, schemas: frozenset[str] | None) -> bool:
-    """``*.email``, ``customers.ssn`` or a bare ``ssn``; ``t.*`` (a star) is every column."""
-    table, _, name = column.rpartition(".")
-    ptable, _, pname = pattern.rpartition(".")
-    if name != "*" and not _glob(pname, name):
-        return False
-    if not ptable or ptable == "*" or table == "?":
-        return True
-    return _table_matches(ptable, table, schemas)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +125,7 @@ class Policy:
     require_identity: bool | str = False  # False | True | "verified"
     rules: tuple[Rule, ...] = ()
     masking: dict[str, object] = field(default_factory=dict)
+    masker: Masking | None = None  # the masking section, compiled
     audit: dict[str, object] = field(default_factory=dict)
     approvals: dict[str, object] = field(default_factory=dict)
     source: str | None = None

@@ -68,6 +68,8 @@ AGENT_SAFE: dict[str, Any] = {
     "version": 1,
     "default": "allow",
     "on_unparsed": "block",
+    # Secure by default: sensitive values found in any returned text are masked.
+    "masking": {"detectors": "all"},
     "rules": [
         {
             "id": "no-ddl",
@@ -103,6 +105,7 @@ READONLY: dict[str, Any] = {
     "version": 1,
     "default": "allow",
     "on_unparsed": "block",
+    "masking": {"detectors": "all"},
     "rules": [
         {
             "id": "read-only",

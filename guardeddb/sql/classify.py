@@ -14,6 +14,8 @@ from typing import Any
 
 from sqlglot import exp
 
+from .lineage import Output, outputs
+
 __all__ = ["CLASSES", "KINDS", "READ_KINDS", "Statement", "classify", "is_tautology"]
 
 #: Statement classes a policy can name.
@@ -180,6 +182,7 @@ class Statement:
     has_limit: bool
     tables_unknown: bool = False  # an opaque command: its tables cannot be listed
     unparsed: str | None = None  # why the statement is not understood
+    outputs: tuple[Output, ...] | None = None  # lineage of returned columns, if known
 
     @staticmethod
     def control(kind: str, klass: str = "other") -> Statement:
@@ -450,6 +453,7 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         frozenset(functions),
         has_where=has_where,
         has_limit=has_limit,
+        outputs=outputs(stmt, fold) if "read" in classes or stmt.args.get("returning") else None,
     )
 
 

@@ -1,0 +1,19 @@
+"""Masking: operators, value detectors, and plans that mask rows in-process."""
+
+from __future__ import annotations
+
+from .detectors import DETECTORS, Scanner
+from .operators import OPERATORS, Operator
+from .plan import ColumnRule, Masking, MaskingError, MaskPlan, MaskRun
+
+__all__ = [
+    "DETECTORS",
+    "OPERATORS",
+    "ColumnRule",
+    "MaskPlan",
+    "MaskRun",
+    "Masking",
+    "MaskingError",
+    "Operator",
+    "Scanner",
+]
