@@ -13,6 +13,7 @@ that type really has, so ``hasattr`` answers as it does on the raw object.
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +254,8 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         # None: rows pass as they are; an Analysis: rows must be masked, plan
         # not made yet; a MaskRun: the plan of the current result, applying.
         self._self_mask: Analysis | MaskRun | None = None
+        # True when a custom row factory masks values before building rows.
+        self._self_factory_masks = False
 
     if TYPE_CHECKING:
         # The driver's own attributes, as far as a type checker can know them.
@@ -342,7 +345,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         self._self_op = None
         mask = self._self_mask
         if type(mask) is MaskRun:
-            op.masked(mask.plan.masked_columns, mask.values)
+            op.masked(mask.plan.masked_columns, mask.count)
         op.end()
 
     def _self_done(self) -> None:
@@ -366,7 +369,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
 
     def fetchone(self) -> Any:
         row = self.__wrapped__.fetchone()
-        if row is not None and self._self_mask is not None:
+        if row is not None and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
                 row = run.row(row)
@@ -381,7 +384,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
     def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
         raw = self.__wrapped__
         rows = raw.fetchmany(*args, **kwargs)
-        if rows and self._self_mask is not None:
+        if rows and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
                 rows = run.rows(rows)
@@ -395,7 +398,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
 
     def fetchall(self) -> Any:
         rows = self.__wrapped__.fetchall()
-        if rows and self._self_mask is not None:
+        if rows and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
                 rows = run.rows(rows)
@@ -479,7 +482,7 @@ def _streamed(cursor: Any, op: Operation | None, rows: Iterator[Any]) -> Iterato
         return
     try:
         for row in rows:
-            run = cursor._self_mask_run()
+            run = None if cursor._self_factory_masks else cursor._self_mask_run()
             if op is not None:
                 op.rows += 1
             yield row if run is None else run.row(row)
@@ -494,6 +497,57 @@ def _streamed(cursor: Any, op: Operation | None, rows: Iterator[Any]) -> Iterato
     if op is not None:
         op.executed()
         op.end()
+
+
+_ROWS_GUARDEDDB_REBUILDS: set[Any] = {None, sqlite3.Row}
+try:  # psycopg's own factories make tuples, dicts and namedtuples, rebuilt after fetching
+    from psycopg.rows import dict_row, namedtuple_row, tuple_row
+
+    _ROWS_GUARDEDDB_REBUILDS |= {tuple_row, dict_row, namedtuple_row}
+except ImportError:  # pragma: no cover - psycopg is an extra
+    pass
+
+
+class _RowFactory:
+    """sqlite3 and psycopg row factories: a custom one gets values already masked.
+
+    Tuples, dicts, namedtuples and sqlite3.Row are masked after fetching; any
+    other factory (psycopg's class_row, a sqlite3 dict factory) is wrapped so
+    that it receives masked values and builds its rows from those.
+    """
+
+    @property
+    def row_factory(self: Any) -> Any:
+        if self._self_factory_masks:
+            return self._self_user_factory
+        return self.__wrapped__.row_factory
+
+    @row_factory.setter
+    def row_factory(self: Any, factory: Any) -> None:
+        self._self_adopt_factory(factory)
+
+    def _self_adopt_factory(self: Any, factory: Any) -> None:
+        raw = self.__wrapped__
+        if factory in _ROWS_GUARDEDDB_REBUILDS:
+            self._self_factory_masks = False
+            raw.row_factory = factory
+            return
+        self._self_user_factory = factory
+        self._self_factory_masks = True
+
+        def masked(values: Any) -> Any:
+            run = self._self_mask_run() if self._self_mask is not None else None
+            return values if run is None else run.values(values)
+
+        if self._self_guard.driver.module == "sqlite3":
+            raw.row_factory = lambda cur, row: factory(cur, masked(row))
+        else:
+
+            def psycopg_factory(cur: Any) -> Any:
+                maker = factory(cur)
+                return lambda values: maker(masked(values))
+
+            raw.row_factory = psycopg_factory
 
 
 class _Copy:
@@ -519,7 +573,11 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
     def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
         """A guarded cursor; arguments go to the driver's ``cursor()``."""
         raw = self.__wrapped__.cursor(*args, **kwargs)
-        return _cursor_class(type(raw))(raw, self)
+        cur: GuardedCursor = _cursor_class(type(raw))(raw, self)
+        factory = getattr(raw, "row_factory", None)
+        if factory not in _ROWS_GUARDEDDB_REBUILDS and hasattr(cur, "_self_adopt_factory"):
+            cur._self_adopt_factory(factory)
+        return cur
 
     def __enter__(self) -> GuardedConnection:
         self.__wrapped__.__enter__()
@@ -619,6 +677,7 @@ _CURSOR_MIXINS = (
     ("callproc", _CallProc),
     ("stream", _Stream),
     ("copy", _Copy),
+    ("row_factory", _RowFactory),
 )
 _CONNECTION_MIXINS = (
     ("execute", _ConnExecute),
@@ -641,7 +700,7 @@ def _compose(base: type[Any], raw_type: type[Any], mixins: Any) -> type[Any]:
     key = (base, raw_type)
     cls = _CLASSES.get(key)
     if cls is None:
-        bases = tuple(m for name, m in mixins if callable(getattr(raw_type, name, None)))
+        bases = tuple(m for name, m in mixins if hasattr(raw_type, name))
         cls = type(base.__name__, (*bases, base), {"__module__": "guardeddb"})
         _CLASSES[key] = cls
     return cls

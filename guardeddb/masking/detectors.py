@@ -29,9 +29,36 @@ def _luhn(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _card_ok(text: str) -> bool:
-    digits = "".join(c for c in text if c.isdigit())
-    return 13 <= len(digits) <= 19 and _luhn(digits)
+def _card_spans(text: str) -> list[tuple[int, int]]:
+    """The card numbers in a run of digit groups ("4111 1111 1111 1111 0").
+
+    A card starts where a group starts and ends where one ends, with 13 to 19
+    Luhn-valid digits; the longest such stretch from each group wins. Order
+    numbers whose checksum fails are left alone.
+    """
+    groups: list[tuple[int, int, str]] = []  # (start, end, digits) of each group
+    for m in _DIGIT_GROUP.finditer(text):
+        groups.append((m.start(), m.end(), m.group()))
+    spans: list[tuple[int, int]] = []
+    g = 0
+    while g < len(groups):
+        digits = ""
+        best = None
+        for h in range(g, len(groups)):
+            digits += groups[h][2]
+            if len(digits) > 19:
+                break
+            if len(digits) >= 13 and _luhn(digits):
+                best = h
+        if best is None:
+            g += 1
+            continue
+        spans.append((groups[g][0], groups[best][1]))
+        g = best + 1
+    return spans
+
+
+_DIGIT_GROUP = re.compile(r"\d+")
 
 
 def _iban_ok(text: str) -> bool:
@@ -43,6 +70,16 @@ def _iban_ok(text: str) -> bool:
         return int("".join(str(int(c, 36)) for c in moved)) % 97 == 1
     except ValueError:
         return False
+
+
+def _iban_spans(text: str) -> list[tuple[int, int]]:
+    """The IBAN a match starts with: the longest prefix ending at a group
+    boundary that passes mod-97 ("GB82 WEST 1234 5698 7654 32 0" holds one)."""
+    ends = [i for i, c in enumerate(text) if c == " "] + [len(text)]
+    for end in sorted(ends, reverse=True):
+        if _iban_ok(text[:end]):
+            return [(0, end)]
+    return []
 
 
 def _phone_ok(text: str) -> bool:
@@ -73,6 +110,9 @@ class Detector:
     valid: Callable[[str], bool] = _always
     mask: Callable[[str], str] = lambda _: REDACTED
     group: int = 0  # the part of the match to mask
+    # Where inside a match the values are, when a match may hold several or
+    # need trimming (card numbers); by default the whole (valid) match.
+    spans: Callable[[str], list[tuple[int, int]]] | None = None
 
 
 def _has_digit(text: str) -> bool:
@@ -91,10 +131,10 @@ _D = [
     ),
     Detector(
         "credit_card",
-        re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,18}(?![\d])"),
+        re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,40}(?![\d])"),
         _has_digit,
-        _card_ok,
-        lambda s: str(last4(s)),
+        mask=lambda s: str(last4(s)),
+        spans=_card_spans,
     ),
     Detector(
         "us_ssn",
@@ -103,9 +143,9 @@ _D = [
     ),
     Detector(
         "iban",
-        re.compile(r"(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}(?![A-Za-z0-9])"),
+        re.compile(r"(?i)(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,40}(?![A-Za-z0-9])"),
         _has_digit,
-        _iban_ok,
+        spans=_iban_spans,
     ),
     Detector(
         "phone",
@@ -132,17 +172,19 @@ _D = [
     ),
     Detector(
         "jwt",
+        # Case-insensitive: an upper- or lower-cased token must not slip through.
         re.compile(
-            r"(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,4096}\.eyJ[A-Za-z0-9_-]{5,8192}\.[A-Za-z0-9_-]{0,2048}"
+            r"(?i)(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,4096}\.eyJ[A-Za-z0-9_-]{5,8192}"
+            r"\.[A-Za-z0-9_-]{0,2048}"
         ),
-        lambda t: "eyJ" in t,
+        lambda t: "eyj" in t.lower(),
     ),
     Detector(
         "aws_access_key",
         re.compile(
-            r"(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"
+            r"(?i)(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"
         ),
-        lambda t: "A" in t,
+        lambda t: True,
     ),
     Detector(
         "secret",
@@ -162,7 +204,7 @@ DETECTORS["private_key"] = None
 
 _PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----")
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----")
-_PREFILTER = re.compile(r"[\d@:=]|eyJ|-----BEGIN|A[KSIRGNP][IDOP]A")
+_PREFILTER = re.compile(r"[\d@:=]|(?i:eyj|a[ksirgnp][idop]a)|-----BEGIN")
 
 
 class Scanner:
@@ -192,10 +234,22 @@ class Scanner:
         for det in self._detectors:
             if not det.hint(text):
                 continue
-            for m in det.pattern.finditer(text):
+            at = 0
+            while (m := det.pattern.search(text, at)) is not None:
                 value = m.group(det.group)
-                if value and det.valid(value):
-                    spans.append((m.start(det.group), m.end(det.group), det.mask(value)))
+                base = m.start(det.group)
+                at = m.end()
+                if not value:
+                    continue
+                if det.spans is not None:
+                    # The match may hold several values, or one and a tail:
+                    # go on right after the last value found inside it.
+                    found = det.spans(value)
+                    for a, b in found:
+                        spans.append((base + a, base + b, det.mask(value[a:b])))
+                    at = base + found[-1][1] if found else base + 1
+                elif det.valid(value):
+                    spans.append((base, m.end(det.group), det.mask(value)))
         if not spans:
             return text, 0
         spans.sort(key=lambda s: (s[0], -s[1]))
@@ -203,7 +257,12 @@ class Scanner:
         pos = count = 0
         for start, end, masked in spans:
             if start < pos:
-                continue  # inside a span already masked (an email in a JWT, ...)
+                # Overlapping a span already masked (an email in a JWT, an SSN
+                # in a run of digits): its tail beyond that span goes too.
+                if end > pos:
+                    out.append(REDACTED)
+                    pos = end
+                continue
             out.append(text[pos:start])
             out.append(masked)
             pos = end

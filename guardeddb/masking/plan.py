@@ -25,6 +25,8 @@ from .operators import Operator, redact
 __all__ = ["ColumnRule", "MaskPlan", "MaskRun", "Masking", "MaskingError"]
 
 _ALL_DETECTORS = Scanner(DETECTORS)
+_KEEP = object()  # a dict key whose values pass as they are
+_SCAN = object()  # a dict key whose text the detectors scan
 _PLAN_CACHE_SIZE = 4096
 
 
@@ -60,27 +62,31 @@ class MaskPlan:
         self.scanner = scanner
         self.width = len(names)
         self.masked_columns = len(self.ops)
-        # For dict rows: what to do by key (the strictest when names repeat).
-        by_name: dict[str, Operator | None] = {}
+        # For dict rows, what to do by key: an operator, _SCAN, or _KEEP; the
+        # strictest when a name repeats (dict rows keep one of them).
+        by_name: dict[str, Any] = {}
         op_at = dict(ops)
         for i, name in enumerate(names):
             if i in op_at:
                 by_name[name] = op_at[i]
             elif i in scan_cols:
-                by_name.setdefault(name, None)
+                if by_name.get(name, _KEEP) is _KEEP:
+                    by_name[name] = _SCAN
+            else:
+                by_name.setdefault(name, _KEEP)
         self.by_name = by_name
 
 
 class MaskRun:
     """One result being masked with a plan; counts what it masked."""
 
-    __slots__ = ("analysis", "cursor", "plan", "values")
+    __slots__ = ("analysis", "count", "cursor", "plan")
 
     def __init__(self, plan: MaskPlan, cursor: Any, analysis: Analysis) -> None:
         self.plan = plan
         self.cursor = cursor  # the raw cursor, which sqlite3.Row needs
         self.analysis = analysis
-        self.values = 0
+        self.count = 0  # values masked so far
 
     def _values(self, vals: list[Any]) -> list[Any]:
         plan = self.plan
@@ -97,8 +103,12 @@ class MaskRun:
                 if type(v) is str:
                     vals[i], k = scanner.scan(v)
                     n += k
-        self.values += n
+        self.count += n
         return vals
+
+    def values(self, values: Sequence[Any]) -> tuple[Any, ...]:
+        """Raw column values, masked (for row factories to build rows from)."""
+        return tuple(self._values(list(values)))
 
     def row(self, row: Any) -> Any:
         """``row`` masked, of the same type."""
@@ -132,20 +142,22 @@ class MaskRun:
         for key, value in row.items():
             if value is None:
                 continue
-            name = key if key in plan.by_name else key.rsplit(".", 1)[-1]
-            if name not in plan.by_name:
-                if plan.ops:
-                    out[key] = redact(value)  # a key the plan cannot place: fail closed
-                    n += 1
+            # PyMySQL's DictCursor names a repeated column "table.column".
+            name = key if key in plan.by_name else str(key).rsplit(".", 1)[-1]
+            what = plan.by_name.get(name)
+            if what is _KEEP:
                 continue
-            op = plan.by_name[name]
-            if op is not None:
-                out[key] = op(value)
+            if what is None:
+                out[key] = redact(value)  # a key the plan cannot place: fail closed
                 n += 1
-            elif plan.scanner is not None and type(value) is str:
-                out[key], k = plan.scanner.scan(value)
-                n += k
-        self.values += n
+            elif what is _SCAN:
+                if plan.scanner is not None and type(value) is str:
+                    out[key], k = plan.scanner.scan(value)
+                    n += k
+            else:
+                out[key] = what(value)
+                n += 1
+        self.count += n
         return out
 
 
@@ -200,12 +212,24 @@ class Masking:
         return self.active and not self.applies_to(ident)
 
     def _rule_for(self, sources: set[str]) -> Operator | None:
-        for rule in self.rules:
-            for src in sources:
+        """The operator for a column derived from ``sources``.
+
+        One masked source: its rule's operator (``lower(email)`` is still an
+        email). A whole row, or several masked sources (``json_object(email,
+        ssn)``), is a composite no single operator understands: redacted whole.
+        """
+        found: dict[str, Operator] = {}
+        for src in sources:
+            for rule in self.rules:
                 if any(column_matches(p, src, None) for p in rule.patterns):
-                    # A whole row (users.*) is a composite value: redacted whole.
-                    return redact if src.endswith(".*") else rule.operator
-        return None
+                    found[src] = redact if src.endswith(".*") else rule.operator
+                    break
+        if not found:
+            return None
+        ops = set(found.values())
+        # "?.email" and "customers.email" are one column seen two ways.
+        names = {s.rsplit(".", 1)[-1].lower() for s in found}
+        return ops.pop() if len(ops) == 1 and len(names) == 1 else redact
 
     def plan(self, analysis: Analysis, names: tuple[str, ...]) -> MaskPlan | None:
         """The plan for a result with columns ``names``; None when nothing is masked."""
