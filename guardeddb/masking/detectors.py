@@ -106,17 +106,13 @@ class Detector:
 
     name: str
     pattern: re.Pattern[str]
-    hint: Callable[[str], bool]  # cheap test: could the text hold one at all?
+    hints: frozenset[str]  # prefilter clues of which one must be in the text
     valid: Callable[[str], bool] = _always
     mask: Callable[[str], str] = lambda _: REDACTED
     group: int = 0  # the part of the match to mask
     # Where inside a match the values are, when a match may hold several or
     # need trimming (card numbers); by default the whole (valid) match.
     spans: Callable[[str], list[tuple[int, int]]] | None = None
-
-
-def _has_digit(text: str) -> bool:
-    return any(c.isdigit() for c in text)
 
 
 _D = [
@@ -126,25 +122,25 @@ _D = [
             r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]{1,64}@"
             r"[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,8}\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"
         ),
-        lambda t: "@" in t,
+        frozenset({"at"}),
         mask=lambda s: str(email(s)),
     ),
     Detector(
         "credit_card",
         re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,40}(?![\d])"),
-        _has_digit,
+        frozenset({"d7"}),
         mask=lambda s: str(last4(s)),
         spans=_card_spans,
     ),
     Detector(
         "us_ssn",
         re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ]?)(?!00)\d{2}\1(?!0000)\d{4}(?![\d])"),
-        _has_digit,
+        frozenset({"d7"}),
     ),
     Detector(
         "iban",
         re.compile(r"(?i)(?<![A-Za-z0-9])[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,40}(?![A-Za-z0-9])"),
-        _has_digit,
+        frozenset({"d7"}),
         spans=_iban_spans,
     ),
     Detector(
@@ -153,7 +149,7 @@ _D = [
             r"(?<![\w+])(?:\+\d[\d .()-]{5,19}\d"
             r"|\(\d{3}\) ?\d{3}[-. ]\d{4}|\d{3}[-.]\d{3}[-.]\d{4})(?![\w])"
         ),
-        _has_digit,
+        frozenset({"d7"}),
         _phone_ok,
     ),
     Detector(
@@ -162,12 +158,12 @@ _D = [
             r"(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}"
             r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.])"
         ),
-        lambda t: "." in t,
+        frozenset({"dot"}),
     ),
     Detector(
         "ipv6",
         re.compile(r"(?<![0-9A-Fa-f:])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![0-9A-Fa-f:])"),
-        lambda t: "::" in t or t.count(":") >= 2,
+        frozenset({"colon"}),
         _ipv6_ok,
     ),
     Detector(
@@ -177,14 +173,14 @@ _D = [
             r"(?i)(?<![A-Za-z0-9_-])eyJ[A-Za-z0-9_-]{5,4096}\.eyJ[A-Za-z0-9_-]{5,8192}"
             r"\.[A-Za-z0-9_-]{0,2048}"
         ),
-        lambda t: "eyj" in t.lower(),
+        frozenset({"jwt"}),
     ),
     Detector(
         "aws_access_key",
         re.compile(
             r"(?i)(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"
         ),
-        lambda t: True,
+        frozenset({"aws"}),
     ),
     Detector(
         "secret",
@@ -193,7 +189,7 @@ _D = [
             r"auth[_-]?token|client[_-]?secret|token)[\"']?\s{0,5}[:=]\s{0,5}"
             r"(\"[^\"\n]{1,256}\"|'[^'\n]{1,256}'|[^\s'\",;&]{1,256})"
         ),
-        lambda t: "=" in t or ":" in t,
+        frozenset({"eq", "colon"}),
         group=1,
     ),
 ]
@@ -204,7 +200,13 @@ DETECTORS["private_key"] = None
 
 _PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----")
 _PEM_END = re.compile(r"-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----")
-_PREFILTER = re.compile(r"[\d@:=]|(?i:eyj|a[ksirgnp][idop]a)|-----BEGIN")
+_GATE = re.compile(r"[\d@:=]|(?i:eyj|a[ksirgnp][idop]a)|-----BEGIN")
+# One pass over the text finds which detectors could match at all: most text
+# cells (names, cities, statuses) hold none of these clues and cost one search.
+_PREFILTER = re.compile(
+    r"(?P<d7>\d(?:[^\d\n]{0,3}\d){6})|(?P<at>@)|(?P<colon>:)|(?P<eq>=)|(?P<dot>\d\.\d)"
+    r"|(?P<jwt>(?i:eyj))|(?P<aws>(?i:a[ksirgnp][idop]a))|(?P<pem>-----BEGIN)"
+)
 
 
 class Scanner:
@@ -222,17 +224,20 @@ class Scanner:
 
     def scan(self, text: str) -> tuple[str, int]:
         """``text`` with every detected value masked, and how many were."""
-        if not _PREFILTER.search(text):
+        if _GATE.search(text) is None:
+            return text, 0
+        clues = {m.lastgroup for m in _PREFILTER.finditer(text)}
+        if not clues:
             return text, 0
         spans: list[tuple[int, int, str]] = []
-        if self._pem:
+        if self._pem and "pem" in clues:
             at = 0
             while (begin := _PEM_BEGIN.search(text, at)) is not None:
                 footer = _PEM_END.search(text, begin.end())
                 at = footer.end() if footer else len(text)
                 spans.append((begin.start(), at, REDACTED))
         for det in self._detectors:
-            if not det.hint(text):
+            if not det.hints & clues:
                 continue
             at = 0
             while (m := det.pattern.search(text, at)) is not None:

@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +30,7 @@ __all__ = [
 ]
 
 Operator = Callable[[Any], Any]
+_NOT_DIGITS = re.compile(r"\D+")
 REDACTED = "[REDACTED]"
 _log = logging.getLogger("guardeddb")
 
@@ -99,10 +101,10 @@ def last4(value: Any) -> Any:
     text = _text(value)
     if text is None:
         return None
-    digits = [c for c in text if c.isdigit()]
+    digits = _NOT_DIGITS.sub("", text)
     if len(digits) <= 4:
         return "*" * len(text)
-    return "*" * (len(digits) - 4) + "".join(digits[-4:])
+    return "*" * (len(digits) - 4) + digits[-4:]
 
 
 def hash_with(key: bytes) -> Operator:
