@@ -101,7 +101,7 @@ def last4(value: Any) -> Any:
     text = _text(value)
     if text is None:
         return None
-    digits = _NOT_DIGITS.sub("", text)
+    digits = text if text.isdigit() else _NOT_DIGITS.sub("", text)
     if len(digits) <= 4:
         return "*" * len(text)
     return "*" * (len(digits) - 4) + digits[-4:]
