@@ -17,6 +17,7 @@ from . import drivers as _drivers
 from .connection import GuardedConnection, GuardedCursor, guard_connection
 from .errors import ApprovalRequired, AuditUnavailable, Error, PolicyError, QueryBlocked
 from .identity import Identity, current_identity, identity
+from .masking import MaskingError
 from .policy import Decision, Policy, PolicySource, load_policy
 from .telemetry import Telemetry
 
@@ -32,6 +33,7 @@ __all__ = [
     "GuardedConnection",
     "GuardedCursor",
     "Identity",
+    "MaskingError",
     "Policy",
     "PolicyError",
     "QueryBlocked",

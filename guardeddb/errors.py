@@ -5,6 +5,7 @@
     Exception
      +-- Error                      every guardeddb error
           +-- PolicyError           a policy that cannot be loaded (file, line, key)
+          +-- MaskingError          rows that cannot be masked, refused (masking/plan.py)
           +-- QueryBlocked          a query the guardrails refused; carries .decision
                +-- ApprovalRequired held for a human; carries .request_id
                +-- AuditUnavailable no audit record could be written, so no query

@@ -42,3 +42,22 @@ def test_analysis_benchmark_quick_run() -> None:
         timeout=300,
     ).stdout
     assert "two-table join" in out
+
+
+def test_masking_benchmark_quick_run() -> None:
+    """bench_masking.py masks and times a small fetchall."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_masking.py"),
+            "--rounds",
+            "1",
+            "--rows",
+            "200",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    assert "3 masked + detectors" in out and "cells/s" in out
