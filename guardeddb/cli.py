@@ -47,8 +47,8 @@ def _scenario(conn: guardeddb.GuardedConnection) -> None:
     )
     with guardeddb.identity(agent):
         cur = conn.cursor()
-        cur.execute("SELECT id, name, email FROM customers WHERE id = ?", (1,))
-        cur.fetchall()
+        cur.execute("SELECT id, name, email, phone FROM customers WHERE id = ?", (1,))
+        cur.fetchall()  # the detectors mask the email and the phone number
         cur.execute(
             "SELECT o.id, o.total_cents FROM orders o JOIN customers c ON c.id = o.customer_id "
             "WHERE c.email = 'ada@example.com' AND o.status IN ('pending', 'shipped')"
@@ -90,6 +90,7 @@ def _rows(spans: Sequence[Any]) -> list[dict[str, Any]]:
                 "rows": attrs.get("db.response.returned_rows", ""),
                 "decision": attrs.get("guardeddb.decision.action", ""),
                 "rule": attrs.get("guardeddb.decision.rule", ""),
+                "masked": attrs.get("guardeddb.masked.values", 0),
                 "error": attrs.get("error.type", ""),
                 "trace_id": f"{span.context.trace_id:032x}",
             }
@@ -104,7 +105,10 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
     def outcome(r: dict[str, Any]) -> str:
         if r["decision"] == "block":
             return f"BLOCKED by {r['rule']}"
-        return f"{r['decision']}, failed: {r['error']}" if r["error"] else f"{r['decision']}, ok"
+        if r["error"]:
+            return f"{r['decision']}, failed: {r['error']}"
+        masked = f", {r['masked']} value(s) masked" if r["masked"] else ""
+        return f"{r['decision']}, ok{masked}"
 
     try:
         from rich.console import Console
@@ -161,7 +165,8 @@ def _demo(args: argparse.Namespace) -> int:
         print(
             "\nEvery query became one OpenTelemetry span tied to the identity that ran it;"
             "\nevery literal in the SQL (an email, a status) was replaced by ? before it"
-            " was recorded.\nThe agent-safe policy (the default) refused the DROP, the"
+            " was recorded.\nEmails and phone numbers the agent read were masked in-process.\n"
+            "The agent-safe policy (the default) refused the DROP, the"
             " DELETE without a real WHERE\nand the stacked statements before they reached"
             " the database."
         )

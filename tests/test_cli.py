@@ -29,6 +29,7 @@ def test_demo_json_reports_every_query(capsys: pytest.CaptureFixture[str]) -> No
     assert rows[0]["user"] == "alice@example.com" and rows[0]["agent"] == "support-bot"
     assert rows[-1]["user"] == "bob@example.com" and rows[-1]["agent"] == ""
     assert rows[0]["rows"] == 1 and rows[-1]["rows"] == 3
+    assert rows[0]["masked"] == 2  # the email and the phone number the agent read
     assert rows[2]["error"] == "sqlite3.OperationalError"
     assert [(r["decision"], r["rule"]) for r in rows[4:8]] == [
         ("block", "no-ddl"),
