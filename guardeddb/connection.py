@@ -499,13 +499,19 @@ def _streamed(cursor: Any, op: Operation | None, rows: Iterator[Any]) -> Iterato
         op.end()
 
 
-_ROWS_GUARDEDDB_REBUILDS: set[Any] = {None, sqlite3.Row}
+_ROWS_GUARDEDDB_REBUILDS: list[Any] = [None, sqlite3.Row]
 try:  # psycopg's own factories make tuples, dicts and namedtuples, rebuilt after fetching
     from psycopg.rows import dict_row, namedtuple_row, tuple_row
 
-    _ROWS_GUARDEDDB_REBUILDS |= {tuple_row, dict_row, namedtuple_row}
+    _ROWS_GUARDEDDB_REBUILDS += [tuple_row, dict_row, namedtuple_row]
 except ImportError:  # pragma: no cover - psycopg is an extra
     pass
+
+
+def _rebuilt(factory: Any) -> bool:
+    """Whether guardeddb rebuilds this factory's rows itself (by identity:
+    a factory object need not be hashable or comparable)."""
+    return any(factory is known for known in _ROWS_GUARDEDDB_REBUILDS)
 
 
 class _RowFactory:
@@ -528,7 +534,7 @@ class _RowFactory:
 
     def _self_adopt_factory(self: Any, factory: Any) -> None:
         raw = self.__wrapped__
-        if factory in _ROWS_GUARDEDDB_REBUILDS:
+        if _rebuilt(factory):
             self._self_factory_masks = False
             raw.row_factory = factory
             return
@@ -575,7 +581,7 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
         raw = self.__wrapped__.cursor(*args, **kwargs)
         cur: GuardedCursor = _cursor_class(type(raw))(raw, self)
         factory = getattr(raw, "row_factory", None)
-        if factory not in _ROWS_GUARDEDDB_REBUILDS and hasattr(cur, "_self_adopt_factory"):
+        if not _rebuilt(factory) and hasattr(cur, "_self_adopt_factory"):
             cur._self_adopt_factory(factory)
         return cur
 
