@@ -173,6 +173,12 @@ class _Guard:
         runs inside a transaction that a read-write identity opened.
         """
         raw = self.raw
+        statements = self.driver.read_only_statements(read_only)
+        if not statements:
+            # A driver guardeddb knows no read-only switch for: the policy
+            # alone keeps the identity to reads.
+            self.read_only = read_only
+            return
         if self.driver.in_transaction(raw):
             decision = Decision(
                 "block",
@@ -186,9 +192,6 @@ class _Guard:
             if op is not None:
                 op.failed(exc)
             raise exc
-        statements = self.driver.read_only_statements(read_only)
-        if not statements:
-            return
         cur = raw.cursor()
         try:
             for sql in statements:
