@@ -94,11 +94,11 @@ def _transaction_control(chunk: list[Token]) -> Statement | None:
     if (words[0] == "SAVEPOINT" and n == 2) or (
         words[0] == "RELEASE" and (n == 2 or (n == 3 and words[1] == "SAVEPOINT"))
     ):
-        return Statement.control("savepoint" if words[0] == "SAVEPOINT" else "release")
+        return Statement.simple("savepoint" if words[0] == "SAVEPOINT" else "release")
     if words[:2] == ["START", "TRANSACTION"] and all(
         w in _TRANSACTION_MODES or w == "," for w in words[2:]
     ):
-        return Statement.control("begin", "admin" if "WRITE" in words else "other")
+        return Statement.simple("begin", "admin" if "WRITE" in words else "other")
     return None
 
 

@@ -10,11 +10,10 @@ whose root is not a statement, dynamic SQL, ``COPY ... PROGRAM``) is unparsed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from sqlglot import exp
 
-from .lineage import Output, outputs
+from .lineage import Output, identifier, outputs, table_name
 
 __all__ = ["CLASSES", "KINDS", "READ_KINDS", "Statement", "classify", "is_tautology"]
 
@@ -185,8 +184,8 @@ class Statement:
     outputs: tuple[Output, ...] | None = None  # lineage of returned columns, if known
 
     @staticmethod
-    def control(kind: str, klass: str = "other") -> Statement:
-        """A transaction-control statement (savepoint, release, begin)."""
+    def simple(kind: str, klass: str = "other", tables_unknown: bool = False) -> Statement:
+        """A statement known only by its kind: transaction control, an opaque command."""
         return Statement(
             kind,
             frozenset({kind}),
@@ -196,6 +195,7 @@ class Statement:
             frozenset(),
             has_where=False,
             has_limit=False,
+            tables_unknown=tables_unknown,
         )
 
     @staticmethod
@@ -215,21 +215,6 @@ class Statement:
         )
 
 
-def _name(ident: Any, fold: bool) -> str:
-    """An identifier as the dialect resolves it: unquoted ones fold case."""
-    if isinstance(ident, exp.Identifier):
-        text = str(ident.this)
-        return text if ident.quoted or not fold else text.lower()
-    if isinstance(ident, str):
-        return ident.lower() if fold else ident
-    return ""
-
-
-def _table_name(table: exp.Table, fold: bool) -> str:
-    parts = [_name(table.args.get(p), fold) for p in ("catalog", "db", "this") if table.args.get(p)]
-    return ".".join(p for p in parts if p)
-
-
 def _command(stmt: exp.Command) -> Statement:
     words = [str(stmt.this or "").upper()]
     rest = stmt.expression
@@ -242,17 +227,7 @@ def _command(stmt: exp.Command) -> Statement:
         key = " ".join(w for w in words[:n] if w)
         if key in _COMMANDS:
             kind, klass = _COMMANDS[key]
-            return Statement(
-                kind,
-                frozenset({kind}),
-                frozenset({klass}),
-                frozenset(),
-                frozenset(),
-                frozenset(),
-                has_where=False,
-                has_limit=False,
-                tables_unknown=True,
-            )
+            return Statement.simple(kind, klass, tables_unknown=True)
     return Statement.unknown(f"{first} is not a statement guardeddb can classify", first.lower())
 
 
@@ -407,22 +382,22 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
                 kinds.add(nested[0])
                 classes.add(nested[1])
 
-    ctes = {_name(c.args.get("alias") and c.args["alias"].this, fold) for c in cte_nodes}
+    ctes = {identifier(c.args.get("alias") and c.args["alias"].this, fold) for c in cte_nodes}
     tables: set[str] = set()
     aliases: dict[str, str] = {}
     for table in table_nodes:
-        name = _table_name(table, fold)
+        name = table_name(table, fold)
         if not name or (not table.args.get("db") and name in ctes):
             continue
         tables.add(name)
         aliases[name.rsplit(".", 1)[-1].lower()] = name
         alias = table.args.get("alias")
         if isinstance(alias, exp.TableAlias) and alias.this is not None:
-            aliases[_name(alias.this, fold).lower()] = name
+            aliases[identifier(alias.this, fold).lower()] = name
 
     columns: set[str] = set()
     for col in column_nodes:
-        cname = _name(col.this, fold) if not isinstance(col.this, exp.Star) else "*"
+        cname = identifier(col.this, fold) if not isinstance(col.this, exp.Star) else "*"
         qual = col.table
         if qual:
             owner = aliases.get(qual.lower())
@@ -434,10 +409,10 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
     if isinstance(stmt, exp.Insert) and isinstance(stmt.this, exp.Schema):
         # INSERT INTO t (a, b): the target columns are identifiers, not columns.
         target = stmt.this.this
-        owner = _table_name(target, fold) if isinstance(target, exp.Table) else "?"
+        owner = table_name(target, fold) if isinstance(target, exp.Table) else "?"
         for ident in stmt.this.expressions:
             if isinstance(ident, exp.Identifier):
-                columns.add(f"{owner}.{_name(ident, fold)}")
+                columns.add(f"{owner}.{identifier(ident, fold)}")
     if star_outside_column:
         columns.update(f"{t}.*" for t in tables)
 

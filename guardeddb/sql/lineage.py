@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlglot import exp
 
-__all__ = ["Output", "outputs"]
+__all__ = ["Output", "identifier", "outputs", "table_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,7 +30,8 @@ class Output:
 _Source = tuple[str, "str | list[Output] | None"]  # ("table", name) | ("derived", outputs)
 
 
-def _ident(node: exp.Expr | str | None, fold: bool) -> str:
+def identifier(node: exp.Expr | str | None, fold: bool) -> str:
+    """An identifier as the dialect resolves it: unquoted ones fold case."""
     if isinstance(node, exp.Identifier):
         text = str(node.this)
         return text if node.quoted or not fold else text.lower()
@@ -39,8 +40,9 @@ def _ident(node: exp.Expr | str | None, fold: bool) -> str:
     return ""
 
 
-def _table_name(table: exp.Table, fold: bool) -> str:
-    parts = [_ident(table.args.get(p), fold) for p in ("catalog", "db", "this")]
+def table_name(table: exp.Table, fold: bool) -> str:
+    """A table's name, schema-qualified when written so, as the dialect resolves it."""
+    parts = [identifier(table.args.get(p), fold) for p in ("catalog", "db", "this")]
     return ".".join(p for p in parts if p)
 
 
@@ -60,7 +62,9 @@ class _Resolver:
         if isinstance(with_, exp.With):
             ctes = dict(ctes)
             for cte in with_.expressions:
-                ctes[_ident(cte.args["alias"].this, self.fold).lower()] = self.query(cte.this, ctes)
+                ctes[identifier(cte.args["alias"].this, self.fold).lower()] = self.query(
+                    cte.this, ctes
+                )
         if isinstance(q, exp.SetOperation):
             left = self.query(q.this, ctes)
             right = self.query(q.expression, ctes)
@@ -119,7 +123,7 @@ class _Resolver:
         for item in items:
             alias = item.alias_or_name.lower() if hasattr(item, "alias_or_name") else ""
             if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
-                name = _table_name(item, self.fold)
+                name = table_name(item, self.fold)
                 if not item.args.get("db") and name.lower() in ctes:
                     scope[alias or name.lower()] = ("derived", ctes[name.lower()])
                 else:
@@ -148,7 +152,7 @@ class _Resolver:
         return out
 
     def column(self, col: exp.Column, scope: dict[str, _Source]) -> set[str]:
-        name = "*" if isinstance(col.this, exp.Star) else _ident(col.this, self.fold)
+        name = "*" if isinstance(col.this, exp.Star) else identifier(col.this, self.fold)
         qual = col.table.lower()
         if qual:
             picked = [scope[qual]] if qual in scope else []
@@ -234,7 +238,7 @@ def outputs(stmt: exp.Expr, fold: bool) -> tuple[Output, ...] | None:
                 table = table.this
             if not isinstance(table, exp.Table):
                 return None
-            name = _table_name(table, fold)
+            name = table_name(table, fold)
             scope: dict[str, _Source] = {table.alias_or_name.lower(): ("table", name)}
             out: list[Output] = []
             for proj in stmt.args["returning"].expressions:
