@@ -433,6 +433,8 @@ def test_detectors_validate_checksums() -> None:
         "a." * 500_000 + "@",
         "+1 " * 333_333,
         "GB82 " * 200_000,
+        "4 " * 500_000,
+        " eyJaaaaaa.eyJ" * 70_000,
     ],
 )
 def test_detectors_scan_hostile_megabytes_in_linear_time(hostile: str) -> None:
