@@ -247,6 +247,58 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _audit(args: argparse.Namespace) -> int:
+    """Verify an audit file's hash chain, or show its records as a table."""
+    from .audit import verify
+
+    if args.audit_command == "verify":
+        try:
+            good, problem = verify(args.file)
+        except OSError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        if problem is not None:
+            print(
+                f"{args.file}:{problem.line}: {problem.reason} ({good} records verified before it)"
+            )
+            return 1
+        print(f"{args.file}: {good} records, chain intact")
+        return 0
+    rows = []
+    with open(args.file, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            ident = rec.get("identity") or {}
+            decision = rec.get("decision") or {}
+            if args.user and ident.get("user") != args.user:
+                continue
+            if args.agent and ident.get("agent") != args.agent:
+                continue
+            if args.action and decision.get("action") != args.action:
+                continue
+            rows.append(rec)
+    for rec in rows:
+        ident = rec.get("identity") or {}
+        decision = rec.get("decision") or {}
+        who = ident.get("user") or "-"
+        if ident.get("agent"):
+            who += f" via {ident['agent']}"
+        what = decision.get("action") or rec.get("event")
+        if decision.get("rule"):
+            what += f" ({decision['rule']})"
+        if rec.get("event") == "result":
+            what = f"result rows={rec.get('rows')} masked={rec.get('masked_values')}"
+            what += f" error={rec['error']}" if rec.get("error") else ""
+        print(
+            f"{rec.get('seq', '?'):>5}  {rec.get('ts', '')[:19]}  {who:40}  {what:40}  "
+            f"{rec.get('statement') or ''}"
+        )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``guardeddb`` console script."""
     parser = argparse.ArgumentParser(prog="guardeddb", description=__doc__.splitlines()[0])
@@ -273,7 +325,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy_sub = policy_cmd.add_subparsers(dest="policy_command", required=True)
     validate = policy_sub.add_parser("validate", help="check a policy file and list its rules")
     validate.add_argument("file")
+    audit_cmd = sub.add_parser("audit", help="verify or show an audit trail")
+    audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
+    verify_cmd = audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
+    verify_cmd.add_argument("file")
+    show_cmd = audit_sub.add_parser("show", help="print the records as a table")
+    show_cmd.add_argument("file")
+    show_cmd.add_argument("--user")
+    show_cmd.add_argument("--agent")
+    show_cmd.add_argument("--action", choices=["allow", "warn", "review", "block"])
     args = parser.parse_args(argv)
+    if args.command == "audit":
+        return _audit(args)
     if args.command == "demo":
         return _demo(args)
     if args.command == "check":

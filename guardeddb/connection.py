@@ -19,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from .audit import AuditTrail, JsonlSink
 from .drivers import ConnectionFacts, Driver
-from .errors import QueryBlocked, for_driver
+from .errors import AuditUnavailable, QueryBlocked, for_driver
 from .identity import Identity, _current
 from .masking.plan import Masking, MaskRun
 from .policy.decision import Decision
@@ -43,6 +44,7 @@ class _Guard:
     decision cache, the session's read-only state and the telemetry."""
 
     __slots__ = (
+        "audit",
         "blocked",
         "cache",
         "decisions",
@@ -82,6 +84,7 @@ class _Guard:
         self.decisions: dict[tuple[Analysis, Identity | None], _Verdict] = {}
         self.read_only = False  # what guardeddb last told the server
         self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
+        self.audit = _audit_trail(policy, driver, facts)
 
     def analyze(self, query: Any, raw: Any) -> Analysis:
         """The analysis of a query given as str, bytes or a composed object."""
@@ -134,9 +137,25 @@ class _Guard:
         )
         if read_only is not self.read_only:
             self.switch_session(read_only, analysis, ident)
-        op = self.telemetry.start(analysis, ident, decision, batch)
+        audit = self.audit
+        op = self.telemetry.start(
+            analysis, ident, decision, batch, None if audit is None else (audit, analysis, ident)
+        )
         if unmasked and op is not None:
             op.annotate("guardeddb.masking.unmasked", True)
+        if audit is not None:
+            trace = op.trace_ids() if op is not None else None
+            if not audit.decision(analysis, ident, decision, unmasked, trace) and audit.required:
+                exc = for_driver(AuditUnavailable, self.driver.programming_error())(
+                    Decision(
+                        "block",
+                        "audit-required",
+                        f"the audit record could not be written to {audit.sink.path}",
+                    )
+                )
+                if op is not None:
+                    op.failed(exc)
+                raise exc
         action = decision.action
         if action != "allow" and self.enforce:
             if action == "warn":
@@ -227,6 +246,16 @@ class _Guard:
         op.executed()
         op.end()
         return result
+
+
+def _audit_trail(policy: Policy, driver: Driver, facts: ConnectionFacts) -> AuditTrail | None:
+    """The audit trail a policy's ``audit:`` section asks for, if any."""
+    cfg = policy.audit
+    path = cfg.get("jsonl")
+    if not path:
+        return None
+    sink = JsonlSink(str(path), fsync=str(cfg.get("fsync", "always")))
+    return AuditTrail(sink, bool(cfg.get("required", True)), driver, facts)
 
 
 def query_text(query: Any, raw: Any) -> str:
@@ -595,6 +624,21 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
     def __exit__(self, *exc_info: Any) -> Any:
         self._self_guard.telemetry.end_all()
         return self.__wrapped__.__exit__(*exc_info)
+
+    def commit(self) -> None:
+        """Commit, and record it in the audit trail."""
+        self.__wrapped__.commit()
+        self._self_transaction("commit")
+
+    def rollback(self) -> None:
+        """Roll back, and record it in the audit trail."""
+        self.__wrapped__.rollback()
+        self._self_transaction("rollback")
+
+    def _self_transaction(self, event: str) -> None:
+        audit = self._self_guard.audit
+        if audit is not None:
+            audit.transaction(event, _current.get() or self._self_guard.identity)
 
     def close(self) -> None:
         """Close the connection, ending the spans of results left unread."""

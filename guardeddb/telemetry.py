@@ -16,7 +16,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import metrics, trace
@@ -42,6 +42,13 @@ from .drivers import ConnectionFacts, Driver
 from .identity import Identity
 from .policy.decision import Decision
 from .sql.analysis import Analysis
+
+if TYPE_CHECKING:
+    from .audit import AuditTrail
+
+#: What an operation needs to write its audit result: the trail, the
+#: statement and who ran it.
+AuditContext = tuple["AuditTrail", Analysis, "Identity | None"]
 
 __all__ = ["DURATION_BUCKETS", "Operation", "Telemetry", "count_decision", "error_type"]
 
@@ -203,24 +210,32 @@ class Telemetry:
         ident: Identity | None,
         decision: Decision,
         batch: int = 0,
+        audit: AuditContext | None = None,
     ) -> Operation | None:
         """Begin recording one operation; None when nothing records.
 
         ``batch`` is 0 for execute, else the number of parameter sets of an
         executemany (1 when it cannot be known without consuming them).
+        ``audit``, when the connection keeps an audit trail, makes sure an
+        Operation exists to write the result record, traced or not.
         """
-        if self.tracer is None and self.duration is None:
-            if (
-                _FAST_UNSET_CHECK
-                and not self._explicit
-                and _trace_globals._TRACER_PROVIDER is None
-                and _metrics_globals._METER_PROVIDER is None  # type: ignore[union-attr]
-            ):
-                return None
-            if not self._resolve():
-                return None
+        if (
+            self.tracer is None
+            and self.duration is None
+            and (
+                (
+                    _FAST_UNSET_CHECK
+                    and not self._explicit
+                    and _trace_globals._TRACER_PROVIDER is None
+                    and _metrics_globals._METER_PROVIDER is None  # type: ignore[union-attr]
+                )
+                or not self._resolve()
+            )
+        ):
+            # Nothing to trace; the audit trail still follows the operation.
+            return None if audit is None else Operation(self, None, None, audit)
         if otel_context.get_value(_SUPPRESS_KEY):
-            return None
+            return None if audit is None else Operation(self, None, None, audit)
         count_decision(self.driver.system, decision)
         name, static, metric = self._static(analysis, batch)
         span: Span | None = None
@@ -232,28 +247,66 @@ class Telemetry:
             if decision.rule_id is not None:
                 attrs["guardeddb.decision.rule"] = decision.rule_id
             span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
-        return Operation(self, span, metric)
+        return Operation(self, span, metric, audit)
 
 
 class Operation:
-    """One database operation being recorded: its span, timing and row count."""
+    """One database operation being recorded: its span, timing, row count,
+    masking counts, and the audit result record it owes."""
 
-    __slots__ = ("_metric", "_start", "_telemetry", "rows", "span")
+    __slots__ = ("_audit", "_metric", "_start", "_telemetry", "masked_counts", "rows", "span")
 
-    def __init__(self, telemetry: Telemetry, span: Span | None, metric: Mapping[str, Any]):
+    def __init__(
+        self,
+        telemetry: Telemetry,
+        span: Span | None,
+        metric: Mapping[str, Any] | None,
+        audit: AuditContext | None = None,
+    ):
         self._telemetry = telemetry
         self.span = span
         self._metric = metric
+        self._audit = audit
         self.rows = 0
+        self.masked_counts = (0, 0)
         self._start = time.perf_counter()
-        if span is not None:
+        if span is not None or audit is not None:
             telemetry.open.add(self)
+
+    def trace_ids(self) -> tuple[str, str] | None:
+        """(trace_id, span_id) in hex, for the audit record."""
+        if self.span is None:
+            return None
+        ctx = self.span.get_span_context()
+        if not ctx.is_valid:
+            return None
+        return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
 
     def executed(self) -> None:
         """The driver call returned: record the operation's duration."""
         duration = self._telemetry.duration
-        if duration is not None:
+        if duration is not None and self._metric is not None:
             duration.record(time.perf_counter() - self._start, self._metric)
+
+    def annotate(self, key: str, value: Any) -> None:
+        """One more attribute on the span, if it records."""
+        if self.span is not None:
+            self.span.set_attribute(key, value)
+
+    def masked(self, columns: int, values: int) -> None:
+        """What masking did to the result: counts only, never values."""
+        self.masked_counts = (columns, values)
+        span = self.span
+        if span is not None:
+            span.set_attribute("guardeddb.masked.columns", columns)
+            span.set_attribute("guardeddb.masked.values", values)
+
+    def _audit_result(self, error: str | None) -> None:
+        audit = self._audit
+        if audit is not None:
+            self._audit = None
+            trail, analysis, ident = audit
+            trail.result(analysis, ident, self._start, self.rows, self.masked_counts, error)
 
     def failed(self, exc: BaseException, code: str | None = None) -> None:
         """The operation raised (or was refused): mark the span, record, end.
@@ -263,7 +316,7 @@ class Operation:
         """
         etype = error_type(exc)
         duration = self._telemetry.duration
-        if duration is not None:
+        if duration is not None and self._metric is not None:
             metric = dict(self._metric)
             metric["error.type"] = etype
             if code is not None:
@@ -272,30 +325,20 @@ class Operation:
         span = self.span
         if span is not None:
             self.span = None
-            self._telemetry.open.discard(self)
             span.set_attribute("error.type", etype)
             if code is not None:
                 span.set_attribute("db.response.status_code", code)
             span.set_status(Status(StatusCode.ERROR, etype))
             span.end()
-
-    def annotate(self, key: str, value: Any) -> None:
-        """One more attribute on the span, if it records."""
-        if self.span is not None:
-            self.span.set_attribute(key, value)
-
-    def masked(self, columns: int, values: int) -> None:
-        """What masking did to the result: counts only, never values."""
-        span = self.span
-        if span is not None:
-            span.set_attribute("guardeddb.masked.columns", columns)
-            span.set_attribute("guardeddb.masked.values", values)
+        self._telemetry.open.discard(self)
+        self._audit_result(etype)
 
     def end(self) -> None:
         """The result is consumed or abandoned: record the row count, end the span."""
         span = self.span
         if span is not None:
             self.span = None
-            self._telemetry.open.discard(self)
             span.set_attribute("db.response.returned_rows", self.rows)
             span.end()
+        self._telemetry.open.discard(self)
+        self._audit_result(None)

@@ -352,6 +352,26 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
     return Masking(rules, scanner, roles, users)
 
 
+def _audit(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The audit section, checked: where records go, whether they are required."""
+    path: Path_ = ("audit",)
+    jsonl = raw.get("jsonl")
+    if jsonl is not None:
+        if not isinstance(jsonl, str) or not jsonl:
+            raise ctx.error((*path, "jsonl"), "must be the path of a JSON lines file")
+        if "://" in jsonl:
+            raise ctx.error(
+                (*path, "jsonl"), "must be a file path (a database sink is not available yet)"
+            )
+    if "postgresql" in raw:
+        raise ctx.error((*path, "postgresql"), "the PostgreSQL audit sink is not available yet")
+    if "required" in raw:
+        _bool(ctx, raw["required"], (*path, "required"))
+    if "fsync" in raw:
+        _choice(ctx, raw["fsync"], (*path, "fsync"), ("always", "never"))
+    return dict(raw)
+
+
 def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
     top = _keys(ctx, raw, (), _TOP_KEYS, "a policy")
     version = top.get("version", 1)
@@ -396,7 +416,9 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
         rules=tuple(rules),
         masking=dict(masking_raw or {}),
         masker=masker,
-        audit=_section(ctx, top, "audit", _AUDIT_KEYS) or inherit("audit", {}),
+        audit=_audit(ctx, _section(ctx, top, "audit", _AUDIT_KEYS))
+        if "audit" in top
+        else inherit("audit", {}),
         approvals=_section(ctx, top, "approvals", _APPROVALS_KEYS) or inherit("approvals", {}),
         source=ctx.source,
     )

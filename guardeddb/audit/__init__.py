@@ -1,0 +1,124 @@
+"""The audit trail: one tamper-evident record per decision and per result.
+
+A ``decision`` record is written before the query reaches the database (so
+with ``required: true``, no record means no query); a ``result`` record
+follows when the result is consumed, the cursor runs again or closes, with
+the rows returned, what masking did, the duration and any error. COMMIT and
+ROLLBACK are recorded too, so the trail shows what was kept.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from ..drivers import ConnectionFacts, Driver
+from ..identity import Identity
+from ..policy.decision import Decision
+from ..sql.analysis import Analysis
+from .chain import JsonlSink, Problem, verify
+
+__all__ = ["AuditTrail", "JsonlSink", "Problem", "verify"]
+
+_log = logging.getLogger("guardeddb")
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="microseconds")
+
+
+def _identity(ident: Identity | None) -> dict[str, Any] | None:
+    if ident is None:
+        return None
+    return {
+        "user": ident.user,
+        "agent": ident.agent,
+        "roles": sorted(ident.roles),
+        "session": ident.session,
+        "verified": ident.verified,
+    }
+
+
+class AuditTrail:
+    """Where one guarded connection records its decisions and results."""
+
+    def __init__(
+        self, sink: JsonlSink, required: bool, driver: Driver, facts: ConnectionFacts
+    ) -> None:
+        self.sink = sink
+        self.required = required
+        self.db = {"system": driver.system, "namespace": facts.namespace, "address": facts.address}
+        self.failures = 0  # records lost while audit was not required
+
+    def _write(self, fields: Mapping[str, Any]) -> bool:
+        """Write a record; False when it could not be written."""
+        try:
+            self.sink.write(fields)
+        except OSError as exc:
+            self.failures += 1
+            _log.error("guardeddb: audit record not written to %s: %s", self.sink.path, exc)
+            return False
+        return True
+
+    def decision(
+        self,
+        analysis: Analysis,
+        ident: Identity | None,
+        decision: Decision,
+        unmasked: bool,
+        trace: tuple[str, str] | None,
+    ) -> bool:
+        """Record a decision before the query runs (or is refused)."""
+        return self._write(
+            {
+                "ts": _now(),
+                "event": "decision",
+                "identity": _identity(ident),
+                "db": self.db,
+                "statement": analysis.sanitized,
+                "fingerprint": analysis.fingerprint,
+                "kinds": sorted(analysis.kinds),
+                "tables": sorted(analysis.tables),
+                "decision": {
+                    "action": decision.action,
+                    "rule": decision.rule_id,
+                    "message": decision.message,
+                },
+                "unmasked": unmasked,
+                "trace_id": trace[0] if trace else None,
+                "span_id": trace[1] if trace else None,
+            }
+        )
+
+    def result(
+        self,
+        analysis: Analysis,
+        ident: Identity | None,
+        started: float,
+        rows: int,
+        masked: tuple[int, int],
+        error: str | None,
+    ) -> None:
+        """Record how a query that ran ended: rows, masking, duration, error."""
+        self._write(
+            {
+                "ts": _now(),
+                "event": "result",
+                "identity": _identity(ident),
+                "db": self.db,
+                "statement": analysis.sanitized,
+                "fingerprint": analysis.fingerprint,
+                "rows": rows,
+                "masked_columns": masked[0],
+                "masked_values": masked[1],
+                "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                "error": error,
+            }
+        )
+
+    def transaction(self, event: str, ident: Identity | None) -> None:
+        """Record a COMMIT or ROLLBACK made through the connection's methods."""
+        self._write({"ts": _now(), "event": event, "identity": _identity(ident), "db": self.db})

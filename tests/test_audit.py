@@ -1,0 +1,180 @@
+"""The audit trail: hash-chained, multi-process safe, fail-closed when required."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import guardeddb
+from guardeddb import AuditUnavailable, Identity, QueryBlocked
+from guardeddb.audit import JsonlSink, verify
+from guardeddb.cli import main
+
+from .fix_db import Backend
+
+AGENT = Identity(user="alice@example.com", agent="support-bot", roles=frozenset({"support"}))
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def _chain(path: Path, n: int = 5) -> None:
+    sink = JsonlSink(path, fsync="never")
+    for i in range(n):
+        sink.write({"event": "test", "i": i})
+
+
+def test_chain_verifies_and_numbers_records(tmp_path: Path) -> None:
+    """Records are numbered from 1 and each holds the previous one's hash."""
+    path = tmp_path / "audit.jsonl"
+    _chain(path)
+    recs = _records(path)
+    assert [r["seq"] for r in recs] == [1, 2, 3, 4, 5]
+    assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(recs))
+    assert verify(path) == (5, None)
+
+
+@pytest.mark.parametrize(
+    ("tamper", "reason", "line"),
+    [
+        (lambda ls: [ls[0], ls[1].replace('"i": 1', '"i": 9'), *ls[2:]], "edited", 2),
+        (lambda ls: [ls[0], *ls[2:]], "deleted or reordered", 2),
+        (lambda ls: [ls[0], ls[2], ls[1], *ls[3:]], "deleted or reordered", 2),
+        (lambda ls: [*ls[:-1], ls[-1][: len(ls[-1]) // 2]], "torn last line", 5),
+    ],
+    ids=["edited", "deleted", "reordered", "torn"],
+)
+def test_verify_finds_the_first_bad_record(
+    tmp_path: Path, tamper: Any, reason: str, line: int
+) -> None:
+    """Editing, deleting, reordering or tearing a record is reported with its line."""
+    path = tmp_path / "audit.jsonl"
+    _chain(path)
+    lines = path.read_text().splitlines()
+    changed = tamper(lines)
+    torn = reason.startswith("torn")
+    path.write_text("\n".join(changed) + ("" if torn else "\n"))
+    good, problem = verify(path)
+    assert problem is not None and reason in problem.reason and problem.line == line
+    assert good == line - 1
+    assert main(["audit", "verify", str(path)]) == 1
+
+
+def _append_many(path: str, n: int) -> None:
+    sink = JsonlSink(path, fsync="never")
+    for i in range(n):
+        sink.write({"event": "test", "pid": os.getpid(), "i": i})
+
+
+def test_many_processes_append_one_intact_chain(tmp_path: Path) -> None:
+    """Four processes appending at once leave one unbroken chain."""
+    path = str(tmp_path / "audit.jsonl")
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_append_many, args=(path, 50)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    assert verify(path) == (200, None)
+
+
+def _audited(backend: Backend, path: Path, **audit: Any) -> guardeddb.GuardedConnection:
+    return guardeddb.connect(
+        backend.url,
+        policy={"version": 1, "extends": ["agent-safe"], "audit": {"jsonl": str(path), **audit}},
+    )
+
+
+def test_decisions_results_and_commits_are_recorded(
+    backend: Backend, table: str, tmp_path: Path
+) -> None:
+    """A read, a blocked DROP and a commit leave identity-tied records, no literals."""
+    path = tmp_path / "audit.jsonl"
+    conn = _audited(backend, path)
+    with guardeddb.identity(AGENT):
+        cur = conn.cursor()
+        cur.execute(f"SELECT name, email FROM {table} WHERE name = 'Ada'")
+        assert len(cur.fetchall()) == 1
+        with pytest.raises(QueryBlocked):
+            cur.execute(f"DROP TABLE {table}")
+        conn.commit()
+    conn.close()
+    recs = _records(path)
+    events = [(r["event"], (r.get("decision") or {}).get("action")) for r in recs]
+    assert events == [
+        ("decision", "allow"),
+        ("result", None),
+        ("decision", "block"),
+        ("result", None),
+        ("commit", None),
+    ]
+    assert recs[0]["identity"]["agent"] == "support-bot"
+    assert recs[0]["statement"] == f"SELECT name, email FROM {table} WHERE name = ?"
+    assert recs[1]["rows"] == 1 and recs[1]["masked_values"] == 1  # the email, by a detector
+    assert recs[2]["decision"]["rule"] == "no-ddl"
+    assert recs[3]["error"] == "guardeddb.QueryBlocked"
+    assert "'Ada'" not in path.read_text() and "ada@example.com" not in path.read_text()
+    assert verify(path) == (5, None)
+
+
+def test_required_audit_refuses_queries_it_cannot_record(
+    backend: Backend, table: str, tmp_path: Path
+) -> None:
+    """No audit record, no query: the row is unchanged and AuditUnavailable says why."""
+    path = tmp_path / "missing-dir" / "audit.jsonl"
+    conn = _audited(backend, path)
+    with guardeddb.identity(AGENT), pytest.raises(AuditUnavailable, match="could not be written"):
+        conn.cursor().execute(backend.sql(f"DELETE FROM {table} WHERE id = ?"), (1,))
+    conn.rollback()
+    check = backend.connect_raw()
+    ccur = check.cursor()
+    ccur.execute(f"SELECT count(*) FROM {table}")
+    assert ccur.fetchone()[0] == 3
+    check.close()
+    conn.close()
+
+
+def test_optional_audit_runs_and_counts_failures(backend: Backend, tmp_path: Path) -> None:
+    """With required: false the query runs and the lost record is counted."""
+    conn = _audited(backend, tmp_path / "missing-dir" / "audit.jsonl", required=False)
+    cur = conn.cursor()
+    cur.execute("SELECT 1")
+    assert cur.fetchone()[0] == 1
+    trail = conn._self_guard.audit
+    assert trail is not None and trail.failures >= 1
+    conn.close()
+
+
+def test_audit_show_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """audit show prints the records, filtered by user, agent or action."""
+    path = tmp_path / "audit.jsonl"
+    conn = guardeddb.connect(
+        "sqlite:///:memory:",
+        policy={"version": 1, "extends": ["agent-safe"], "audit": {"jsonl": str(path)}},
+    )
+    with guardeddb.identity(AGENT), pytest.raises(QueryBlocked):
+        conn.cursor().execute("DROP TABLE t")
+    conn.cursor().execute("SELECT 1").fetchall()
+    conn.close()
+    assert main(["audit", "show", str(path), "--action", "block"]) == 0
+    out = capsys.readouterr().out
+    assert "alice@example.com via support-bot" in out and "block (no-ddl)" in out
+    assert "SELECT" not in out
+    assert main(["audit", "verify", str(path)]) == 0
+    assert "chain intact" in capsys.readouterr().out
+
+
+def test_audit_policy_errors(tmp_path: Path) -> None:
+    """Bad audit settings are refused when the policy loads."""
+    with pytest.raises(guardeddb.PolicyError, match="not available yet"):
+        guardeddb.load_policy({"version": 1, "audit": {"jsonl": "postgresql://x/y"}})
+    with pytest.raises(guardeddb.PolicyError, match=r"audit\.fsync"):
+        guardeddb.load_policy({"version": 1, "audit": {"jsonl": "a.jsonl", "fsync": "maybe"}})
