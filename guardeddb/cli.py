@@ -299,6 +299,45 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _approvals(args: argparse.Namespace) -> int:
+    """List, show, approve or deny held queries."""
+    from .approvals import ApprovalStore, parse_ttl
+    from .errors import PolicyError
+    from .policy import load_policy
+
+    url, ttl = args.store, "1h"
+    if url is None:
+        try:
+            cfg = load_policy(args.policy).approvals if args.policy else {}
+        except PolicyError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        url, ttl = cfg.get("store"), str(cfg.get("ttl", "1h"))
+    if not url:
+        print("error: give --store URL or --policy FILE with approvals.store", file=sys.stderr)
+        return 2
+    store = ApprovalStore(str(url), parse_ttl(ttl))
+    if args.approvals_command == "list":
+        for req in store.list(args.status):
+            print(f"{req.id}  {req.status:8}  {req.created[:19]}  rule={req.rule}  {req.statement}")
+        return 0
+    if args.approvals_command == "show":
+        found = store.get(args.id)
+        if found is None:
+            print(f"error: no request {args.id}", file=sys.stderr)
+            return 1
+        print(json.dumps(found.__dict__, indent=2))
+        return 0
+    approve = args.approvals_command == "approve"
+    if not store.decide(args.id, approve, args.by, args.note):
+        print(f"error: request {args.id} is not pending (or has expired)", file=sys.stderr)
+        return 1
+    print(
+        f"{args.id} {'approved' if approve else 'denied'}" + (f" by {args.by}" if args.by else "")
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``guardeddb`` console script."""
     parser = argparse.ArgumentParser(prog="guardeddb", description=__doc__.splitlines()[0])
@@ -334,7 +373,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_cmd.add_argument("--user")
     show_cmd.add_argument("--agent")
     show_cmd.add_argument("--action", choices=["allow", "warn", "review", "block"])
+    appr = sub.add_parser("approvals", help="list, show, approve or deny held queries")
+    where = appr.add_mutually_exclusive_group()
+    where.add_argument("--store", help="sqlite:///approvals.db or postgresql://...")
+    where.add_argument("--policy", help="a policy file whose approvals.store to use")
+    appr_sub = appr.add_subparsers(dest="approvals_command", required=True)
+    appr_list = appr_sub.add_parser("list")
+    appr_list.add_argument("--status", choices=["pending", "approved", "denied", "used"])
+    appr_sub.add_parser("show").add_argument("id")
+    for verb in ("approve", "deny"):
+        cmd = appr_sub.add_parser(verb)
+        cmd.add_argument("id")
+        cmd.add_argument("--by", default=os.environ.get("USER"), help="who decides (audited)")
+        cmd.add_argument("--note")
     args = parser.parse_args(argv)
+    if args.command == "approvals":
+        return _approvals(args)
     if args.command == "audit":
         return _audit(args)
     if args.command == "demo":

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from .approvals import ApprovalStore, parse_ttl, request_hash
 from .audit import AuditTrail, JsonlSink
 from .drivers import ConnectionFacts, Driver
-from .errors import AuditUnavailable, QueryBlocked, for_driver
+from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
 from .identity import Identity, _current
 from .masking.plan import Masking, MaskRun
 from .policy.decision import Decision
@@ -44,6 +45,7 @@ class _Guard:
     decision cache, the session's read-only state and the telemetry."""
 
     __slots__ = (
+        "approvals",
         "audit",
         "blocked",
         "cache",
@@ -85,6 +87,12 @@ class _Guard:
         self.read_only = False  # what guardeddb last told the server
         self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
         self.audit = _audit_trail(policy, driver, facts)
+        cfg = policy.approvals
+        self.approvals = (
+            ApprovalStore(str(cfg["store"]), parse_ttl(cfg.get("ttl", "1h")))  # type: ignore[arg-type]
+            if cfg.get("store")
+            else None
+        )
 
     def analyze(self, query: Any, raw: Any) -> Analysis:
         """The analysis of a query given as str, bytes or a composed object."""
@@ -117,7 +125,7 @@ class _Guard:
         return result
 
     def begin(
-        self, query: Any, raw: Any, batch: int = 0
+        self, query: Any, raw: Any, batch: int = 0, params: Any = None
     ) -> tuple[Operation | None, Analysis | None]:
         """Analyze, decide and start recording one operation; raise if refused.
 
@@ -137,6 +145,9 @@ class _Guard:
         )
         if read_only is not self.read_only:
             self.switch_session(read_only, analysis, ident)
+        request_id = None
+        if decision.action == "review" and self.enforce and self.approvals is not None:
+            decision, request_id = self.review(decision, analysis, ident, query, raw, params)
         audit = self.audit
         op = self.telemetry.start(
             analysis, ident, decision, batch, None if audit is None else (audit, analysis, ident)
@@ -166,14 +177,43 @@ class _Guard:
                     analysis.summary or analysis.sanitized[:200],
                 )
             else:
-                exc = self.refusal(decision)
+                exc = self.refusal(decision, request_id)
                 if op is not None:
                     op.failed(exc)
                 raise exc
         return op, (analysis if masked else None)
 
-    def refusal(self, decision: Decision) -> QueryBlocked:
+    def review(
+        self,
+        decision: Decision,
+        analysis: Analysis,
+        ident: Identity | None,
+        query: Any,
+        raw: Any,
+        params: Any,
+    ) -> tuple[Decision, str | None]:
+        """A held query: run it if this exact query was approved (once), else
+        file (or find) its pending request."""
+        assert self.approvals is not None
+        digest = request_hash(ident, query_text(query, raw), params)
+        granted = self.approvals.consume(digest)
+        if granted is not None:
+            by = granted.approver or "an approver"
+            return Decision(
+                "allow", decision.rule_id, f"approved by {by} (request {granted.id})"
+            ), None
+        rid = self.approvals.hold(
+            ident, digest, analysis.sanitized, decision.rule_id, decision.message
+        )
+        return decision, rid
+
+    def refusal(self, decision: Decision, request_id: str | None = None) -> QueryBlocked:
         """The error for a blocked or held query, mixed with the driver's."""
+        if request_id is not None:
+            held: QueryBlocked = for_driver(ApprovalRequired, self.driver.programming_error())(
+                decision, request_id
+            )
+            return held
         if decision.action == "review":
             # Approvals need a store (configured in a later release); until
             # then a held query is a blocked one, and says why.
@@ -311,7 +351,7 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         open while the statement has rows left to fetch."""
         self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = self._self_guard.begin(query, raw, batch)
+        op, self._self_mask = self._self_guard.begin(query, raw, batch, args[1:] or None)
         if op is None:
             result = method(*args, **kwargs)
         else:
@@ -341,7 +381,9 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         if self._self_op is not None:
             self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = self._self_guard.begin(query, raw)
+        op, self._self_mask = self._self_guard.begin(
+            query, raw, 0, None if params is _NO_PARAMS else params
+        )
         try:
             if args or kwargs:
                 if params is _NO_PARAMS:

@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from ..approvals import parse_ttl
 from ..errors import PolicyError
 from ..masking import operators
 from ..masking.detectors import DETECTORS, Scanner
@@ -372,6 +373,22 @@ def _audit(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
+def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The approvals section, checked: a store URL and a TTL."""
+    store = raw.get("store")
+    if store is not None and (
+        not isinstance(store, str)
+        or not store.startswith(("sqlite://", "postgresql://", "postgres://"))
+    ):
+        raise ctx.error(("approvals", "store"), "must be sqlite:///FILE or postgresql://...")
+    if "ttl" in raw:
+        try:
+            parse_ttl(raw["ttl"])
+        except ValueError as exc:
+            raise ctx.error(("approvals", "ttl"), str(exc)) from None
+    return dict(raw)
+
+
 def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
     top = _keys(ctx, raw, (), _TOP_KEYS, "a policy")
     version = top.get("version", 1)
@@ -419,7 +436,9 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
         audit=_audit(ctx, _section(ctx, top, "audit", _AUDIT_KEYS))
         if "audit" in top
         else inherit("audit", {}),
-        approvals=_section(ctx, top, "approvals", _APPROVALS_KEYS) or inherit("approvals", {}),
+        approvals=_approvals(ctx, _section(ctx, top, "approvals", _APPROVALS_KEYS))
+        if "approvals" in top
+        else inherit("approvals", {}),
         source=ctx.source,
     )
 

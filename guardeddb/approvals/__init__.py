@@ -1,0 +1,235 @@
+"""Approvals: queries held by ``review`` rules wait for a person's decision.
+
+A held query raises ``ApprovalRequired`` with a request id. Once approved
+(``guardeddb approvals approve ID``), the same identity running the same SQL
+with the same parameters within the TTL runs exactly once: the approval is
+consumed by one conditional UPDATE, so two processes cannot both use it.
+Other SQL, other parameters or another identity are still held.
+
+Stores are tables in a SQLite file (the embedded default) or PostgreSQL
+(shared by every process), reached through the raw driver, never through a
+guarded connection.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import re
+import sqlite3
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from ..identity import Identity
+
+__all__ = ["ApprovalRequest", "ApprovalStore", "parse_ttl", "request_hash"]
+
+_TTL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str | int) -> int:
+    """Seconds in ``30m``, ``1h``, ``2d`` (or a number of seconds)."""
+    if isinstance(text, int) and not isinstance(text, bool) and text > 0:
+        return text
+    m = _TTL.match(str(text))
+    if not m or int(m.group(1)) <= 0:
+        raise ValueError(f"a TTL is a positive number with s, m, h or d: {text!r}")
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def _identity_key(ident: Identity | None) -> str:
+    if ident is None:
+        return "{}"
+    return json.dumps([ident.user, ident.agent, sorted(ident.roles), ident.session, ident.verified])
+
+
+def request_hash(ident: Identity | None, sql: str, params: Any) -> str:
+    """What an approval is for: this identity, this exact SQL, these parameters."""
+    body = json.dumps([_identity_key(ident), sql, repr(params)])
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@dataclass(frozen=True)
+class ApprovalRequest:
+    """One held query and what became of it."""
+
+    id: str
+    status: str  # pending | approved | denied | used
+    identity: str
+    statement: str
+    rule: str | None
+    reason: str | None
+    created: str
+    expires: str
+    approver: str | None = None
+    note: str | None = None
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+_COLUMNS = "id, status, identity, statement, rule, reason, created, expires, approver, note"
+
+
+class ApprovalStore:
+    """Approval requests in a SQLite file or a PostgreSQL table."""
+
+    def __init__(self, url: str, ttl: int = 3600) -> None:
+        self.url = url
+        self.ttl = ttl
+        if url.startswith("sqlite://"):
+            path = url.split("://", 1)[1]
+            self._path = path[1:] if path.startswith("/") else path
+            self._mark = "?"
+        elif url.split("://", 1)[0] in ("postgresql", "postgres"):
+            self._path = url
+            self._mark = "%s"
+        else:
+            raise ValueError(
+                f"an approval store is sqlite:///FILE or postgresql://..., not {url!r}"
+            )
+        self._ready = False
+
+    def _connect(self) -> Any:
+        if self._mark == "?":
+            conn: Any = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+        else:
+            import psycopg
+
+            conn = psycopg.connect(self._path, autocommit=True)
+        if not self._ready:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS guardeddb_approvals ("
+                "id VARCHAR(32) PRIMARY KEY, request_hash VARCHAR(64) NOT NULL, "
+                "status VARCHAR(16) NOT NULL, identity TEXT, statement TEXT, rule TEXT, "
+                "reason TEXT, created VARCHAR(40), expires VARCHAR(40), approver TEXT, "
+                "note TEXT, decided VARCHAR(40), used VARCHAR(40))"
+            )
+            self._ready = True
+        return conn
+
+    def _sql(self, text: str) -> str:
+        return text.replace("?", self._mark)
+
+    def hold(
+        self,
+        ident: Identity | None,
+        digest: str,
+        statement: str,
+        rule: str | None,
+        reason: str | None,
+    ) -> str:
+        """The id of the pending request for this query, made if there is none."""
+        now = _now()
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                self._sql(
+                    "SELECT id FROM guardeddb_approvals WHERE request_hash = ? "
+                    "AND status = 'pending' AND expires > ?"
+                ),
+                (digest, now.isoformat()),
+            ).fetchone()
+            if row:
+                return str(row[0])
+            rid = uuid.uuid4().hex[:12]
+            conn.execute(
+                self._sql(
+                    "INSERT INTO guardeddb_approvals (id, request_hash, status, identity, "
+                    "statement, rule, reason, created, expires) "
+                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+                ),
+                (
+                    rid,
+                    digest,
+                    _identity_key(ident),
+                    statement,
+                    rule,
+                    reason,
+                    now.isoformat(),
+                    (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
+                ),
+            )
+            return rid
+        finally:
+            conn.close()
+
+    def consume(self, digest: str) -> ApprovalRequest | None:
+        """Use an approval for this exact query, once; None if there is none."""
+        now = _now().isoformat()
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                self._sql(
+                    f"SELECT {_COLUMNS} FROM guardeddb_approvals WHERE request_hash = ? "
+                    "AND status = 'approved' AND expires > ?"
+                ),
+                (digest, now),
+            ).fetchone()
+            if row is None:
+                return None
+            cur = conn.execute(
+                self._sql(
+                    "UPDATE guardeddb_approvals SET status = 'used', used = ? "
+                    "WHERE id = ? AND status = 'approved'"
+                ),
+                (now, row[0]),
+            )
+            return ApprovalRequest(*row) if cur.rowcount == 1 else None
+        finally:
+            conn.close()
+
+    def decide(self, rid: str, approve: bool, by: str | None, note: str | None) -> bool:
+        """Approve or deny a pending request; False if it is not pending."""
+        conn = self._connect()
+        try:
+            cur = conn.execute(
+                self._sql(
+                    "UPDATE guardeddb_approvals SET status = ?, approver = ?, note = ?, "
+                    "decided = ? WHERE id = ? AND status = 'pending' AND expires > ?"
+                ),
+                (
+                    "approved" if approve else "denied",
+                    by,
+                    note,
+                    _now().isoformat(),
+                    rid,
+                    _now().isoformat(),
+                ),
+            )
+            return bool(cur.rowcount == 1)
+        finally:
+            conn.close()
+
+    def get(self, rid: str) -> ApprovalRequest | None:
+        conn = self._connect()
+        try:
+            row = conn.execute(
+                self._sql(f"SELECT {_COLUMNS} FROM guardeddb_approvals WHERE id = ?"), (rid,)
+            ).fetchone()
+            return ApprovalRequest(*row) if row else None
+        finally:
+            conn.close()
+
+    def list(self, status: str | None = None) -> list[ApprovalRequest]:
+        conn = self._connect()
+        try:
+            if status:
+                rows = conn.execute(
+                    self._sql(
+                        f"SELECT {_COLUMNS} FROM guardeddb_approvals WHERE status = ? "
+                        "ORDER BY created"
+                    ),
+                    (status,),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    f"SELECT {_COLUMNS} FROM guardeddb_approvals ORDER BY created"
+                ).fetchall()
+            return [ApprovalRequest(*r) for r in rows]
+        finally:
+            conn.close()

@@ -1,0 +1,165 @@
+"""Approvals: a held query runs once, for the same identity, SQL and parameters."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import guardeddb
+from guardeddb import ApprovalRequired, Identity, QueryBlocked
+from guardeddb.approvals import ApprovalStore
+from guardeddb.cli import main
+
+from .fix_db import PG_DSN, Backend
+
+AGENT = Identity(user="alice@example.com", agent="support-bot")
+OTHER = Identity(user="bob@example.com", agent="support-bot")
+
+
+def _policy(store: str, audit: Path | None = None, ttl: str = "1h") -> dict[str, Any]:
+    policy: dict[str, Any] = {
+        "version": 1,
+        "extends": ["agent-safe"],
+        "rules": [
+            {
+                "id": "deletes-need-a-human",
+                "match": {"statements": ["delete"]},
+                "action": "review",
+                "message": "deletes are reviewed",
+            }
+        ],
+        "approvals": {"store": store, "ttl": ttl},
+    }
+    if audit is not None:
+        policy["audit"] = {"jsonl": str(audit)}
+    return policy
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An approval store in a SQLite file, and one in PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path}/approvals.db"
+    request.getfixturevalue("pg_backend")
+    import psycopg
+
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute("DROP TABLE IF EXISTS guardeddb_approvals")
+    return PG_DSN
+
+
+def _count(backend: Backend, table: str) -> int:
+    raw = backend.connect_raw()
+    cur = raw.cursor()
+    cur.execute(f"SELECT count(*) FROM {table}")
+    n = int(cur.fetchone()[0])
+    raw.close()
+    return n
+
+
+def test_held_query_runs_once_after_approval(
+    backend: Backend,
+    table: str,
+    store_url: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Held, approved through the CLI, run exactly once; then held again."""
+    audit = tmp_path / "audit.jsonl"
+    conn = guardeddb.connect(backend.url, policy=_policy(store_url, audit))
+    cur = conn.cursor()
+    delete = backend.sql(f"DELETE FROM {table} WHERE id = ?")
+    with guardeddb.identity(AGENT):
+        with pytest.raises(ApprovalRequired) as first:
+            cur.execute(delete, (1,))
+        assert isinstance(first.value, backend.error)
+        rid = first.value.request_id
+        with pytest.raises(ApprovalRequired) as again:
+            cur.execute(delete, (1,))
+        assert again.value.request_id == rid  # one pending request per query
+    assert main(["approvals", "--store", store_url, "list", "--status", "pending"]) == 0
+    assert rid in capsys.readouterr().out
+    assert main(["approvals", "--store", store_url, "approve", rid, "--by", "dba@example.com"]) == 0
+    with guardeddb.identity(OTHER), pytest.raises(ApprovalRequired):
+        cur.execute(delete, (1,))  # another identity is still held
+    with guardeddb.identity(AGENT):
+        with pytest.raises(ApprovalRequired):
+            cur.execute(delete, (2,))  # other parameters are still held
+        cur.execute(delete, (1,))  # the approved query runs
+        conn.commit()
+        with pytest.raises(ApprovalRequired) as third:
+            cur.execute(delete, (1,))  # and only once
+        assert third.value.request_id != rid
+    assert _count(backend, table) == 2
+    approved = [json.loads(line) for line in audit.read_text().splitlines()]
+    ran = [r for r in approved if r["event"] == "decision" and r["decision"]["action"] == "allow"]
+    assert ran and "approved by dba@example.com" in ran[-1]["decision"]["message"]
+    conn.close()
+
+
+def test_denied_and_expired_requests_never_run(
+    backend: Backend, table: str, store_url: str
+) -> None:
+    """A denied request stays held; an expired one cannot be approved."""
+    conn = guardeddb.connect(backend.url, policy=_policy(store_url, ttl="1s"))
+    cur = conn.cursor()
+    delete = backend.sql(f"DELETE FROM {table} WHERE id = ?")
+    with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
+        cur.execute(delete, (3,))
+    store = ApprovalStore(store_url, 1)
+    assert store.decide(held.value.request_id, False, "dba", "no") is True
+    with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held2:
+        cur.execute(delete, (3,))
+    time.sleep(1.2)
+    assert store.decide(held2.value.request_id, True, "dba", None) is False  # expired
+    assert _count(backend, table) == 3
+    conn.close()
+
+
+def test_an_approval_is_used_exactly_once_under_contention(tmp_path: Path) -> None:
+    """Eight threads race for one approval: exactly one runs."""
+    url = f"sqlite:///{tmp_path}/approvals.db"
+    db = tmp_path / "shop.db"
+    import sqlite3
+
+    setup = sqlite3.connect(db)
+    setup.executescript("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1);")
+    setup.close()
+    first = guardeddb.connect(f"sqlite:///{db}", policy=_policy(url))
+    with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
+        first.cursor().execute("DELETE FROM t WHERE id = ?", (1,))
+    first.close()
+    ApprovalStore(url).decide(held.value.request_id, True, "dba", None)
+    outcomes: list[str] = []
+
+    def worker() -> None:
+        conn = guardeddb.connect(f"sqlite:///{db}", policy=_policy(url), check_same_thread=False)
+        with guardeddb.identity(AGENT):
+            try:
+                conn.cursor().execute("DELETE FROM t WHERE id = ?", (1,))
+                outcomes.append("ran")
+            except QueryBlocked:
+                outcomes.append("held")
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["held"] * 7 + ["ran"]
+
+
+def test_approvals_policy_errors() -> None:
+    """Bad stores and TTLs are refused when the policy loads."""
+    with pytest.raises(guardeddb.PolicyError, match=r"approvals\.store"):
+        guardeddb.load_policy({"version": 1, "approvals": {"store": "redis://x"}})
+    with pytest.raises(guardeddb.PolicyError, match=r"approvals\.ttl"):
+        guardeddb.load_policy(
+            {"version": 1, "approvals": {"store": "sqlite:///a.db", "ttl": "soon"}}
+        )
