@@ -11,9 +11,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import drivers as _drivers
+from .approvals import ApprovalRequest, Approver
 from .connection import GuardedConnection, GuardedCursor, guard_connection
 from .errors import ApprovalRequired, AuditUnavailable, Error, PolicyError, QueryBlocked
 from .identity import Identity, current_identity, identity
@@ -54,6 +56,8 @@ def connect(
     identity: Identity | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
+    approver: Callable[[ApprovalRequest], bool] | None = None,
+    approver_timeout: float = 30.0,
     **kwargs: Any,
 ) -> GuardedConnection:
     """Open a database connection and guard it.
@@ -65,7 +69,8 @@ def connect(
     ``agent-safe`` preset applies (secure by default). ``identity`` is the
     connection's default identity; one bound with ``guardeddb.identity()``
     wins over it. The tracer and meter providers default to OpenTelemetry's
-    global ones.
+    global ones. ``approver`` is asked (within ``approver_timeout`` seconds)
+    about queries a ``review`` rule holds: True runs the query.
     """
     resolved = load_policy(policy)  # a bad policy fails before any connection opens
     if isinstance(target, str):
@@ -80,6 +85,8 @@ def connect(
         identity=identity,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
+        approver=approver,
+        approver_timeout=approver_timeout,
     )
 
 
@@ -90,6 +97,8 @@ def wrap(
     identity: Identity | None = None,
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
+    approver: Callable[[ApprovalRequest], bool] | None = None,
+    approver_timeout: float = 30.0,
 ) -> GuardedConnection:
     """Guard an open DB-API connection; a guarded one is returned as it is."""
     if isinstance(conn, GuardedConnection):
@@ -98,4 +107,5 @@ def wrap(
     driver = _drivers.detect(conn)
     facts = _drivers.facts(driver, conn)
     telemetry = Telemetry(driver, facts, tracer_provider, meter_provider)
-    return guard_connection(conn, driver, facts, telemetry, identity, resolved)
+    asker = Approver(approver, approver_timeout) if approver is not None else None
+    return guard_connection(conn, driver, facts, telemetry, identity, resolved, asker)

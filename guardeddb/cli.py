@@ -228,6 +228,62 @@ def _check(args: argparse.Namespace) -> int:
     return 0 if decision.action in ("allow", "warn") else 1
 
 
+_DIALECTS = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql", "sqlite": "sqlite"}
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Re-judge an audit trail's decisions under another policy; print what changes."""
+    from collections import Counter
+
+    from .errors import PolicyError
+    from .policy import load_policy
+
+    try:
+        policy = load_policy(args.policy)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    changes: Counter[tuple[str, str, str]] = Counter()
+    examples: dict[tuple[str, str, str], str] = {}
+    total = 0
+    with open(args.audit, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                continue
+            if rec.get("event") != "decision" or not rec.get("statement"):
+                continue
+            total += 1
+            who = rec.get("identity") or {}
+            ident = (
+                guardeddb.Identity(
+                    user=who.get("user"),
+                    agent=who.get("agent"),
+                    roles=frozenset(who.get("roles") or ()),
+                    session=who.get("session"),
+                    verified=bool(who.get("verified")),
+                )
+                if who
+                else None
+            )
+            dialect = _DIALECTS.get((rec.get("db") or {}).get("system", ""), "postgres")
+            new = policy.check(rec["statement"], ident, dialect)
+            old = (rec.get("decision") or {}).get("action", "?")
+            if new.action != old:
+                key = (old, new.action, new.rule_id or "(default)")
+                changes[key] += 1
+                examples.setdefault(key, rec["statement"])
+    print(f"{total} recorded decisions re-judged under {args.policy}")
+    if not changes:
+        print("no decision would change")
+        return 0
+    for key, n in changes.most_common():
+        was, now, rule = key
+        print(f"  {n:6}  {was} -> {now}  by {rule}   e.g. {examples[key][:120]}")
+    return 0
+
+
 def _validate(args: argparse.Namespace) -> int:
     """Load a policy and report whether it is valid."""
     from .errors import PolicyError
@@ -364,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     policy_sub = policy_cmd.add_subparsers(dest="policy_command", required=True)
     validate = policy_sub.add_parser("validate", help="check a policy file and list its rules")
     validate.add_argument("file")
+    replay = policy_sub.add_parser(
+        "replay", help="re-judge an audit trail under a new policy and print what would change"
+    )
+    replay.add_argument("--policy", required=True, help="the new policy YAML")
+    replay.add_argument("audit", help="an audit JSONL file")
     audit_cmd = sub.add_parser("audit", help="verify or show an audit trail")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
     verify_cmd = audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
@@ -396,7 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check":
         return _check(args)
     if args.command == "policy":
-        return _validate(args)
+        return _replay(args) if args.policy_command == "replay" else _validate(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .approvals import ApprovalStore, parse_ttl, request_hash
+from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
 from .audit import AuditTrail, JsonlSink
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
@@ -46,6 +46,7 @@ class _Guard:
 
     __slots__ = (
         "approvals",
+        "approver",
         "audit",
         "blocked",
         "cache",
@@ -70,8 +71,10 @@ class _Guard:
         telemetry: Telemetry,
         identity: Identity | None,
         policy: Policy,
+        approver: Approver | None = None,
     ) -> None:
         self.raw = raw
+        self.approver = approver
         self.driver = driver
         self.dialect = driver.dialect
         self.cache = cache_for(driver.dialect)
@@ -146,7 +149,11 @@ class _Guard:
         if read_only is not self.read_only:
             self.switch_session(read_only, analysis, ident)
         request_id = None
-        if decision.action == "review" and self.enforce and self.approvals is not None:
+        if (
+            decision.action == "review"
+            and self.enforce
+            and (self.approvals is not None or self.approver is not None)
+        ):
             decision, request_id = self.review(decision, analysis, ident, query, raw, params)
         audit = self.audit
         op = self.telemetry.start(
@@ -194,6 +201,12 @@ class _Guard:
     ) -> tuple[Decision, str | None]:
         """A held query: run it if this exact query was approved (once), else
         file (or find) its pending request."""
+        if self.approver is not None:
+            verdict, by = self.approver.ask(analysis, ident, decision)
+            if verdict:
+                return Decision("allow", decision.rule_id, f"approved by {by}"), None
+            if self.approvals is None:
+                return Decision("block", decision.rule_id, f"not approved by {by}"), None
         assert self.approvals is not None
         digest = request_hash(ident, query_text(query, raw), params)
         granted = self.approvals.consume(digest)
@@ -812,8 +825,10 @@ def guard_connection(
     telemetry: Telemetry,
     identity: Identity | None,
     policy: Policy,
+    approver: Approver | None = None,
 ) -> GuardedConnection:
     """Wrap a raw connection; used by ``connect`` and ``wrap``."""
     cls = _compose(GuardedConnection, type(raw), _CONNECTION_MIXINS)
-    conn: GuardedConnection = cls(raw, _Guard(raw, driver, facts, telemetry, identity, policy))
+    guard = _Guard(raw, driver, facts, telemetry, identity, policy, approver)
+    conn: GuardedConnection = cls(raw, guard)
     return conn

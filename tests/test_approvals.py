@@ -163,3 +163,35 @@ def test_approvals_policy_errors() -> None:
         guardeddb.load_policy(
             {"version": 1, "approvals": {"store": "sqlite:///a.db", "ttl": "soon"}}
         )
+
+
+def test_in_process_approver_decides_synchronously(backend: Backend, table: str) -> None:
+    """An approver callback says yes or no; an exception or a timeout is a no."""
+    asked: list[str] = []
+
+    def approve_by_id(request: Any) -> bool:
+        asked.append(request.statement)
+        return "WHERE id =" in request.statement
+
+    pol = _policy("sqlite:///unused.db")
+    del pol["approvals"]
+    conn = guardeddb.connect(backend.url, policy=pol, approver=approve_by_id)
+    cur = conn.cursor()
+    with guardeddb.identity(AGENT):
+        cur.execute(backend.sql(f"DELETE FROM {table} WHERE id = ?"), (2,))
+        conn.commit()
+        with pytest.raises(QueryBlocked, match="not approved by approver"):
+            cur.execute(f"DELETE FROM {table} WHERE name = 'Ada'")
+    assert asked and "'Ada'" not in "".join(asked)  # the approver sees sanitized SQL
+    assert _count(backend, table) == 2
+    conn.close()
+
+    def slow(request: Any) -> bool:
+        time.sleep(2)
+        return True
+
+    conn = guardeddb.connect(backend.url, policy=pol, approver=slow, approver_timeout=0.2)
+    with guardeddb.identity(AGENT), pytest.raises(QueryBlocked, match=r"no answer within 0\.2s"):
+        conn.cursor().execute(backend.sql(f"DELETE FROM {table} WHERE id = ?"), (3,))
+    conn.close()
+    assert _count(backend, table) == 2

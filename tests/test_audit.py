@@ -178,3 +178,25 @@ def test_audit_policy_errors(tmp_path: Path) -> None:
         guardeddb.load_policy({"version": 1, "audit": {"jsonl": "postgresql://x/y"}})
     with pytest.raises(guardeddb.PolicyError, match=r"audit\.fsync"):
         guardeddb.load_policy({"version": 1, "audit": {"jsonl": "a.jsonl", "fsync": "maybe"}})
+
+
+def test_policy_replay_shows_what_a_new_policy_would_change(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """policy replay re-judges recorded traffic and counts the changes by rule."""
+    path = tmp_path / "audit.jsonl"
+    conn = guardeddb.connect(
+        "sqlite:///:memory:",
+        policy={"version": 1, "on_unparsed": "allow", "audit": {"jsonl": str(path)}},
+    )
+    conn.__wrapped__.execute("CREATE TABLE t (a)")
+    with guardeddb.identity(AGENT):
+        for sql in ("SELECT a FROM t", "DELETE FROM t", "INSERT INTO t VALUES (1)"):
+            conn.cursor().execute(sql).fetchall()
+    conn.close()
+    new = tmp_path / "new.yaml"
+    new.write_text("version: 1\nextends: [readonly]\n")
+    assert main(["policy", "replay", "--policy", str(new), str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "3 recorded decisions re-judged" in out
+    assert "2  allow -> block  by read-only" in out

@@ -19,12 +19,19 @@ import json
 import re
 import sqlite3
 import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..identity import Identity
 
-__all__ = ["ApprovalRequest", "ApprovalStore", "parse_ttl", "request_hash"]
+if TYPE_CHECKING:  # the policy loader imports this module (for parse_ttl)
+    from ..policy.decision import Decision
+    from ..sql.analysis import Analysis
+
+__all__ = ["ApprovalRequest", "ApprovalStore", "Approver", "parse_ttl", "request_hash"]
 
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -233,3 +240,44 @@ class ApprovalStore:
             return [ApprovalRequest(*r) for r in rows]
         finally:
             conn.close()
+
+
+_POOL = ThreadPoolExecutor(max_workers=4, thread_name_prefix="guardeddb-approver")
+
+
+class Approver:
+    """An in-process approver: a callable asked synchronously, with a timeout.
+
+    For chat-style agents where a person answers in the same process. The
+    callable gets an ``ApprovalRequest`` and returns True to approve; a
+    False, an exception or no answer within ``timeout`` seconds is a no.
+    """
+
+    def __init__(self, decide: Callable[[ApprovalRequest], bool], timeout: float = 30.0) -> None:
+        self.decide = decide
+        self.timeout = timeout
+        self.name = getattr(decide, "__qualname__", None) or type(decide).__name__
+
+    def ask(
+        self, analysis: Analysis, ident: Identity | None, decision: Decision
+    ) -> tuple[bool, str]:
+        """(approved, who answered) for one held query."""
+        now = _now()
+        request = ApprovalRequest(
+            id="inline",
+            status="pending",
+            identity=_identity_key(ident),
+            statement=analysis.sanitized,
+            rule=decision.rule_id,
+            reason=decision.message,
+            created=now.isoformat(),
+            expires=(now + datetime.timedelta(seconds=self.timeout)).isoformat(),
+        )
+        who = f"approver {self.name}"
+        try:
+            answer = _POOL.submit(self.decide, request).result(timeout=self.timeout)
+        except FutureTimeout:
+            return False, f"{who} (no answer within {self.timeout:g}s)"
+        except Exception as exc:  # the approver's own failure is a no, never a yes
+            return False, f"{who} (raised {type(exc).__name__})"
+        return answer is True, who
