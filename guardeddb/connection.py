@@ -103,10 +103,13 @@ class _Guard:
             return analyze(query, self.dialect)
         return analyze(query_text(query, raw), self.dialect)
 
-    def decide(self, analysis: Analysis, ident: Identity | None) -> _Verdict:
+    def decide(
+        self, analysis: Analysis, ident: Identity | None, impact: _Impact | None = None
+    ) -> _Verdict:
         """The decision, the session mode it needs, whether results are masked
-        and whether raw values are shown to an unmask identity; cached."""
-        decision = self.policy.decide(analysis, ident, self.facts.schemas)
+        and whether raw values are shown to an unmask identity; cached unless
+        it depended on a dry run's row count."""
+        decision = self.policy.decide(analysis, ident, self.facts.schemas, impact)
         masking = self.masking
         masked = masking is not None and masking.applies_to(ident)
         if masked and decision.action != "block":
@@ -123,7 +126,7 @@ class _Guard:
         result = (decision, self.policy.read_only_for(ident), masked, unmasked)
         if len(self.decisions) >= _DECISION_CACHE_SIZE:
             self.decisions.clear()
-        if len(analysis.text) <= MAX_CACHED_TEXT:
+        if len(analysis.text) <= MAX_CACHED_TEXT and impact is None:
             self.decisions[(analysis, ident)] = result
         return result
 
@@ -143,9 +146,12 @@ class _Guard:
             analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
         cached = self.decisions.get((analysis, ident))
-        decision, read_only, masked, unmasked = (
-            cached if cached is not None else self.decide(analysis, ident)
-        )
+        impact = None
+        if cached is None:
+            if _changes_rows(analysis) and (self.policy.uses_impact or self.approvals):
+                impact = _Impact(self.driver, self.raw, query, params)
+            cached = self.decide(analysis, ident, impact)
+        decision, read_only, masked, unmasked = cached
         if read_only is not self.read_only:
             self.switch_session(read_only, analysis, ident)
         request_id = None
@@ -154,16 +160,24 @@ class _Guard:
             and self.enforce
             and (self.approvals is not None or self.approver is not None)
         ):
-            decision, request_id = self.review(decision, analysis, ident, query, raw, params)
+            decision, request_id = self.review(
+                decision, analysis, ident, query, raw, params, impact
+            )
         audit = self.audit
         op = self.telemetry.start(
             analysis, ident, decision, batch, None if audit is None else (audit, analysis, ident)
         )
         if unmasked and op is not None:
             op.annotate("guardeddb.masking.unmasked", True)
+        rows = impact.count if impact is not None else None
+        if rows is not None and op is not None:
+            op.annotate("guardeddb.impact.rows", rows)
         if audit is not None:
             trace = op.trace_ids() if op is not None else None
-            if not audit.decision(analysis, ident, decision, unmasked, trace) and audit.required:
+            if (
+                not audit.decision(analysis, ident, decision, unmasked, trace, rows)
+                and audit.required
+            ):
                 exc = for_driver(AuditUnavailable, self.driver.programming_error())(
                     Decision(
                         "block",
@@ -198,9 +212,10 @@ class _Guard:
         query: Any,
         raw: Any,
         params: Any,
+        impact: _Impact | None = None,
     ) -> tuple[Decision, str | None]:
         """A held query: run it if this exact query was approved (once), else
-        file (or find) its pending request."""
+        file (or find) its pending request, with its measured impact."""
         if self.approver is not None:
             verdict, by = self.approver.ask(analysis, ident, decision)
             if verdict:
@@ -216,7 +231,12 @@ class _Guard:
                 "allow", decision.rule_id, f"approved by {by} (request {granted.id})"
             ), None
         rid = self.approvals.hold(
-            ident, digest, analysis.sanitized, decision.rule_id, decision.message
+            ident,
+            digest,
+            analysis.sanitized,
+            decision.rule_id,
+            decision.message,
+            impact() if impact is not None else None,
         )
         return decision, rid
 
@@ -299,6 +319,42 @@ class _Guard:
         op.executed()
         op.end()
         return result
+
+
+_ROW_CHANGING = frozenset({"update", "delete", "merge"})
+
+
+def _changes_rows(analysis: Analysis) -> bool:
+    """UPDATE, DELETE, MERGE and INSERT ... SELECT: statements a dry run can measure.
+
+    One statement only, and nothing that cannot be rolled back (DDL commits
+    on MySQL; administration and unparsed statements are never run twice).
+    """
+    if len(analysis.statements) != 1:
+        return False
+    st = analysis.statements[0]
+    if st.unparsed or st.classes - {"write", "read"}:
+        return False
+    return bool(st.kinds & _ROW_CHANGING) or {"insert", "select"} <= st.kinds
+
+
+class _Impact:
+    """The rows a statement would touch, measured by a dry run at most once."""
+
+    __slots__ = ("_done", "count", "driver", "params", "query", "raw")
+
+    def __init__(self, driver: Driver, raw: Any, query: Any, params: Any) -> None:
+        self.driver, self.raw, self.query, self.params = driver, raw, query, params
+        self.count: int | None = None
+        self._done = False
+
+    def __call__(self) -> int | None:
+        if not self._done:
+            self._done = True
+            self.count = self.driver.dry_run(
+                self.raw, query_text(self.query, self.raw), self.params
+            )
+        return self.count
 
 
 def _audit_trail(policy: Policy, driver: Driver, facts: ConnectionFacts) -> AuditTrail | None:

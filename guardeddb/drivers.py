@@ -8,6 +8,7 @@ how to read a query's text and an error's status code.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sqlite3
 from collections.abc import Callable
@@ -33,6 +34,46 @@ class Driver:
         mod = importlib.import_module(self.module)
         err = getattr(mod, "ProgrammingError", None)
         return err if isinstance(err, type) and issubclass(err, BaseException) else None
+
+    def dry_run(self, conn: Any, sql: str, params: Any) -> int | None:
+        """How many rows ``sql`` would touch: run inside a SAVEPOINT, then
+        rolled back. None when it cannot be measured safely (an unknown
+        driver, a statement that fails, a count the driver does not give)."""
+        if self.module not in ("sqlite3", "psycopg", "pymysql"):
+            return None
+        cur = conn.cursor()
+        opened = False
+        try:
+            if not self.in_transaction(conn) and self._autocommit(conn):
+                cur.execute("BEGIN")  # a savepoint needs a transaction to live in
+                opened = True
+            cur.execute("SAVEPOINT guardeddb_dry_run")
+            try:
+                if params is None:
+                    cur.execute(sql)
+                else:
+                    cur.execute(sql, params)
+                count = cur.rowcount
+            except Exception:
+                count = -1
+            finally:
+                cur.execute("ROLLBACK TO SAVEPOINT guardeddb_dry_run")
+                cur.execute("RELEASE SAVEPOINT guardeddb_dry_run")
+            return count if isinstance(count, int) and count >= 0 else None
+        except Exception:
+            return None
+        finally:
+            if opened:
+                with contextlib.suppress(Exception):  # the rollback of nothing cannot matter
+                    cur.execute("ROLLBACK")
+            cur.close()
+
+    def _autocommit(self, conn: Any) -> bool:
+        if self.module == "sqlite3":
+            return conn.isolation_level is None
+        if self.module == "pymysql":
+            return bool(conn.get_autocommit())
+        return bool(getattr(conn, "autocommit", False))
 
     def read_only_statements(self, read_only: bool) -> tuple[str, ...]:
         """What puts the session in (or out of) read-only mode on the server."""

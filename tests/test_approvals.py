@@ -195,3 +195,58 @@ def test_in_process_approver_decides_synchronously(backend: Backend, table: str)
         conn.cursor().execute(backend.sql(f"DELETE FROM {table} WHERE id = ?"), (3,))
     conn.close()
     assert _count(backend, table) == 2
+
+
+IMPACT_POLICY: dict[str, Any] = {
+    "version": 1,
+    "extends": ["agent-safe"],
+    "rules": [
+        {
+            "id": "mass-change",
+            "match": {"statements": ["update", "delete"], "affected_rows": {"gt": 1}},
+            "action": "block",
+            "message": "touches more than one row",
+        },
+    ],
+}
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_affected_rows_measured_by_a_dry_run_that_leaves_nothing(
+    backend: Backend, table: str, autocommit: bool
+) -> None:
+    """A dry run in a SAVEPOINT measures the rows; the rule blocks by it; nothing survives."""
+    conn = guardeddb.connect(backend.url, policy=IMPACT_POLICY)
+    if autocommit:
+        if backend.name == "sqlite":
+            conn.isolation_level = None
+        elif backend.name == "mysql":
+            conn.autocommit(True)
+        else:
+            conn.autocommit = True
+    cur = conn.cursor()
+    with guardeddb.identity(AGENT):
+        with pytest.raises(QueryBlocked, match="more than one row"):
+            cur.execute(f"DELETE FROM {table} WHERE id > 0")
+        with pytest.raises(QueryBlocked, match="more than one row"):
+            cur.execute(backend.sql(f"UPDATE {table} SET name = ? WHERE id < ?"), ("x", 3))
+        cur.execute(backend.sql(f"DELETE FROM {table} WHERE id = ?"), (1,))
+        conn.commit()
+    assert _count(backend, table) == 2
+    conn.close()
+
+
+def test_held_request_carries_its_impact(backend: Backend, table: str, tmp_path: Path) -> None:
+    """The approval request, the span and the audit record say how many rows it touches."""
+    store = f"sqlite:///{tmp_path}/approvals.db"
+    audit = tmp_path / "audit.jsonl"
+    conn = guardeddb.connect(backend.url, policy=_policy(store, audit))
+    with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
+        conn.cursor().execute(f"DELETE FROM {table} WHERE id >= 2")
+    conn.rollback()
+    request = ApprovalStore(store).get(held.value.request_id)
+    assert request is not None and request.impact == 2
+    decisions = [json.loads(x) for x in audit.read_text().splitlines()]
+    assert decisions[0]["impact_rows"] == 2
+    assert _count(backend, table) == 3
+    conn.close()

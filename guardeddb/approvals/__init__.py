@@ -73,13 +73,14 @@ class ApprovalRequest:
     expires: str
     approver: str | None = None
     note: str | None = None
+    impact: int | None = None  # rows a dry run measured, when it could
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-_COLUMNS = "id, status, identity, statement, rule, reason, created, expires, approver, note"
+_COLUMNS = "id, status, identity, statement, rule, reason, created, expires, approver, note, impact"
 
 
 class ApprovalStore:
@@ -114,7 +115,7 @@ class ApprovalStore:
                 "id VARCHAR(32) PRIMARY KEY, request_hash VARCHAR(64) NOT NULL, "
                 "status VARCHAR(16) NOT NULL, identity TEXT, statement TEXT, rule TEXT, "
                 "reason TEXT, created VARCHAR(40), expires VARCHAR(40), approver TEXT, "
-                "note TEXT, decided VARCHAR(40), used VARCHAR(40))"
+                "note TEXT, decided VARCHAR(40), used VARCHAR(40), impact INTEGER)"
             )
             self._ready = True
         return conn
@@ -129,6 +130,7 @@ class ApprovalStore:
         statement: str,
         rule: str | None,
         reason: str | None,
+        impact: int | None = None,
     ) -> str:
         """The id of the pending request for this query, made if there is none."""
         now = _now()
@@ -147,8 +149,8 @@ class ApprovalStore:
             conn.execute(
                 self._sql(
                     "INSERT INTO guardeddb_approvals (id, request_hash, status, identity, "
-                    "statement, rule, reason, created, expires) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?)"
+                    "statement, rule, reason, created, expires, impact) "
+                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 (
                     rid,
@@ -159,6 +161,7 @@ class ApprovalStore:
                     reason,
                     now.isoformat(),
                     (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
+                    impact,
                 ),
             )
             return rid

@@ -70,6 +70,7 @@ class AuditTrail:
         decision: Decision,
         unmasked: bool,
         trace: tuple[str, str] | None,
+        impact: int | None = None,
     ) -> bool:
         """Record a decision before the query runs (or is refused)."""
         return self._write(
@@ -88,6 +89,7 @@ class AuditTrail:
                     "message": decision.message,
                 },
                 "unmasked": unmasked,
+                "impact_rows": impact,
                 "trace_id": trace[0] if trace else None,
                 "span_id": trace[1] if trace else None,
             }

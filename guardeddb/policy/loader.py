@@ -53,6 +53,7 @@ _MATCH_KEYS = {
     "limit",
     "multiple_statements",
     "sql_regex",
+    "affected_rows",
 }
 _IDENTITY_KEYS = {"user", "agent", "roles", "roles_absent"}
 _MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
@@ -232,6 +233,15 @@ def _match(ctx: _Context, value: Any, path: Path_) -> Match:
             kwargs["sql_regex"] = re.compile(pattern, re.IGNORECASE | re.DOTALL)
         except re.error as exc:
             raise ctx.error((*path, "sql_regex"), f"bad regular expression: {exc}") from None
+    if "affected_rows" in raw:
+        apath = (*path, "affected_rows")
+        cond = _keys(ctx, raw["affected_rows"], apath, {"gt", "gte", "lt", "lte"}, "affected_rows")
+        if len(cond) != 1:
+            raise ctx.error(apath, "needs exactly one of gt, gte, lt, lte")
+        ((op, bound),) = cond.items()
+        if not isinstance(bound, int) or isinstance(bound, bool) or bound < 0:
+            raise ctx.error((*apath, op), "must be a whole number, 0 or more")
+        kwargs["affected_rows"] = (op, bound)
     return Match(**kwargs)
 
 

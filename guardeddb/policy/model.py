@@ -11,6 +11,7 @@ allow: unsure means dangerous.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..identity import Identity
@@ -61,12 +62,18 @@ class Match:
     limit: bool | None = None
     multiple_statements: bool | None = None
     sql_regex: re.Pattern[str] | None = None
+    affected_rows: tuple[str, int] | None = None  # ("gt", 1000): by a dry run's count
 
     def matches_identity(self, ident: Identity | None) -> bool:
         return self.identity is None or self.identity.matches(ident)
 
     def matches(
-        self, st: Statement, analysis: Analysis, holds: bool, schemas: frozenset[str] | None
+        self,
+        st: Statement,
+        analysis: Analysis,
+        holds: bool,
+        schemas: frozenset[str] | None,
+        impact: Callable[[], int | None] | None = None,
     ) -> bool:
         """Whether ``st`` (one statement of ``analysis``) meets the conditions.
 
@@ -97,7 +104,20 @@ class Match:
             return False
         if self.functions and not any(glob(p, f) for p in self.functions for f in st.functions):
             return False
-        return self.sql_regex is None or self.sql_regex.search(analysis.text) is not None
+        if self.sql_regex is not None and self.sql_regex.search(analysis.text) is None:
+            return False
+        if self.affected_rows is not None:
+            count = impact() if impact is not None else None
+            if count is None:
+                return holds  # unknown impact: assumed large when holding, not when allowing
+            op, bound = self.affected_rows
+            return {
+                "gt": count > bound,
+                "gte": count >= bound,
+                "lt": count < bound,
+                "lte": count <= bound,
+            }[op]
+        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,11 +152,17 @@ class Policy:
 
     __module__ = "guardeddb"
 
+    @property
+    def uses_impact(self) -> bool:
+        """Whether some rule asks for a dry run's row count."""
+        return any(r.match.affected_rows is not None for r in self.rules)
+
     def decide(
         self,
         analysis: Analysis,
         ident: Identity | None,
         schemas: frozenset[str] | None = None,
+        impact: Callable[[], int | None] | None = None,
     ) -> Decision:
         """The decision for ``analysis`` run by ``ident`` (mode not applied)."""
         if self.require_identity and (
@@ -155,7 +181,7 @@ class Policy:
             else:
                 d = Decision(self.default, None, None)
                 for rule in rules:
-                    if rule.match.matches(st, analysis, rule.action != "allow", schemas):
+                    if rule.match.matches(st, analysis, rule.action != "allow", schemas, impact):
                         d = Decision(rule.action, rule.id, rule.message)
                         break
             decision = d if decision is None else _strictest(decision, d)
@@ -202,6 +228,7 @@ class Policy:
                     or m.limit is not None
                     or m.multiple_statements is not None
                     or m.sql_regex is not None
+                    or m.affected_rows is not None
                 )
                 if not unconditional:
                     if rule.action == "block":
