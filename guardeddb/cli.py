@@ -309,8 +309,13 @@ def _audit(args: argparse.Namespace) -> int:
 
     if args.audit_command == "verify":
         try:
-            good, problem = verify(args.file)
-        except OSError as exc:
+            if args.file.startswith(("postgresql://", "postgres://")):
+                from .audit import verify_postgres
+
+                good, problem = verify_postgres(args.file, args.stream)
+            else:
+                good, problem = verify(args.file)
+        except Exception as exc:  # a missing file, an unreachable database
             print(f"error: {exc}", file=sys.stderr)
             return 2
         if problem is not None:
@@ -358,17 +363,20 @@ def _audit(args: argparse.Namespace) -> int:
 def _approvals(args: argparse.Namespace) -> int:
     """List, show, approve or deny held queries."""
     from .approvals import ApprovalStore, parse_ttl
+    from .audit import AuditTrail, sink_for
     from .errors import PolicyError
     from .policy import load_policy
 
     url, ttl = args.store, "1h"
-    if url is None:
+    policy = None
+    if args.policy:
         try:
-            cfg = load_policy(args.policy).approvals if args.policy else {}
+            policy = load_policy(args.policy)
         except PolicyError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
-        url, ttl = cfg.get("store"), str(cfg.get("ttl", "1h"))
+        if url is None:
+            url, ttl = policy.approvals.get("store"), str(policy.approvals.get("ttl", "1h"))
     if not url:
         print("error: give --store URL or --policy FILE with approvals.store", file=sys.stderr)
         return 2
@@ -388,6 +396,11 @@ def _approvals(args: argparse.Namespace) -> int:
     if not store.decide(args.id, approve, args.by, args.note):
         print(f"error: request {args.id} is not pending (or has expired)", file=sys.stderr)
         return 1
+    sink = sink_for(policy.audit) if policy is not None else None
+    if sink is not None:
+        # Who approved or denied what is part of the record of proof.
+        event = "approval" if approve else "denial"
+        AuditTrail(sink, True).approval(event, args.id, args.by, args.note)
     print(
         f"{args.id} {'approved' if approve else 'denied'}" + (f" by {args.by}" if args.by else "")
     )
@@ -428,7 +441,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     audit_cmd = sub.add_parser("audit", help="verify or show an audit trail")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
     verify_cmd = audit_sub.add_parser("verify", help="check the hash chain; exit 1 if broken")
-    verify_cmd.add_argument("file")
+    verify_cmd.add_argument("file", help="a JSONL file, or the postgresql:// URL of a shared trail")
+    verify_cmd.add_argument("--stream", default="default", help="the stream, for postgresql://")
     show_cmd = audit_sub.add_parser("show", help="print the records as a table")
     show_cmd.add_argument("file")
     show_cmd.add_argument("--user")

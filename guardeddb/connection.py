@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
-from .audit import AuditTrail, JsonlSink
+from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
 from .identity import Identity, _current
@@ -359,12 +359,10 @@ class _Impact:
 
 def _audit_trail(policy: Policy, driver: Driver, facts: ConnectionFacts) -> AuditTrail | None:
     """The audit trail a policy's ``audit:`` section asks for, if any."""
-    cfg = policy.audit
-    path = cfg.get("jsonl")
-    if not path:
+    sink = sink_for(policy.audit)
+    if sink is None:
         return None
-    sink = JsonlSink(str(path), fsync=str(cfg.get("fsync", "always")))
-    return AuditTrail(sink, bool(cfg.get("required", True)), driver, facts)
+    return AuditTrail(sink, bool(policy.audit.get("required", True)), driver, facts)
 
 
 def query_text(query: Any, raw: Any) -> str:
@@ -752,9 +750,12 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
             audit.transaction(event, _current.get() or self._self_guard.identity)
 
     def close(self) -> None:
-        """Close the connection, ending the spans of results left unread."""
-        self._self_guard.telemetry.end_all()
+        """Close the connection, ending the spans (and audit results) left open."""
+        guard = self._self_guard
+        guard.telemetry.end_all()
         self.__wrapped__.close()
+        if guard.audit is not None:
+            guard.audit.close()
 
     @property
     def guardeddb_identity(self) -> Identity | None:

@@ -174,8 +174,8 @@ def test_audit_show_filters(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
 
 def test_audit_policy_errors(tmp_path: Path) -> None:
     """Bad audit settings are refused when the policy loads."""
-    with pytest.raises(guardeddb.PolicyError, match="not available yet"):
-        guardeddb.load_policy({"version": 1, "audit": {"jsonl": "postgresql://x/y"}})
+    with pytest.raises(guardeddb.PolicyError, match="file path or a postgresql"):
+        guardeddb.load_policy({"version": 1, "audit": {"jsonl": "redis://x/y"}})
     with pytest.raises(guardeddb.PolicyError, match=r"audit\.fsync"):
         guardeddb.load_policy({"version": 1, "audit": {"jsonl": "a.jsonl", "fsync": "maybe"}})
 
@@ -200,3 +200,68 @@ def test_policy_replay_shows_what_a_new_policy_would_change(
     out = capsys.readouterr().out
     assert "3 recorded decisions re-judged" in out
     assert "2  allow -> block  by read-only" in out
+
+
+@pytest.mark.pg
+def test_postgres_sink_shares_one_chain(pg_backend: Backend, tmp_path: Path) -> None:
+    """Connections in many threads append to one PostgreSQL stream; edits are found."""
+    import threading
+    import uuid
+
+    import psycopg
+
+    from guardeddb.audit import verify_postgres
+
+    stream = f"test-{uuid.uuid4().hex[:8]}"
+    policy = {
+        "version": 1,
+        "extends": ["agent-safe"],
+        "audit": {"postgresql": pg_backend.url, "stream": stream},
+    }
+
+    def worker() -> None:
+        conn = guardeddb.connect("sqlite:///:memory:", policy=policy)
+        with guardeddb.identity(AGENT):
+            for _ in range(10):
+                conn.cursor().execute("SELECT 1").fetchall()
+        conn.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert verify_postgres(pg_backend.url, stream) == (80, None)  # 40 decisions, 40 results
+    assert main(["audit", "verify", pg_backend.url, "--stream", stream]) == 0
+    with psycopg.connect(pg_backend.url, autocommit=True) as admin:
+        admin.execute(
+            "UPDATE guardeddb_audit SET record = replace(record, 'support-bot', 'other-bot') "
+            "WHERE stream = %s AND seq = 7",
+            (stream,),
+        )
+        _, problem = verify_postgres(pg_backend.url, stream)
+        assert problem is not None and problem.line == 7 and "edited" in problem.reason
+        admin.execute("DELETE FROM guardeddb_audit WHERE stream = %s", (stream,))
+
+
+def test_cli_approvals_and_denials_are_audited(tmp_path: Path) -> None:
+    """approve/deny with --policy writes who decided into the policy's audit trail."""
+    audit = tmp_path / "audit.jsonl"
+    store = f"sqlite:///{tmp_path}/approvals.db"
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(
+        "version: 1\nextends: [agent-safe]\n"
+        "rules:\n  - {id: r, match: {statements: [delete]}, action: review}\n"
+        f"audit: {{jsonl: {audit}}}\napprovals: {{store: '{store}'}}\n"
+    )
+    conn = guardeddb.connect("sqlite:///:memory:", policy=str(policy_file))
+    conn.__wrapped__.execute("CREATE TABLE t (a)")
+    with guardeddb.identity(AGENT), pytest.raises(guardeddb.ApprovalRequired) as held:
+        conn.cursor().execute("DELETE FROM t WHERE a = 1")
+    conn.close()
+    rid = held.value.request_id
+    assert main(["approvals", "--policy", str(policy_file), "deny", rid, "--by", "dba"]) == 0
+    recs = _records(audit)
+    assert recs[-1]["event"] == "denial" and recs[-1]["approver"] == "dba"
+    assert recs[-1]["request_id"] == rid
+    assert verify(audit)[1] is None

@@ -19,9 +19,28 @@ from ..drivers import ConnectionFacts, Driver
 from ..identity import Identity
 from ..policy.decision import Decision
 from ..sql.analysis import Analysis
-from .chain import JsonlSink, Problem, verify
+from .chain import JsonlSink, PostgresSink, Problem, verify, verify_postgres
 
-__all__ = ["AuditTrail", "JsonlSink", "Problem", "verify"]
+__all__ = [
+    "AuditTrail",
+    "JsonlSink",
+    "PostgresSink",
+    "Problem",
+    "sink_for",
+    "verify",
+    "verify_postgres",
+]
+
+
+def sink_for(cfg: Mapping[str, Any]) -> JsonlSink | PostgresSink | None:
+    """The sink a policy's ``audit:`` section names, if any."""
+    target = cfg.get("postgresql") or cfg.get("jsonl")
+    if not target:
+        return None
+    if str(target).startswith(("postgresql://", "postgres://")):
+        return PostgresSink(str(target), str(cfg.get("stream", "default")))
+    return JsonlSink(str(target), fsync=str(cfg.get("fsync", "always")))
+
 
 _log = logging.getLogger("guardeddb")
 
@@ -46,11 +65,19 @@ class AuditTrail:
     """Where one guarded connection records its decisions and results."""
 
     def __init__(
-        self, sink: JsonlSink, required: bool, driver: Driver, facts: ConnectionFacts
+        self,
+        sink: JsonlSink | PostgresSink,
+        required: bool,
+        driver: Driver | None = None,
+        facts: ConnectionFacts | None = None,
     ) -> None:
         self.sink = sink
         self.required = required
-        self.db = {"system": driver.system, "namespace": facts.namespace, "address": facts.address}
+        self.db = (
+            {"system": driver.system, "namespace": facts.namespace, "address": facts.address}
+            if driver is not None and facts is not None
+            else None
+        )
         self.failures = 0  # records lost while audit was not required
 
     def _write(self, fields: Mapping[str, Any]) -> bool:
@@ -120,6 +147,23 @@ class AuditTrail:
                 "error": error,
             }
         )
+
+    def approval(self, event: str, request_id: str, by: str | None, note: str | None) -> bool:
+        """Record an approval or denial, with who made it."""
+        return self._write(
+            {
+                "ts": _now(),
+                "event": event,
+                "request_id": request_id,
+                "approver": by,
+                "note": note,
+                "db": self.db,
+            }
+        )
+
+    def close(self) -> None:
+        """Release the sink (a PostgreSQL sink's connection)."""
+        self.sink.close()
 
     def transaction(self, event: str, ident: Identity | None) -> None:
         """Record a COMMIT or ROLLBACK made through the connection's methods."""

@@ -13,11 +13,21 @@ import fcntl
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["GENESIS", "JsonlSink", "Problem", "canonical", "read_records", "verify"]
+__all__ = [
+    "GENESIS",
+    "JsonlSink",
+    "PostgresSink",
+    "Problem",
+    "canonical",
+    "read_records",
+    "verify",
+    "verify_postgres",
+]
 
 GENESIS = "0" * 64
 _TAIL = 1 << 16  # bytes read back to find the last record
@@ -64,6 +74,9 @@ class JsonlSink:
             raise ValueError("fsync must be 'always' or 'never'")
         self.path = os.fspath(path)
         self.fsync = fsync == "always"
+
+    def close(self) -> None:
+        """Nothing to release: every write opens and closes the file."""
 
     def write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Append one record, chained to the last one; returns it as written.
@@ -132,5 +145,99 @@ def verify(path: str | os.PathLike[str]) -> tuple[int, Problem | None]:
                 f"deleted or reordered: expected seq {prev_seq + 1} after hash "
                 f"{prev_hash[:12]}..., found seq {record.get('seq')}",
             )
+        prev_hash, prev_seq, good = record["hash"], record["seq"], good + 1
+    return good, None
+
+
+class PostgresSink:
+    """Hash-chained records in a PostgreSQL table, shared by many processes
+    on many machines: each stream is one chain, appended under a
+    transaction-scoped advisory lock. The table is created on first use."""
+
+    def __init__(self, url: str, stream: str = "default", fsync: str = "always") -> None:
+        self.url = url
+        self.stream = stream
+        self.path = f"{url.split('@')[-1]} stream {stream}"  # for messages; no password
+        self._conn: Any = None
+        self._lock = threading.Lock()
+
+    def _connect(self) -> Any:
+        if self._conn is None or self._conn.closed:
+            import psycopg
+
+            conn = psycopg.connect(self.url, connect_timeout=5)
+            with conn.transaction():
+                # Many processes may start at once: one creates the table.
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext('guardeddb_audit'))")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS guardeddb_audit (stream TEXT NOT NULL, "
+                    "seq BIGINT NOT NULL, hash CHAR(64) NOT NULL, prev_hash CHAR(64) NOT NULL, "
+                    "record TEXT NOT NULL, PRIMARY KEY (stream, seq))"
+                )
+            self._conn = conn
+        return self._conn
+
+    def close(self) -> None:
+        """Close the sink's own database connection."""
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+    def write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """Append one record to the stream's chain (raises OSError when it cannot)."""
+        import psycopg
+
+        with self._lock:
+            try:
+                conn = self._connect()
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.stream,))
+                    last = conn.execute(
+                        "SELECT seq, hash FROM guardeddb_audit WHERE stream = %s "
+                        "ORDER BY seq DESC LIMIT 1",
+                        (self.stream,),
+                    ).fetchone()
+                    record = dict(fields)
+                    record["seq"] = (last[0] + 1) if last else 1
+                    record["prev_hash"] = last[1] if last else GENESIS
+                    record["hash"] = _digest(record["prev_hash"], record)
+                    conn.execute(
+                        "INSERT INTO guardeddb_audit (stream, seq, hash, prev_hash, record) "
+                        "VALUES (%s, %s, %s, %s, %s)",
+                        (
+                            self.stream,
+                            record["seq"],
+                            record["hash"],
+                            record["prev_hash"],
+                            json.dumps(record, ensure_ascii=False, default=str),
+                        ),
+                    )
+            except psycopg.Error as exc:
+                if self._conn is not None and (self._conn.closed or self._conn.broken):
+                    self._conn = None
+                raise OSError(f"audit table not written: {type(exc).__name__}") from exc
+        return record
+
+
+def verify_postgres(url: str, stream: str = "default") -> tuple[int, Problem | None]:
+    """verify() for a PostgreSQL stream; ``line`` is the record's seq."""
+    import psycopg
+
+    prev_hash, prev_seq, good = GENESIS, 0, 0
+    with psycopg.connect(url) as conn:
+        rows = conn.execute(
+            "SELECT seq, record FROM guardeddb_audit WHERE stream = %s ORDER BY seq", (stream,)
+        ).fetchall()
+    for seq, text in rows:
+        record = json.loads(text)
+        if record.get("hash") != _digest(str(record.get("prev_hash")), record):
+            return good, Problem(seq, "edited: the record does not match its hash")
+        if (
+            record.get("prev_hash") != prev_hash
+            or record.get("seq") != prev_seq + 1
+            or seq != (prev_seq + 1)
+        ):
+            return good, Problem(seq, f"deleted or reordered: expected seq {prev_seq + 1}")
         prev_hash, prev_seq, good = record["hash"], record["seq"], good + 1
     return good, None

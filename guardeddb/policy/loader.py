@@ -59,7 +59,7 @@ _IDENTITY_KEYS = {"user", "agent", "roles", "roles_absent"}
 _MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
 _MASK_RULE_KEYS = {"columns", "operator", "keep_first", "keep_last", "fill", "value"}
 _UNMASK_KEYS = {"roles", "users"}
-_AUDIT_KEYS = {"jsonl", "postgresql", "required", "fsync"}
+_AUDIT_KEYS = {"jsonl", "postgresql", "stream", "required", "fsync"}
 _APPROVALS_KEYS = {"store", "ttl"}
 
 Path_ = tuple[str | int, ...]
@@ -366,16 +366,17 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
 def _audit(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
     """The audit section, checked: where records go, whether they are required."""
     path: Path_ = ("audit",)
-    jsonl = raw.get("jsonl")
-    if jsonl is not None:
-        if not isinstance(jsonl, str) or not jsonl:
-            raise ctx.error((*path, "jsonl"), "must be the path of a JSON lines file")
-        if "://" in jsonl:
-            raise ctx.error(
-                (*path, "jsonl"), "must be a file path (a database sink is not available yet)"
-            )
-    if "postgresql" in raw:
-        raise ctx.error((*path, "postgresql"), "the PostgreSQL audit sink is not available yet")
+    for key in ("jsonl", "postgresql", "stream"):
+        value = raw.get(key)
+        if value is not None and (not isinstance(value, str) or not value):
+            raise ctx.error((*path, key), "must be a non-empty string")
+    jsonl, pg = raw.get("jsonl"), raw.get("postgresql")
+    if jsonl and "://" in jsonl and not jsonl.startswith(("postgresql://", "postgres://")):
+        raise ctx.error((*path, "jsonl"), "must be a file path or a postgresql:// URL")
+    if pg and not pg.startswith(("postgresql://", "postgres://")):
+        raise ctx.error((*path, "postgresql"), "must be a postgresql:// URL")
+    if jsonl and pg:
+        raise ctx.error((*path, "postgresql"), "give one audit sink: jsonl or postgresql")
     if "required" in raw:
         _bool(ctx, raw["required"], (*path, "required"))
     if "fsync" in raw:
