@@ -400,7 +400,9 @@ def _approvals(args: argparse.Namespace) -> int:
     if sink is not None:
         # Who approved or denied what is part of the record of proof.
         event = "approval" if approve else "denial"
-        AuditTrail(sink, True).approval(event, args.id, args.by, args.note)
+        trail = AuditTrail(sink, True)
+        trail.approval(event, args.id, args.by, args.note)
+        trail.close()
     print(
         f"{args.id} {'approved' if approve else 'denied'}" + (f" by {args.by}" if args.by else "")
     )

@@ -250,3 +250,87 @@ def test_held_request_carries_its_impact(backend: Backend, table: str, tmp_path:
     assert decisions[0]["impact_rows"] == 2
     assert _count(backend, table) == 3
     conn.close()
+
+
+def test_dry_run_count_equals_the_real_run_and_keeps_the_callers_transaction(
+    backend: Backend, table: str, tmp_path: Path
+) -> None:
+    """Inside the caller's open transaction, the dry run measures what the real run
+    then does, and the caller's own uncommitted change survives it."""
+    store = f"sqlite:///{tmp_path}/approvals.db"
+    conn = guardeddb.connect(backend.url, policy=_policy(store))
+    cur = conn.cursor()
+    with guardeddb.identity(AGENT):
+        cur.execute(backend.sql(f"UPDATE {table} SET name = ? WHERE id = ?"), ("mine", 1))
+        with pytest.raises(ApprovalRequired) as held:
+            cur.execute(f"DELETE FROM {table} WHERE id >= 2")
+        request = ApprovalStore(store).get(held.value.request_id)
+        assert request is not None and request.impact == 2
+        ApprovalStore(store).decide(held.value.request_id, True, "dba", None)
+        cur.execute(f"DELETE FROM {table} WHERE id >= 2")
+        assert cur.rowcount == request.impact  # what was measured is what happened
+        cur.execute(f"SELECT id, name FROM {table}")
+        assert [tuple(r) for r in cur.fetchall()] == [(1, "mine")]
+        conn.commit()
+    assert _count(backend, table) == 1
+    conn.close()
+
+
+def test_cli_approves_end_to_end_in_a_subprocess(tmp_path: Path) -> None:
+    """The installed command, in its own process, approves a held query."""
+    import subprocess
+    import sys
+
+    store = f"sqlite:///{tmp_path}/approvals.db"
+    db = tmp_path / "shop.db"
+    import sqlite3
+
+    setup = sqlite3.connect(db)
+    setup.executescript("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1), (2);")
+    setup.close()
+    conn = guardeddb.connect(f"sqlite:///{db}", policy=_policy(store))
+    with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
+        conn.cursor().execute("DELETE FROM t WHERE id = 1")
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guardeddb.cli",
+            "approvals",
+            "--store",
+            store,
+            "approve",
+            held.value.request_id,
+            "--by",
+            "dba@example.com",
+            "--note",
+            "ticket 42",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert f"{held.value.request_id} approved by dba@example.com" in out
+    shown = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "guardeddb.cli",
+            "approvals",
+            "--store",
+            store,
+            "show",
+            held.value.request_id,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    assert json.loads(shown)["note"] == "ticket 42"
+    with guardeddb.identity(AGENT):
+        conn.cursor().execute("DELETE FROM t WHERE id = 1")
+        conn.commit()
+    conn.close()
+    check = sqlite3.connect(db)
+    assert check.execute("SELECT count(*) FROM t").fetchone()[0] == 1
+    check.close()

@@ -29,6 +29,7 @@ def _chain(path: Path, n: int = 5) -> None:
     sink = JsonlSink(path, fsync="never")
     for i in range(n):
         sink.write({"event": "test", "i": i})
+    sink.close()
 
 
 def test_chain_verifies_and_numbers_records(tmp_path: Path) -> None:
@@ -71,6 +72,7 @@ def _append_many(path: str, n: int) -> None:
     sink = JsonlSink(path, fsync="never")
     for i in range(n):
         sink.write({"event": "test", "pid": os.getpid(), "i": i})
+    sink.close()
 
 
 def test_many_processes_append_one_intact_chain(tmp_path: Path) -> None:
@@ -265,3 +267,61 @@ def test_cli_approvals_and_denials_are_audited(tmp_path: Path) -> None:
     assert recs[-1]["event"] == "denial" and recs[-1]["approver"] == "dba"
     assert recs[-1]["request_id"] == rid
     assert verify(audit)[1] is None
+
+
+def test_threads_on_a_shared_pool_never_cross_identities(backend: Backend, tmp_path: Path) -> None:
+    """16 threads x 500 queries on a pool of 4 connections: every record has its own
+    identity, none is lost or duplicated, and the chain verifies."""
+    import queue
+    import threading
+
+    path = tmp_path / "audit.jsonl"
+    policy = {
+        "version": 1,
+        "extends": ["agent-safe"],
+        "masking": {},
+        "audit": {"jsonl": str(path), "fsync": "never"},
+    }
+    pool: queue.Queue[Any] = queue.Queue()
+    conns = [
+        guardeddb.connect(backend.url, policy=policy, check_same_thread=False)
+        if backend.name == "sqlite"
+        else guardeddb.connect(backend.url, policy=policy)
+        for _ in range(4)
+    ]
+    for c in conns:
+        pool.put(c)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            with guardeddb.identity(user=f"user{n:02d}", agent=f"agent{n:02d}"):
+                for _ in range(500):
+                    conn = pool.get()
+                    try:
+                        cur = conn.cursor()
+                        cur.execute(f"SELECT 1 AS t{n:02d}")
+                        cur.fetchall()
+                        cur.close()
+                    finally:
+                        pool.put(conn)
+        except BaseException as exc:  # reported below, in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for c in conns:
+        c.close()
+    assert errors == []
+    recs = _records(path)
+    assert verify(path) == (len(recs), None)
+    decisions = [r for r in recs if r["event"] == "decision"]
+    results = [r for r in recs if r["event"] == "result"]
+    assert len(decisions) == len(results) == 16 * 500
+    for r in decisions + results:
+        n = r["statement"].rsplit(" t", 1)[1]
+        assert r["identity"]["user"] == f"user{n}" and r["identity"]["agent"] == f"agent{n}"
+    assert len({r["seq"] for r in recs}) == len(recs)

@@ -61,3 +61,22 @@ def test_masking_benchmark_quick_run() -> None:
         timeout=300,
     ).stdout
     assert "3 masked + detectors" in out and "cells/s" in out
+
+
+def test_audit_benchmark_quick_run() -> None:
+    """bench_audit.py times audited point queries."""
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "bench_audit.py"),
+            "--rounds",
+            "1",
+            "--queries",
+            "20",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    ).stdout
+    assert "fsync always" in out

@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 GENESIS = "0" * 64
-_TAIL = 1 << 16  # bytes read back to find the last record
+_TAIL = 1 << 22  # at most this many bytes are read back to find the last record
 
 
 def canonical(fields: Mapping[str, Any]) -> bytes:
@@ -46,20 +46,30 @@ def _digest(prev_hash: str, fields: Mapping[str, Any]) -> str:
 
 
 def _last_record(f: Any) -> dict[str, Any] | None:
-    """The last complete record of an open file (a torn last line is skipped)."""
+    """The last complete record of an open file (a torn last line is skipped).
+
+    Reads back a few kilobytes, more only when a record is longer than that.
+    """
     size = f.seek(0, os.SEEK_END)
     if size == 0:
         return None
-    f.seek(max(0, size - _TAIL))
-    lines = f.read().splitlines()
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue  # a torn line: verify reports it; the chain goes on from the last good one
-        if isinstance(record, dict) and "hash" in record:
-            return record
-    return None
+    window = 4096
+    while True:
+        start = max(0, size - window)
+        f.seek(start)
+        lines = f.read().splitlines()
+        if start > 0:
+            lines = lines[1:]  # the first line may be cut by the window
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a torn line: verify reports it; the chain goes on from the last good one
+            if isinstance(record, dict) and "hash" in record:
+                return record
+        if start == 0 or window >= _TAIL:
+            return None
+        window *= 4
 
 
 class JsonlSink:
@@ -67,6 +77,8 @@ class JsonlSink:
 
     ``fsync``: "always" (every record reaches the disk before the query
     runs), or "never" (the OS flushes; faster, loses the tail on a crash).
+    The file stays open; the last record is re-read only when another
+    writer has appended since this one did.
     """
 
     def __init__(self, path: str | os.PathLike[str], fsync: str = "always") -> None:
@@ -74,9 +86,23 @@ class JsonlSink:
             raise ValueError("fsync must be 'always' or 'never'")
         self.path = os.fspath(path)
         self.fsync = fsync == "always"
+        self._file: Any = None
+        self._tail: tuple[int, int, str] | None = None  # (file size, seq, hash) after our write
+        self._lock = threading.Lock()
 
     def close(self) -> None:
-        """Nothing to release: every write opens and closes the file."""
+        """Close the file."""
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+    def _open(self) -> Any:
+        if self._file is None:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
+            self._file = os.fdopen(fd, "r+b")
+            self._tail = None
+        return self._file
 
     def write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Append one record, chained to the last one; returns it as written.
@@ -84,28 +110,43 @@ class JsonlSink:
         Raises OSError when the record cannot be written (full disk,
         read-only file): the caller decides whether the query may run.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
-        with os.fdopen(fd, "r+b") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with self._lock:
             try:
+                return self._write(fields)
+            except OSError:
+                if self._file is not None:  # start afresh next time (a rotated file, ...)
+                    self._file.close()
+                    self._file = None
+                raise
+
+    def _write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
+        f = self._open()
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            size = f.seek(0, os.SEEK_END)
+            tail = self._tail
+            if tail is not None and tail[0] == size:
+                seq, prev = tail[1], tail[2]  # nobody appended since our last record
+            else:
                 last = _last_record(f)
-                record = dict(fields)
-                record["seq"] = (last["seq"] + 1) if last else 1
-                record["prev_hash"] = last["hash"] if last else GENESIS
-                record["hash"] = _digest(record["prev_hash"], record)
-                size = f.seek(0, os.SEEK_END)
-                if size:
-                    f.seek(size - 1)
-                    ends_clean = f.read(1) == b"\n"
-                else:
-                    ends_clean = True
-                line = json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
-                f.write((b"" if ends_clean else b"\n") + line + b"\n")
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            finally:
-                fcntl.flock(f, fcntl.LOCK_UN)
+                seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
+            record = dict(fields)
+            record["seq"] = seq + 1
+            record["prev_hash"] = prev
+            record["hash"] = _digest(prev, record)
+            ends_clean = True
+            if size and (tail is None or tail[0] != size):
+                f.seek(size - 1)
+                ends_clean = f.read(1) == b"\n"
+            line = json.dumps(record, ensure_ascii=False, default=str).encode("utf-8")
+            data = (b"" if ends_clean else b"\n") + line + b"\n"
+            f.write(data)
+            f.flush()
+            if self.fsync:
+                os.fsync(f.fileno())
+            self._tail = (size + len(data), record["seq"], record["hash"])
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
         return record
 
 
