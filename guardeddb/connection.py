@@ -747,7 +747,7 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
     def _self_transaction(self, event: str) -> None:
         audit = self._self_guard.audit
         if audit is not None:
-            audit.transaction(event, _current.get() or self._self_guard.identity)
+            audit.ended_transaction(event, _current.get() or self._self_guard.identity)
 
     def close(self) -> None:
         """Close the connection, ending the spans (and audit results) left open."""

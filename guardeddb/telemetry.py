@@ -307,6 +307,8 @@ class Operation:
             self._audit = None
             trail, analysis, ident = audit
             trail.result(analysis, ident, self._start, self.rows, self.masked_counts, error)
+            if error is None and analysis.kinds & {"commit", "rollback"}:
+                trail.transactions += 1  # a COMMIT or ROLLBACK sent as SQL
 
     def failed(self, exc: BaseException, code: str | None = None) -> None:
         """The operation raised (or was refused): mark the span, record, end.

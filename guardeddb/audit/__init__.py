@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -79,6 +80,27 @@ class AuditTrail:
             else None
         )
         self.failures = 0  # records lost while audit was not required
+        # Which transaction a record belongs to: this connection's id and the
+        # number of COMMITs and ROLLBACKs guardeddb has seen on it so far.
+        self.connection_id = uuid.uuid4().hex[:12]
+        self.transactions = 0
+
+    @property
+    def transaction(self) -> str:
+        return f"{self.connection_id}:{self.transactions}"
+
+    def ended_transaction(self, event: str, ident: Identity | None) -> None:
+        """A COMMIT or ROLLBACK: record it, and count the next transaction."""
+        self._write(
+            {
+                "ts": _now(),
+                "event": event,
+                "identity": _identity(ident),
+                "db": self.db,
+                "transaction": self.transaction,
+            }
+        )
+        self.transactions += 1
 
     def _write(self, fields: Mapping[str, Any]) -> bool:
         """Write a record; False when it could not be written."""
@@ -117,6 +139,7 @@ class AuditTrail:
                 },
                 "unmasked": unmasked,
                 "impact_rows": impact,
+                "transaction": self.transaction,
                 "trace_id": trace[0] if trace else None,
                 "span_id": trace[1] if trace else None,
             }
@@ -145,6 +168,7 @@ class AuditTrail:
                 "masked_values": masked[1],
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 "error": error,
+                "transaction": self.transaction,
             }
         )
 
@@ -164,7 +188,3 @@ class AuditTrail:
     def close(self) -> None:
         """Release the sink (a PostgreSQL sink's connection)."""
         self.sink.close()
-
-    def transaction(self, event: str, ident: Identity | None) -> None:
-        """Record a COMMIT or ROLLBACK made through the connection's methods."""
-        self._write({"ts": _now(), "event": event, "identity": _identity(ident), "db": self.db})
