@@ -13,8 +13,10 @@ so an untraced application pays nothing for it.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -80,7 +82,9 @@ _FAST_UNSET_CHECK = hasattr(_trace_globals, "_TRACER_PROVIDER") and hasattr(
 # reported through an observable counter when the SDK collects, instead of a
 # synchronous counter.add() per query, which costs microseconds.
 _decision_counts: dict[tuple[str, str, str], int] = {}
-_counted_providers: set[int] = set()
+# Providers that already report the counter. Weak, so that a new provider
+# that happens to reuse a collected one's id() is not mistaken for it.
+_counted_providers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def _observe_decisions(options: CallbackOptions) -> Iterable[Observation]:
@@ -159,8 +163,9 @@ class Telemetry:
                     description="Duration of database client operations.",
                     explicit_bucket_boundaries_advisory=list(DURATION_BUCKETS),
                 )
-                if id(mp) not in _counted_providers:
-                    _counted_providers.add(id(mp))
+                if mp not in _counted_providers:
+                    with contextlib.suppress(TypeError):  # a provider that cannot be weakly held
+                        _counted_providers.add(mp)
                     meter.create_observable_counter(
                         "guardeddb.decisions",
                         callbacks=[_observe_decisions],

@@ -220,3 +220,11 @@ def test_analyzer_never_raises(text: str, dialect: str) -> None:
     """Arbitrary text is analyzed without an exception."""
     a = analyze(text, dialect)
     assert isinstance(a.sanitized, str) and len(a.summary) <= 255
+
+
+@pytest.mark.parametrize("text", ["{=", "SELECT {=", "x{:"])
+def test_parser_crashes_are_unparsed_not_raised(text: str) -> None:
+    """Inputs on which sqlglot's parser itself crashes (found by hypothesis) are unparsed."""
+    for dialect in ("postgres", "mysql", "sqlite"):
+        analysis = analyze(text, dialect)
+        assert analysis.unparsed is not None or analysis.statements == ()

@@ -9,7 +9,7 @@ from itertools import pairwise
 
 from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
-from sqlglot.errors import ErrorLevel, SqlglotError
+from sqlglot.errors import ErrorLevel
 
 from .classify import Statement, classify
 from .text import sanitize_and_summarize
@@ -193,7 +193,7 @@ def _statements(
             continue
         try:
             trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(chunk, sql)
-        except (SqlglotError, RecursionError, ValueError, IndexError, KeyError, TypeError) as exc:
+        except Exception as exc:  # any parser failure, even its own bugs: not understood
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             statements.append(Statement.unknown(f"parse error: {first[:200]}"))
             continue
@@ -201,7 +201,10 @@ def _statements(
         for tree in trees:
             if tree is None:
                 continue
-            fact = classify(tree, text, name)
+            try:
+                fact = classify(tree, text, name)
+            except Exception as exc:  # a tree shape the classifier did not expect
+                fact = Statement.unknown(f"not classified: {type(exc).__name__}")
             if fact.tables_unknown and not fact.unparsed:
                 # An opaque command (CALL p(pg_read_file(...))): its arguments
                 # were never parsed, but the names it calls are in its tokens.
@@ -220,7 +223,7 @@ def _called_names(text: str, dialect: Dialect) -> frozenset[str]:
     rest = text.split(None, 1)[1] if len(text.split(None, 1)) > 1 else ""
     try:
         chunk = dialect.tokenize(rest)
-    except (SqlglotError, ValueError, IndexError, RecursionError):
+    except Exception:  # any tokenizer failure: names cannot be ruled out
         return frozenset({"?"})
     return frozenset(
         tok.text.lower()

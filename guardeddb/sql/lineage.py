@@ -252,6 +252,6 @@ def outputs(stmt: exp.Expr, fold: bool) -> tuple[Output, ...] | None:
                     )
             return tuple(out)
         result = resolver.query(stmt, {})
-    except (RecursionError, AttributeError, KeyError, TypeError, AssertionError):
+    except Exception:  # lineage that cannot be followed: masking falls back
         return None
     return None if result is None else tuple(result)

@@ -20,7 +20,6 @@ from collections.abc import Sequence
 
 from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
-from sqlglot.errors import SqlglotError
 
 __all__ = ["MAX_SUMMARY", "MAX_TOKENIZED", "sanitize_and_summarize"]
 
@@ -399,7 +398,7 @@ def sanitize_and_summarize(sql: str, dialect: Dialect) -> tuple[str, str, list[T
         return _fallback(sql)
     try:
         tokens = dialect.tokenize(sql)
-    except (SqlglotError, ValueError, IndexError, RecursionError):
+    except Exception:  # any tokenizer failure: sanitize by the fallback
         return _fallback(sql)
     hash_comments = "#" in dialect.tokenizer_class.COMMENTS
     sanitized = _sanitize(sql, tokens, hash_comments)
