@@ -13,7 +13,7 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import guardeddb
@@ -173,16 +173,37 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check(args: argparse.Namespace) -> int:
-    """Judge one statement under a policy, without a database."""
+def _load_policy(source: str | None) -> Any:
+    """The policy at ``source`` (agent-safe when None), or None after saying why not."""
     from .errors import PolicyError
-    from .policy import load_policy, preset
-    from .sql import analyze
+    from .policy import load_policy
 
     try:
-        policy = preset(args.preset) if args.preset else load_policy(args.policy)
+        return load_policy(source)
     except PolicyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return None
+
+
+def _audit_records(path: str) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL audit file (torn lines are for ``audit verify``)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                yield record
+
+
+def _check(args: argparse.Namespace) -> int:
+    """Judge one statement under a policy, without a database."""
+    from .policy import preset
+    from .sql import analyze
+
+    policy = preset(args.preset) if args.preset else _load_policy(args.policy)
+    if policy is None:
         return 2
     ident = None
     if args.user or args.agent or args.role:
@@ -235,45 +256,35 @@ def _replay(args: argparse.Namespace) -> int:
     """Re-judge an audit trail's decisions under another policy; print what changes."""
     from collections import Counter
 
-    from .errors import PolicyError
-    from .policy import load_policy
-
-    try:
-        policy = load_policy(args.policy)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    policy = _load_policy(args.policy)
+    if policy is None:
         return 2
     changes: Counter[tuple[str, str, str]] = Counter()
     examples: dict[tuple[str, str, str], str] = {}
     total = 0
-    with open(args.audit, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if rec.get("event") != "decision" or not rec.get("statement"):
-                continue
-            total += 1
-            who = rec.get("identity") or {}
-            ident = (
-                guardeddb.Identity(
-                    user=who.get("user"),
-                    agent=who.get("agent"),
-                    roles=frozenset(who.get("roles") or ()),
-                    session=who.get("session"),
-                    verified=bool(who.get("verified")),
-                )
-                if who
-                else None
+    for rec in _audit_records(args.audit):
+        if rec.get("event") != "decision" or not rec.get("statement"):
+            continue
+        total += 1
+        who = rec.get("identity") or {}
+        ident = (
+            guardeddb.Identity(
+                user=who.get("user"),
+                agent=who.get("agent"),
+                roles=frozenset(who.get("roles") or ()),
+                session=who.get("session"),
+                verified=bool(who.get("verified")),
             )
-            dialect = _DIALECTS.get((rec.get("db") or {}).get("system", ""), "postgres")
-            new = policy.check(rec["statement"], ident, dialect)
-            old = (rec.get("decision") or {}).get("action", "?")
-            if new.action != old:
-                key = (old, new.action, new.rule_id or "(default)")
-                changes[key] += 1
-                examples.setdefault(key, rec["statement"])
+            if who
+            else None
+        )
+        dialect = _DIALECTS.get((rec.get("db") or {}).get("system", ""), "postgres")
+        new = policy.check(rec["statement"], ident, dialect)
+        old = (rec.get("decision") or {}).get("action", "?")
+        if new.action != old:
+            key = (old, new.action, new.rule_id or "(default)")
+            changes[key] += 1
+            examples.setdefault(key, rec["statement"])
     print(f"{total} recorded decisions re-judged under {args.policy}")
     if not changes:
         print("no decision would change")
@@ -286,13 +297,8 @@ def _replay(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Load a policy and report whether it is valid."""
-    from .errors import PolicyError
-    from .policy import load_policy
-
-    try:
-        policy = load_policy(args.file)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    policy = _load_policy(args.file)
+    if policy is None:
         return 1
     print(
         f"{args.file}: valid (mode {policy.mode}, default {policy.default}, "
@@ -326,28 +332,23 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"{args.file}: {good} records, chain intact")
         return 0
     rows = []
-    with open(args.file, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            ident = rec.get("identity") or {}
-            decision = rec.get("decision") or {}
-            if args.user and ident.get("user") != args.user:
-                continue
-            if args.agent and ident.get("agent") != args.agent:
-                continue
-            if args.action and decision.get("action") != args.action:
-                continue
-            rows.append(rec)
+    for rec in _audit_records(args.file):
+        ident = rec.get("identity") or {}
+        decision = rec.get("decision") or {}
+        if args.user and ident.get("user") != args.user:
+            continue
+        if args.agent and ident.get("agent") != args.agent:
+            continue
+        if args.action and decision.get("action") != args.action:
+            continue
+        rows.append(rec)
     for rec in rows:
         ident = rec.get("identity") or {}
         decision = rec.get("decision") or {}
         who = ident.get("user") or "-"
         if ident.get("agent"):
             who += f" via {ident['agent']}"
-        what = decision.get("action") or rec.get("event")
+        what = str(decision.get("action") or rec.get("event") or "?")
         if decision.get("rule"):
             what += f" ({decision['rule']})"
         if rec.get("event") == "result":
@@ -364,16 +365,12 @@ def _approvals(args: argparse.Namespace) -> int:
     """List, show, approve or deny held queries."""
     from .approvals import ApprovalStore, parse_ttl
     from .audit import AuditTrail, sink_for
-    from .errors import PolicyError
-    from .policy import load_policy
 
     url, ttl = args.store, "1h"
     policy = None
     if args.policy:
-        try:
-            policy = load_policy(args.policy)
-        except PolicyError as exc:
-            print(f"error: {exc}", file=sys.stderr)
+        policy = _load_policy(args.policy)
+        if policy is None:
             return 2
         if url is None:
             url, ttl = policy.approvals.get("store"), str(policy.approvals.get("ttl", "1h"))
