@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -51,6 +52,17 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     with psycopg.connect(PG_DSN, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS guardeddb_approvals")
     return PG_DSN
+
+
+def _sqlite_table(tmp_path: Path, rows: int) -> Path:
+    """A SQLite file with a table t of ids 1..rows, made by the application."""
+    db = tmp_path / "shop.db"
+    setup = sqlite3.connect(db)
+    setup.execute("CREATE TABLE t (id INTEGER)")
+    setup.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1, rows + 1)])
+    setup.commit()
+    setup.close()
+    return db
 
 
 def _count(backend: Backend, table: str) -> int:
@@ -124,12 +136,7 @@ def test_denied_and_expired_requests_never_run(
 def test_an_approval_is_used_exactly_once_under_contention(tmp_path: Path) -> None:
     """Eight threads race for one approval: exactly one runs."""
     url = f"sqlite:///{tmp_path}/approvals.db"
-    db = tmp_path / "shop.db"
-    import sqlite3
-
-    setup = sqlite3.connect(db)
-    setup.executescript("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1);")
-    setup.close()
+    db = _sqlite_table(tmp_path, 1)
     first = guardeddb.connect(f"sqlite:///{db}", policy=_policy(url))
     with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
         first.cursor().execute("DELETE FROM t WHERE id = ?", (1,))
@@ -282,12 +289,7 @@ def test_cli_approves_end_to_end_in_a_subprocess(tmp_path: Path) -> None:
     import sys
 
     store = f"sqlite:///{tmp_path}/approvals.db"
-    db = tmp_path / "shop.db"
-    import sqlite3
-
-    setup = sqlite3.connect(db)
-    setup.executescript("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1), (2);")
-    setup.close()
+    db = _sqlite_table(tmp_path, 2)
     conn = guardeddb.connect(f"sqlite:///{db}", policy=_policy(store))
     with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
         conn.cursor().execute("DELETE FROM t WHERE id = 1")
