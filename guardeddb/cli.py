@@ -1,176 +1,197 @@
 """The ``guardeddb`` command.
 
-``guardeddb demo`` runs a small agent scenario on an embedded SQLite database
-and prints what each query looked like to guardeddb: who ran it, how it was
-summarized and sanitized, how many rows came back, and whether it failed.
+``guardeddb demo`` tells an AI agent's story on an embedded SQLite database: a
+masked read, a blocked DROP and DELETE, a bulk change held for a person's
+approval and run once, and the audit trail, verified. The other commands
+judge SQL, validate and replay policies, verify audit trails and decide
+held queries.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import dataclasses
 import json
 import os
-import sqlite3
 import sys
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import guardeddb
 
 __all__ = ["main"]
 
-_RESET = "DROP TABLE IF EXISTS orders; DROP TABLE IF EXISTS customers;"
-_SEED = """
-CREATE TABLE customers (
-    id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT NOT NULL,
-    phone TEXT, city TEXT
-);
-CREATE TABLE orders (
-    id INTEGER PRIMARY KEY, customer_id INTEGER REFERENCES customers(id),
-    total_cents INTEGER NOT NULL, status TEXT NOT NULL
-);
-INSERT INTO customers VALUES
-    (1, 'Ada Lovelace', 'ada@example.com', '+44 20 7946 0958', 'London'),
-    (2, 'Grace Hopper', 'grace@example.com', '+1 212 555 0100', 'New York'),
-    (3, 'Alan Turing', 'alan@example.com', '+44 161 496 0000', 'Manchester');
-INSERT INTO orders VALUES
-    (1, 1, 12900, 'shipped'), (2, 1, 4500, 'pending'),
-    (3, 2, 99900, 'shipped'), (4, 3, 2500, 'refunded');
-"""
 
-
-def _scenario(conn: guardeddb.GuardedConnection) -> None:
-    """What a support agent and an analyst do on a Monday morning."""
-    agent = guardeddb.Identity(
-        user="alice@example.com", agent="support-bot", roles=frozenset({"support"})
-    )
-    with guardeddb.identity(agent):
-        cur = conn.cursor()
-        cur.execute("SELECT id, name, email, phone FROM customers WHERE id = ?", (1,))
-        cur.fetchall()  # the detectors mask the email and the phone number
-        cur.execute(
-            "SELECT o.id, o.total_cents FROM orders o JOIN customers c ON c.id = o.customer_id "
-            "WHERE c.email = 'ada@example.com' AND o.status IN ('pending', 'shipped')"
-        )
-        cur.fetchall()
-        with contextlib.suppress(sqlite3.Error):  # the agent guesses a table that is not there
-            cur.execute("SELECT * FROM refunds WHERE customer_id = 1")
-        cur.execute("UPDATE orders SET status = 'cancelled' WHERE id = ?", (2,))
-        conn.commit()
-        # What a confused or injected model tries next; the guardrails refuse
-        # before anything reaches the database.
-        for attempt in (
-            "DROP TABLE customers",
-            "DELETE FROM orders",
-            "DELETE FROM orders WHERE 1 = 1",
-            "SELECT name FROM customers; DELETE FROM orders WHERE id > 0",
-        ):
-            with contextlib.suppress(guardeddb.QueryBlocked):
-                cur.execute(attempt)
-    with guardeddb.identity(user="bob@example.com", roles={"analyst"}):
-        cur = conn.cursor()
-        cur.execute(
-            "SELECT c.city, count(*), sum(o.total_cents) FROM orders o "
-            "JOIN customers c ON c.id = o.customer_id GROUP BY c.city"
-        )
-        cur.fetchall()
-
-
-def _rows(spans: Sequence[Any]) -> list[dict[str, Any]]:
+def _span_rows(spans: Sequence[Any]) -> list[dict[str, Any]]:
+    """What each span says, for the demo's JSON."""
+    keys = {
+        "user": "enduser.id",
+        "agent": "gen_ai.agent.name",
+        "db.query.text": "db.query.text",
+        "rows": "db.response.returned_rows",
+        "decision": "guardeddb.decision.action",
+        "rule": "guardeddb.decision.rule",
+        "masked": "guardeddb.masked.values",
+        "error": "error.type",
+    }
     rows = []
     for span in spans:
         attrs = dict(span.attributes or {})
-        rows.append(
-            {
-                "user": attrs.get("enduser.id", ""),
-                "agent": attrs.get("gen_ai.agent.name", ""),
-                "span": span.name,
-                "db.query.text": attrs.get("db.query.text", ""),
-                "rows": attrs.get("db.response.returned_rows", ""),
-                "decision": attrs.get("guardeddb.decision.action", ""),
-                "rule": attrs.get("guardeddb.decision.rule", ""),
-                "masked": attrs.get("guardeddb.masked.values", 0),
-                "error": attrs.get("error.type", ""),
-                "trace_id": f"{span.context.trace_id:032x}",
-            }
-        )
+        row: dict[str, Any] = {"span": span.name, "trace_id": f"{span.context.trace_id:032x}"}
+        row.update({k: attrs.get(v) for k, v in keys.items()})
+        rows.append(row)
     return rows
 
 
-def _print_table(rows: list[dict[str, Any]]) -> None:
-    def who(r: dict[str, Any]) -> str:
-        return f"{r['user']}\nvia {r['agent']}" if r["agent"] else str(r["user"])
-
-    def outcome(r: dict[str, Any]) -> str:
-        if r["decision"] == "block":
-            return f"BLOCKED by {r['rule']}"
-        if r["error"]:
-            return f"{r['decision']}, failed: {r['error']}"
-        masked = f", {r['masked']} value(s) masked" if r["masked"] else ""
-        return f"{r['decision']}, ok{masked}"
-
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:  # plain text without the cli extra
-        for i, r in enumerate(rows, 1):
-            print(f"{i}. {who(r)!s:40} {r['span']}  rows={r['rows']}  {outcome(r)}")
-            print(f"   {r['db.query.text']}")
-        return
-    table = Table(title="guardeddb demo: every query, as guardeddb recorded it", show_lines=True)
-    table.add_column("#", justify="right")
-    table.add_column("who")
-    table.add_column("span name / db.query.text", overflow="fold")
-    table.add_column("rows", justify="right")
-    table.add_column("outcome")
-    for i, r in enumerate(rows, 1):
-        style = "bold red" if r["decision"] == "block" else "red" if r["error"] else None
-        query = f"[bold]{r['span']}[/bold]\n{r['db.query.text']}"
-        table.add_row(str(i), who(r), query, str(r["rows"]), outcome(r), style=style)
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=120)
-    console.print(table)
-
-
 def _demo(args: argparse.Namespace) -> int:
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    """Play the agent story of ``guardeddb._demo`` and show what guardeddb did."""
+    try:
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        from rich.console import Console
+    except ImportError as exc:
+        print(f"error: the demo needs the cli extra ({exc}): pip install 'guardeddb[cli]'")
+        return 2
+    from . import _demo as story_mod
 
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "guardeddb-demo"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    if args.otlp or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        # Standard OTEL_EXPORTER_OTLP_* variables configure where (Jaeger: :4318).
+    if args.otlp:
+        # The standard OTEL_EXPORTER_OTLP_* variables say where (Jaeger: :4318).
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-
-    raw = sqlite3.connect(args.database)
-    raw.executescript(_RESET + _SEED)  # seeded by the application, not the agent
-    raw.commit()
-    conn = guardeddb.wrap(raw, tracer_provider=provider)  # the agent-safe preset
-    _scenario(conn)
-    conn.close()
+    directory = Path(args.dir) if args.dir else story_mod.default_directory()
+    story = story_mod.run(directory, _approve_as_demo_human, provider)
     provider.shutdown()
-    rows = _rows(exporter.get_finished_spans())
+    spans = _span_rows(exporter.get_finished_spans())
     if args.json:
-        json.dump(rows, sys.stdout, indent=2)
+        out = {
+            "directory": str(story.directory),
+            "policy": str(story.policy_path),
+            "steps": [dataclasses.asdict(s) for s in story.steps],
+            "audit": {
+                "file": str(story.audit_path),
+                "verified_records": story.audit_verified,
+                "problem": story.audit_problem,
+                "records": story.audit,
+            },
+            "spans": spans,
+        }
+        json.dump(out, sys.stdout, indent=2, default=str)
         print()
     else:
-        _print_table(rows)
-        print(
-            "\nEvery query became one OpenTelemetry span tied to the identity that ran it;"
-            "\nevery literal in the SQL (an email, a status) was replaced by ? before it"
-            " was recorded.\nEmails and phone numbers the agent read were masked in-process.\n"
-            "The agent-safe policy (the default) refused the DROP, the"
-            " DELETE without a real WHERE\nand the stacked statements before they reached"
-            " the database."
+        console = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
+        _print_story(console, story, spans, args.otlp)
+    return 0 if story.audit_problem is None else 1
+
+
+def _approve_as_demo_human(store: Any, policy: Any, request_id: str) -> None:
+    """What ``guardeddb approvals --policy FILE approve ID --by dba@...`` does."""
+    from ._demo import APPROVER
+
+    _decide(store, policy, request_id, True, APPROVER, "reviewed the demo's dry-run count")
+
+
+def _print_story(console: Any, story: Any, spans: list[dict[str, Any]], exported: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from ._demo import AGENT
+
+    console.rule("[bold]guardeddb demo")
+    console.print(
+        f"An AI agent, [bold]{AGENT.agent}[/], acting for [bold]{AGENT.user}[/] "
+        f"(role {', '.join(sorted(AGENT.roles))}), on a customer database "
+        "(embedded SQLite).\n"
+        f"Its policy: {escape(str(story.policy_path))} (agent-safe, masking, a review rule, "
+        "an audit trail).\n"
+    )
+    n = 0
+    for step in story.steps:
+        if step.outcome == "approved":
+            console.print(f"   [bold cyan]A person steps in:[/] {escape(step.says)}\n")
+            continue
+        n += 1
+        console.print(f"[bold]{n}. The agent {escape(step.says)}[/]")
+        console.print(f"   [dim]{escape(step.sql)}[/]")
+        if step.outcome == "blocked":
+            console.print(
+                f"   [bold red]BLOCKED[/] by rule [bold]{step.rule}[/]: {escape(step.reason or '')}"
+                "\n   (the database never saw it)\n"
+            )
+        elif step.outcome == "held":
+            impact = (
+                f"; a dry run says {step.impact} rows would change"
+                if step.impact is not None
+                else ""
+            )
+            console.print(
+                f"   [bold yellow]HELD for approval[/] by rule [bold]{step.rule}[/]: "
+                f"{escape(step.reason or '')}\n   request [bold]{step.request_id}[/]{impact}\n"
+            )
+        elif step.columns:
+            table = Table(title="what the agent received (masked in-process)", title_justify="left")
+            for col in step.columns:
+                table.add_column(col)
+            for row in step.rows:
+                table.add_row(*(escape(str(v)) for v in row))
+            console.print("   [bold green]allowed[/]", table, "")
+        else:
+            console.print(f"   [bold green]allowed[/]: {step.rowcount} rows changed\n")
+    trail = Table(title=f"audit trail: {escape(str(story.audit_path))}", title_justify="left")
+    for col in ("seq", "who", "event", "statement"):
+        trail.add_column(col, overflow="fold")
+    for rec in story.audit:
+        ident = rec.get("identity") or {}
+        who = (ident.get("user") or "-") + (f" via {ident['agent']}" if ident.get("agent") else "")
+        decision = rec.get("decision") or {}
+        if rec["event"] == "decision":
+            event = str(decision.get("action"))
+            if decision.get("rule"):
+                event += f" ({decision['rule']})"
+            if rec.get("impact_rows") is not None:
+                event += f", impact {rec['impact_rows']} rows"
+        elif rec["event"] == "result":
+            event = f"result: {rec.get('rows')} rows returned"
+            if rec.get("masked_values"):
+                event += f", {rec['masked_values']} values masked"
+            if rec.get("error"):
+                event += f", error {rec['error']}"
+        elif rec["event"] in ("approval", "denial"):
+            event = f"{rec['event']} of request {rec.get('request_id')}"
+            who = str(rec.get("approver"))
+        else:  # commit, rollback
+            event = str(rec["event"])
+        trail.add_row(
+            str(rec.get("seq")),
+            escape(who),
+            escape(event),
+            escape(str(rec.get("statement") or "")),
         )
-    return 0
+    console.print(trail)
+    if story.audit_problem is None:
+        console.print(
+            f"[bold green]guardeddb audit verify[/]: {story.audit_verified} records, "
+            "hash chain intact"
+        )
+    else:
+        console.print(f"[bold red]audit chain broken[/] at {escape(story.audit_problem)}")
+    traces = len({s["trace_id"] for s in spans})
+    where = (
+        "exported over OTLP (see them in Jaeger at http://localhost:16686)"
+        if exported
+        else "kept in memory (add --otlp to export them to Jaeger)"
+    )
+    console.print(
+        f"{len(spans)} OpenTelemetry spans in {traces} traces, {where}.\n"
+        f"Look around: ls {escape(str(story.directory))}; "
+        f"guardeddb audit show {escape(str(story.audit_path))}"
+    )
 
 
 def _load_policy(source: str | None) -> Any:
@@ -361,10 +382,26 @@ def _audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def _decide(
+    store: Any, policy: Any, request_id: str, approve: bool, by: str | None, note: str | None
+) -> bool:
+    """Approve or deny a pending request, and audit who did (when the policy has a trail)."""
+    from .audit import AuditTrail, sink_for
+
+    if not store.decide(request_id, approve, by, note):
+        return False
+    sink = sink_for(policy.audit) if policy is not None else None
+    if sink is not None:
+        # Who approved or denied what is part of the record of proof.
+        trail = AuditTrail(sink, True)
+        trail.approval("approval" if approve else "denial", request_id, by, note)
+        trail.close()
+    return True
+
+
 def _approvals(args: argparse.Namespace) -> int:
     """List, show, approve or deny held queries."""
     from .approvals import ApprovalStore, parse_ttl
-    from .audit import AuditTrail, sink_for
 
     url, ttl = args.store, "1h"
     policy = None
@@ -390,16 +427,9 @@ def _approvals(args: argparse.Namespace) -> int:
         print(json.dumps(found.__dict__, indent=2))
         return 0
     approve = args.approvals_command == "approve"
-    if not store.decide(args.id, approve, args.by, args.note):
+    if not _decide(store, policy, args.id, approve, args.by, args.note):
         print(f"error: request {args.id} is not pending (or has expired)", file=sys.stderr)
         return 1
-    sink = sink_for(policy.audit) if policy is not None else None
-    if sink is not None:
-        # Who approved or denied what is part of the record of proof.
-        event = "approval" if approve else "denial"
-        trail = AuditTrail(sink, True)
-        trail.approval(event, args.id, args.by, args.note)
-        trail.close()
     print(
         f"{args.id} {'approved' if approve else 'denied'}" + (f" by {args.by}" if args.by else "")
     )
@@ -411,8 +441,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="guardeddb", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an agent scenario on an embedded SQLite database")
-    demo.add_argument("--database", default=":memory:", help="SQLite file (default: in memory)")
-    demo.add_argument("--json", action="store_true", help="print the spans as JSON")
+    demo.add_argument(
+        "--dir", help="where to put the database, policy and audit trail (default: a new temp dir)"
+    )
+    demo.add_argument("--json", action="store_true", help="print the story as JSON")
     demo.add_argument(
         "--otlp", action="store_true", help="also export spans over OTLP/HTTP (OTEL_* variables)"
     )

@@ -248,8 +248,8 @@ class _Guard:
             )
             return held
         if decision.action == "review":
-            # Approvals need a store (configured in a later release); until
-            # then a held query is a blocked one, and says why.
+            # Without an approval store (or an in-process approver that said
+            # yes) a held query cannot wait for anyone: it is blocked, and says why.
             return self.blocked(
                 decision,
                 f"query held for review by rule {decision.rule_id!r}"

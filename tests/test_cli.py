@@ -3,57 +3,80 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from guardeddb.cli import main
 
 
-def test_demo_json_reports_every_query(capsys: pytest.CaptureFixture[str]) -> None:
-    """demo --json lists each query's identity, summary, sanitized text, rows and errors."""
-    assert main(["demo", "--json"]) == 0
-    rows = json.loads(capsys.readouterr().out)
-    assert [r["span"] for r in rows] == [
+def test_demo_json_tells_the_whole_story(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """demo --json: a masked read, a blocked DROP, a blocked DELETE without WHERE, a
+    bulk change held, approved, run once and held again, and a verified audit trail."""
+    assert main(["demo", "--json", "--dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    story = json.loads(out)
+    steps = story["steps"]
+    assert [(s["outcome"], s["rule"]) for s in steps] == [
+        ("allowed", None),
+        ("blocked", "no-ddl"),
+        ("blocked", "write-needs-where"),
+        ("held", "bulk-changes-need-a-human"),
+        ("approved", None),
+        ("allowed", None),
+        ("held", "bulk-changes-need-a-human"),
+    ]
+    read = steps[0]
+    assert read["columns"] == ["id", "name", "email", "phone", "card_number", "city"]
+    assert read["rows"] == [
+        [1, "Ada Lovelace", "a***@example.com", "[REDACTED]", "************4242", "London"]
+    ]
+    assert steps[3]["impact"] == 3 and steps[3]["request_id"]
+    assert steps[5]["rowcount"] == 3  # the approved change ran, once
+    assert steps[6]["request_id"] != steps[3]["request_id"]  # an approval is used once
+    for secret in ("ada@example.com", "4242424242424242", "+44 20 7946 0958"):
+        assert secret not in out
+    audit = story["audit"]
+    assert audit["problem"] is None and audit["verified_records"] == len(audit["records"])
+    events = [r["event"] for r in audit["records"]]
+    assert events.count("approval") == 1
+    who = {(r.get("identity") or {}).get("agent") for r in audit["records"]}
+    assert who == {"support-bot", None}  # None: the approver's record
+    assert [s["span"] for s in story["spans"]] == [
         "SELECT customers",
-        "SELECT orders customers",
-        "SELECT refunds",
-        "UPDATE orders",
         "DROP TABLE customers",
         "DELETE orders",
-        "DELETE orders",
-        "SELECT customers; DELETE orders",
-        "SELECT orders customers",
+        "UPDATE orders",
+        "UPDATE orders",
+        "UPDATE orders",
     ]
-    assert rows[0]["user"] == "alice@example.com" and rows[0]["agent"] == "support-bot"
-    assert rows[-1]["user"] == "bob@example.com" and rows[-1]["agent"] == ""
-    assert rows[0]["rows"] == 1 and rows[-1]["rows"] == 3
-    assert rows[0]["masked"] == 2  # the email and the phone number the agent read
-    assert rows[2]["error"] == "sqlite3.OperationalError"
-    assert [(r["decision"], r["rule"]) for r in rows[4:8]] == [
-        ("block", "no-ddl"),
-        ("block", "write-needs-where"),
-        ("block", "write-needs-where"),
-        ("block", "no-stacked-statements"),
-    ]
-    assert all(r["error"] == "guardeddb.QueryBlocked" for r in rows[4:8])
-    text = json.dumps(rows)
-    for literal in ("ada@example.com", "pending", "shipped", "cancelled"):
-        assert literal not in text
+    assert all(s["user"] == "alice@example.com" for s in story["spans"])
+    # The database agrees: the fee was added to the three pending orders once.
+    with sqlite3.connect(tmp_path / "shop.db") as db:
+        totals = dict(db.execute("SELECT id, total_cents FROM orders").fetchall())
+    assert totals == {1: 12900, 2: 5000, 3: 100400, 4: 3000, 5: 7700}
+    assert main(["audit", "verify", str(tmp_path / "audit.jsonl")]) == 0
 
 
-def test_demo_table_as_console_script(tmp_path: object) -> None:
-    """The installed console script prints the table (and works on a file database)."""
+def test_demo_as_console_script(tmp_path: Path) -> None:
+    """The console script tells the story readably, in a fresh directory of its own."""
     out = subprocess.run(
-        [sys.executable, "-m", "guardeddb.cli", "demo", "--database", f"{tmp_path}/demo.db"],
+        [sys.executable, "-m", "guardeddb.cli", "demo", "--dir", str(tmp_path / "d")],
         check=True,
         capture_output=True,
         text=True,
     ).stdout
-    assert "SELECT customers" in out and "alice@example.com" in out
-    assert "BLOCKED by no-ddl" in out
-    assert "ada@example.com" not in out
+    assert "a***@example.com" in out and "ada@example.com" not in out
+    assert "BLOCKED by rule no-ddl" in out and "BLOCKED by rule write-needs-where" in out
+    assert "HELD for approval" in out and "a dry run says 3 rows would change" in out
+    assert "allowed: 3 rows changed" in out
+    assert "hash chain intact" in out
+    assert (tmp_path / "d" / "policy.yaml").exists()
 
 
 EXAMPLE_POLICY = """\
