@@ -60,7 +60,8 @@ def _demo(args: argparse.Namespace) -> int:
     exporter = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "guardeddb-demo"}))
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    if args.otlp:
+    exported = args.otlp or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    if exported:
         # The standard OTEL_EXPORTER_OTLP_* variables say where (Jaeger: :4318).
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
@@ -86,7 +87,7 @@ def _demo(args: argparse.Namespace) -> int:
         print()
     else:
         console = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
-        _print_story(console, story, spans, args.otlp)
+        _print_story(console, story, spans, exported)
     return 0 if story.audit_problem is None else 1
 
 
