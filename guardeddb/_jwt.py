@@ -16,11 +16,13 @@ made-up ``kid`` values cannot turn into a stream of requests to the issuer.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import threading
 import time
+import urllib.error
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
@@ -130,6 +132,7 @@ class _Remote(_Keys):
         try:
             keys = self._client.get_jwk_set(refresh=refresh)
         except Exception as exc:  # any failure to get keys is a refusal, never a pass
+            _close_http_errors(exc)
             why = f"JWKS {self._name} cannot be fetched: {exc}"
             raise _refuse("jwks_unavailable", why) from exc
         if not isinstance(keys, PyJWKSet):
@@ -146,6 +149,15 @@ class _Remote(_Keys):
                 return None
             self._last_refetch = now
             return self._fetch(True)
+
+
+def _close_http_errors(exc: BaseException | None) -> None:
+    """Release the connection an HTTPError holds (older PyJWT leaves it to the GC)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, urllib.error.HTTPError):
+            exc.close()
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
 
 
 _K = TypeVar("_K")
@@ -334,10 +346,13 @@ def _text(token: object) -> str:
 
 
 def _header(text: str) -> tuple[str, str | None]:
+    # Decoded here rather than by jwt.get_unverified_header, which decodes all
+    # three parts; PyJWT checks the whole token again when it verifies it.
+    head = text.partition(".")[0]
     try:
-        header = jwt.get_unverified_header(text)
-    except Exception as exc:  # DecodeError, or anything PyJWT trips on
-        raise _refuse("malformed", f"unreadable header: {exc}") from exc
+        header = json.loads(base64.urlsafe_b64decode(head + "=" * (-len(head) % 4)))
+    except (ValueError, RecursionError) as exc:  # binascii.Error is a ValueError
+        raise _refuse("malformed", f"unreadable header: {exc}") from None
     if not isinstance(header, dict):
         raise _refuse("malformed", "the header is not a JSON object")
     alg, kid = header.get("alg"), header.get("kid")
@@ -397,10 +412,19 @@ def _decode(text: str, key: PyJWK, alg: str, leeway: float) -> dict[str, Any]:
     return claims
 
 
-def _check_issuer(claims: Mapping[str, Any], issuer: str | Iterable[str] | None) -> None:
-    if issuer is None:
+def _accepted(value: str | Iterable[str] | None, what: str) -> frozenset[str] | None:
+    """The caller's issuer or audience as a set; a wrong type is the caller's bug."""
+    if value is None:
+        return None
+    values = frozenset((value,) if isinstance(value, str) else value)
+    if not all(isinstance(v, str) for v in values):
+        raise TypeError(f"{what} must be a string or a list of strings")
+    return values
+
+
+def _check_issuer(claims: Mapping[str, Any], accepted: frozenset[str] | None) -> None:
+    if accepted is None:
         return
-    accepted = {issuer} if isinstance(issuer, str) else set(issuer)
     got = claims.get("iss")
     if got is None:
         raise _refuse("issuer", f"the token names no issuer ('iss'); expected {_one(accepted)}")
@@ -408,16 +432,15 @@ def _check_issuer(claims: Mapping[str, Any], issuer: str | Iterable[str] | None)
         raise _refuse("issuer", f"wrong issuer {got!r}; expected {_one(accepted)}")
 
 
-def _check_audience(claims: Mapping[str, Any], audience: str | Iterable[str] | None) -> None:
+def _check_audience(claims: Mapping[str, Any], accepted: frozenset[str] | None) -> None:
     got = claims.get("aud")
-    if audience is None:
+    if accepted is None:
         if got is not None:
             # RFC 7519 4.1.3: a recipient not named in a present 'aud' must refuse.
             raise _refuse(
                 "audience", f"the token is for audience {got!r}; pass audience= to accept it"
             )
         return
-    accepted = {audience} if isinstance(audience, str) else set(audience)
     if got is None:
         raise _refuse("audience", f"the token names no audience ('aud'); expected {_one(accepted)}")
     named = [got] if isinstance(got, str) else got
@@ -427,7 +450,7 @@ def _check_audience(claims: Mapping[str, Any], audience: str | Iterable[str] | N
         raise _refuse("audience", f"wrong audience {got!r}; expected {_one(accepted)}")
 
 
-def _one(values: set[str]) -> str:
+def _one(values: frozenset[str]) -> str:
     return repr(next(iter(values))) if len(values) == 1 else f"one of {sorted(values)}"
 
 
@@ -485,6 +508,8 @@ def verify(
 ) -> Identity:
     """The verified identity ``token`` proves, or ``IdentityError`` saying why not."""
     allowed = _allowed(algorithms)  # the caller's mistakes are TypeError/ValueError
+    issuers = _accepted(issuer, "issuer")
+    audiences = _accepted(audience, "audience")
     source = _source(jwks)
     try:
         text = _text(token)
@@ -493,8 +518,8 @@ def verify(
         key = _find_key(source, kid)
         _check_key(key, alg)
         claims = _decode(text, key, alg, leeway)
-        _check_issuer(claims, issuer)
-        _check_audience(claims, audience)
+        _check_issuer(claims, issuers)
+        _check_audience(claims, audiences)
         user = _string(claims, user_claim)
         for fallback in ("sub", "email"):
             if user is None:

@@ -496,6 +496,20 @@ def test_hs256_signed_with_the_public_key_refused(jwks_file: Path) -> None:
         assert "algorithm confusion" in str(err)
 
 
+def test_key_embedded_in_the_header_is_ignored(jwks_file: Path) -> None:
+    """A token carrying its own key (jwk, jku, x5u headers) and signed by it is
+    refused: keys come only from the configured set."""
+    attacker = _rsa(2)
+    headers = {
+        "kid": "rsa1",
+        "jwk": _jwk(attacker, "rsa1"),
+        "jku": "http://127.0.0.1:1/evil.json",
+        "x5u": "http://127.0.0.1:1/evil.pem",
+    }
+    forged = jwt.encode(_claims(sub="mallory"), attacker, algorithm="RS256", headers=headers)
+    _refused(forged, jwks_file, "signature")
+
+
 def test_key_type_must_match_the_algorithm(tmp_path: Path, jwks_file: Path) -> None:
     """An RS256 token naming an EC key, an ES256 token naming a P-384 key, or a key
     that declares another alg: refused before verifying."""
@@ -527,6 +541,8 @@ def test_bad_algorithms_argument_is_a_programming_error(jwks_file: Path) -> None
         _verify(token, jwks_file, algorithms=["RS1"])
     with pytest.raises(TypeError, match="jwks"):
         _verify(token, 42)
+    with pytest.raises(TypeError, match="audience"):
+        _verify(token, jwks_file, audience=[AUDIENCE, 7])
 
 
 @pytest.mark.parametrize(
@@ -651,13 +667,15 @@ def test_signed_arbitrary_claims_never_crash(claims: dict[str, Any]) -> None:
 
 
 def test_require_verified_blocks_asserted_allows_signed(
-    backend: Backend, table: str, otel: Otel, jwks_file: Path
+    backend: Backend, table: str, otel: Otel, jwks_file: Path, tmp_path: Path
 ) -> None:
     """Under require_identity: verified an identity asserted in code is blocked, and
-    one from a signed token runs, its span naming the token's user and agent."""
+    one from a signed token runs, its span and audit record naming the token's
+    user and agent."""
+    audit = tmp_path / "audit.jsonl"
     conn = guardeddb.connect(
         backend.url,
-        policy={"version": 1, "require_identity": "verified"},
+        policy={"version": 1, "require_identity": "verified", "audit": {"jsonl": str(audit)}},
         tracer_provider=otel.tracer_provider,
         meter_provider=otel.meter_provider,
     )
@@ -683,6 +701,12 @@ def test_require_verified_blocks_asserted_allows_signed(
     assert allowed[0]["gen_ai.agent.name"] == "report-agent"
     assert allowed[0]["user.roles"] == ("reader", "support")
     assert allowed[0]["guardeddb.identity.session"] == "sess-42"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    decided = [(r["decision"]["action"], r["identity"]) for r in records if "decision" in r]
+    assert [(action, who["user"], who["verified"]) for action, who in decided] == [
+        ("block", "alice@example.com", False),
+        ("allow", "carol@example.com", True),
+    ]
 
 
 def test_verified_identity_as_connection_default(backend: Backend, table: str) -> None:
