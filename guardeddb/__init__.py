@@ -17,7 +17,14 @@ from typing import TYPE_CHECKING, Any
 from . import drivers as _drivers
 from .approvals import ApprovalRequest, Approver
 from .connection import GuardedConnection, GuardedCursor, guard_connection
-from .errors import ApprovalRequired, AuditUnavailable, Error, PolicyError, QueryBlocked
+from .errors import (
+    ApprovalRequired,
+    AuditUnavailable,
+    Error,
+    IdentityError,
+    PolicyError,
+    QueryBlocked,
+)
 from .identity import Identity, current_identity, identity
 from .masking import MaskingError
 from .policy import Decision, Policy, PolicySource, load_policy
@@ -35,6 +42,7 @@ __all__ = [
     "GuardedConnection",
     "GuardedCursor",
     "Identity",
+    "IdentityError",
     "MaskingError",
     "Policy",
     "PolicyError",

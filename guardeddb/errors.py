@@ -5,6 +5,7 @@
     Exception
      +-- Error                      every guardeddb error
           +-- PolicyError           a policy that cannot be loaded (file, line, key)
+          +-- IdentityError         a token that does not prove who the caller is; carries .reason
           +-- MaskingError          rows that cannot be masked, refused (masking/plan.py)
           +-- QueryBlocked          a query the guardrails refused; carries .decision
                +-- ApprovalRequired held for a human; carries .request_id
@@ -27,6 +28,7 @@ __all__ = [
     "ApprovalRequired",
     "AuditUnavailable",
     "Error",
+    "IdentityError",
     "PolicyError",
     "QueryBlocked",
     "for_driver",
@@ -61,6 +63,24 @@ class PolicyError(Error, ValueError):
         if key:
             where = f"{where}: {key}" if where else key
         super().__init__(f"{where}: {message}" if where else message)
+
+
+class IdentityError(Error):
+    """A signed token refused by ``Identity.from_jwt``: no identity, say why.
+
+    A ``guardeddb.Error`` and nothing narrower, so that no broad ``except
+    ValueError`` in a caller mistakes a forged token for a bad argument.
+    ``reason`` is a short stable code (``expired``, ``not_yet_valid``,
+    ``signature``, ``unknown_kid``, ``issuer``, ``audience``, ``algorithm``,
+    ``malformed``, ``too_large``, ``claims``, ``jwks_unavailable``) that a
+    server can map to its own answer (an HTTP 401 with ``error_description``).
+    """
+
+    __module__ = "guardeddb"
+
+    def __init__(self, message: str, *, reason: str) -> None:
+        self.reason = reason
+        super().__init__(message)
 
 
 class QueryBlocked(Error):

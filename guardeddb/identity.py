@@ -14,7 +14,10 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # PyJWT is optional: only from_jwt imports it, lazily
+    from ._jwt import JWKSLike
 
 __all__ = [
     "Identity",
@@ -74,6 +77,52 @@ class Identity:
         if self.session is not None:
             attrs["guardeddb.identity.session"] = self.session
         return MappingProxyType(attrs)
+
+    @classmethod
+    def from_jwt(
+        cls,
+        token: str | bytes,
+        *,
+        jwks: JWKSLike,
+        issuer: str | Iterable[str] | None = None,
+        audience: str | Iterable[str] | None = None,
+        user_claim: str = "sub",
+        roles_claim: str = "roles",
+        agent_claim: str | None = None,
+        algorithms: Iterable[str] | None = None,
+        leeway: float = 0,
+    ) -> Identity:
+        """The verified identity a signed OIDC/OAuth token proves.
+
+        ``jwks`` is a JWKS file path, an http(s) URL (fetched and cached), a
+        JWKS dict or a ``jwt.PyJWKClient``. The user is ``user_claim`` (else
+        ``sub``, else ``email``), the agent ``agent_claim`` (else ``azp``,
+        else ``client_id``), roles come from ``roles_claim`` (a dotted path
+        such as ``realm_access.roles`` works), the session from ``sid``.
+        Only asymmetric algorithms are accepted unless ``algorithms`` names
+        others. Raises ``guardeddb.IdentityError`` saying why a token is
+        refused; needs the ``jwt`` extra (PyJWT).
+        """
+        try:
+            from . import _jwt
+        except ModuleNotFoundError as exc:
+            if exc.name != "jwt":
+                raise
+            raise ModuleNotFoundError(
+                "Identity.from_jwt needs PyJWT: pip install 'guardeddb[jwt]'", name="jwt"
+            ) from exc
+        return _jwt.verify(
+            cls,
+            token,
+            jwks=jwks,
+            issuer=issuer,
+            audience=audience,
+            user_claim=user_claim,
+            roles_claim=roles_claim,
+            agent_claim=agent_claim,
+            algorithms=algorithms,
+            leeway=leeway,
+        )
 
     @property
     def span_attributes(self) -> Mapping[str, Any]:
