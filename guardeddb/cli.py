@@ -135,19 +135,18 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import TracerProvider
-    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "guardeddb-demo"}))
-    provider.add_span_processor(SimpleSpanProcessor(exporter))
-    if args.otlp or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
-        # Standard OTEL_EXPORTER_OTLP_* variables configure where (Jaeger: :4318).
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from .otlp import configure
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    exporter = InMemorySpanExporter()
+    # Standard OTEL_* variables configure where (Jaeger: :4318) and the service name.
+    export = bool(args.otlp or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    provider = configure(
+        default_service_name="guardeddb-demo", export=export, metrics_export=False
+    ).tracer_provider
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
 
     raw = sqlite3.connect(args.database)
     raw.executescript(_RESET + _SEED)  # seeded by the application, not the agent
