@@ -42,7 +42,6 @@ import importlib
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -74,25 +73,50 @@ TARGETS: dict[str, tuple[str, ...]] = {
 _MARK = "_self_guardeddb_instrumented"  # on the proxies the instrumentation made
 
 
-@dataclass(frozen=True, slots=True)
 class _Options:
-    """How connections are guarded: swapped whole, so a connect never sees half."""
+    """How connections are guarded: replaced whole, never changed in place,
+    so a concurrent connect sees one set or the other, never half of each.
+    (A plain class: a frozen dataclass costs milliseconds at import.)"""
 
-    policy: Policy | None
-    identity: Identity | None
-    tracer_provider: TracerProvider | None
-    meter_provider: MeterProvider | None
-    approver: Callable[[ApprovalRequest], bool] | None
-    approver_timeout: float
-    refusal: PolicyError | None = None  # a policy that failed to load: refuse to connect
+    __slots__ = (
+        "approver",
+        "approver_timeout",
+        "identity",
+        "meter_provider",
+        "policy",
+        "refusal",
+        "tracer_provider",
+    )
+
+    def __init__(
+        self,
+        policy: Policy | None,
+        identity: Identity | None,
+        tracer_provider: TracerProvider | None,
+        meter_provider: MeterProvider | None,
+        approver: Callable[[ApprovalRequest], bool] | None,
+        approver_timeout: float,
+        refusal: PolicyError | None = None,  # a policy that failed to load: refuse to connect
+    ) -> None:
+        self.policy = policy
+        self.identity = identity
+        self.tracer_provider = tracer_provider
+        self.meter_provider = meter_provider
+        self.approver = approver
+        self.approver_timeout = approver_timeout
+        self.refusal = refusal
 
 
-@dataclass(slots=True)
 class _Patch:
-    parent: Any
-    attribute: str
-    original: Any
-    wrapper: Any
+    """One attribute replaced by a wrapper, and what was there before."""
+
+    __slots__ = ("attribute", "original", "parent", "wrapper")
+
+    def __init__(self, parent: Any, attribute: str, original: Any, wrapper: Any) -> None:
+        self.parent = parent
+        self.attribute = attribute
+        self.original = original
+        self.wrapper = wrapper
 
 
 class _Instrumented:
