@@ -281,6 +281,26 @@ def test_uninstrument_restores_the_exact_originals(tmp_path: Path, originals: An
     raw.close()
 
 
+def test_a_kept_reference_follows_the_current_instrumentation(
+    tmp_path: Path, originals: Any
+) -> None:
+    """A patched connect someone kept (``from sqlite3 import connect``) opens raw
+    connections once uninstrumented, and guarded ones, once, when instrumented again."""
+    path = str(tmp_path / "x.db")
+    guardeddb.instrument(sqlite3)
+    kept = sqlite3.connect
+    guardeddb.uninstrument(sqlite3)
+    raw = kept(path)
+    assert type(raw) is sqlite3.Connection
+    raw.close()
+    guardeddb.instrument(sqlite3, policy=READONLY)
+    conn: Any = kept(path)
+    assert type(conn.__wrapped__) is sqlite3.Connection
+    with pytest.raises(QueryBlocked):
+        conn.execute("CREATE TABLE t (x INTEGER)")
+    conn.close()
+
+
 def test_uninstrument_under_another_wrapper_splices_ours_out(
     tmp_path: Path, originals: Any
 ) -> None:

@@ -27,6 +27,9 @@ you do not own). What is patched, with wrapt's ``FunctionWrapper``:
   alone (the class itself must stay a class); calling it directly, or a
   subclass of it, opens an unguarded connection.
 
+Patching replaces names: code that took ``from sqlite3 import connect``
+before ``instrument()`` keeps the original function; instrument first (or
+use ``opentelemetry-instrument``, which runs before the application).
 Instrumenting twice patches once; the latest call's options replace the
 earlier ones for connections opened from then on (open ones keep theirs).
 ``guardeddb.connect()`` and guardeddb's own approval stores and audit tables
@@ -131,7 +134,11 @@ class _Instrumented:
 
     def guard(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
         """The wrapt wrapper of every patched ``connect``."""
-        options = self.options
+        # The options of the module's current instrumentation, not this
+        # record's: a wrapper someone kept (``from sqlite3 import connect``)
+        # passes through once uninstrumented, and guards again if re-instrumented.
+        current = _active.get(self.name)
+        options = current.options if current is not None else None
         if options is None or is_unguarded():
             return wrapped(*args, **kwargs)
         if options.refusal is not None:
@@ -216,15 +223,19 @@ def _unpatch(record: _Instrumented) -> None:
             node = inner
 
 
-def _install(name: str, module: ModuleType | None, options: _Options) -> None:
+def _install(name: str, module: ModuleType, options: _Options) -> None:
     with _lock:
         record = _active.get(name)
         if record is not None:
             record.options = options
             return
         record = _Instrumented(name, options)
-        _patch(record, module if module is not None else importlib.import_module(name))
-        _active[name] = record
+        _active[name] = record  # first: a connect racing the patching is guarded
+        try:
+            _patch(record, module)
+        except BaseException:
+            del _active[name]
+            raise
 
 
 def instrument(
@@ -245,7 +256,9 @@ def instrument(
     options = _Options(
         load_policy(policy), identity, tracer_provider, meter_provider, approver, approver_timeout
     )
-    _install(name, module if isinstance(module, ModuleType) else None, options)
+    _install(
+        name, module if isinstance(module, ModuleType) else importlib.import_module(name), options
+    )
 
 
 def uninstrument(module: ModuleType | str) -> None:
