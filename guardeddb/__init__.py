@@ -26,6 +26,7 @@ from .errors import (
     QueryBlocked,
 )
 from .identity import Identity, current_identity, identity
+from .integrations.instrument import instrument, instrumented_raw, uninstrument
 from .masking import MaskingError
 from .policy import Decision, Policy, PolicySource, load_policy
 from .telemetry import Telemetry
@@ -50,7 +51,9 @@ __all__ = [
     "connect",
     "current_identity",
     "identity",
+    "instrument",
     "load_policy",
+    "uninstrument",
     "wrap",
 ]
 
@@ -86,7 +89,8 @@ def connect(
             raise TypeError("a URL target takes keyword arguments only")
         raw = _drivers.connect_url(target, kwargs)
     else:
-        raw = _drivers.connect_callable(target)(*args, **kwargs)
+        with _drivers.unguarded():  # raw even from a driver instrument() patched
+            raw = _drivers.connect_callable(target)(*args, **kwargs)
     return wrap(
         raw,
         policy=resolved,
@@ -108,9 +112,14 @@ def wrap(
     approver: Callable[[ApprovalRequest], bool] | None = None,
     approver_timeout: float = 30.0,
 ) -> GuardedConnection:
-    """Guard an open DB-API connection; a guarded one is returned as it is."""
+    """Guard an open DB-API connection; a guarded one is returned as it is,
+    unless ``instrument()`` guarded it and options are given here: they win."""
     if isinstance(conn, GuardedConnection):
-        return conn
+        explicit = (policy, identity, tracer_provider, meter_provider, approver)
+        raw = instrumented_raw(conn) if any(o is not None for o in explicit) else None
+        if raw is None:
+            return conn
+        conn = raw
     resolved = load_policy(policy)
     driver = _drivers.detect(conn)
     facts = _drivers.facts(driver, conn)

@@ -19,6 +19,7 @@ import guardeddb
 
 from .approvals import ApprovalStore
 from .audit import verify
+from .drivers import unguarded
 from .policy import Policy
 
 if TYPE_CHECKING:
@@ -152,9 +153,10 @@ def run(
     policy_path.write_text(
         POLICY_YAML.format(approvals=approvals_path, audit=audit_path), encoding="utf-8"
     )
-    raw = sqlite3.connect(db_path)
-    raw.executescript(_SEED)  # seeded by the application, not by the agent
-    raw.close()
+    with unguarded():  # seeded by the application, not by the agent
+        raw = sqlite3.connect(db_path)
+        raw.executescript(_SEED)
+        raw.close()
 
     policy = guardeddb.load_policy(str(policy_path))
     store = ApprovalStore(f"sqlite:///{approvals_path}")

@@ -47,25 +47,23 @@ def _span_rows(spans: Sequence[Any]) -> list[dict[str, Any]]:
 def _demo(args: argparse.Namespace) -> int:
     """Play the agent story of ``guardeddb._demo`` and show what guardeddb did."""
     try:
-        from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
-        from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
         from rich.console import Console
+
+        from .otlp import configure
     except ImportError as exc:
         print(f"error: the demo needs the cli extra ({exc}): pip install 'guardeddb[cli]'")
         return 2
     from . import _demo as story_mod
 
     exporter = InMemorySpanExporter()
-    provider = TracerProvider(resource=Resource.create({"service.name": "guardeddb-demo"}))
+    # Standard OTEL_* variables configure where (Jaeger: :4318) and the service name.
+    exported = bool(args.otlp or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    provider = configure(
+        default_service_name="guardeddb-demo", export=exported, metrics_export=False
+    ).tracer_provider
     provider.add_span_processor(SimpleSpanProcessor(exporter))
-    exported = args.otlp or bool(os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
-    if exported:
-        # The standard OTEL_EXPORTER_OTLP_* variables say where (Jaeger: :4318).
-        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     directory = Path(args.dir) if args.dir else story_mod.default_directory()
     story = story_mod.run(directory, _approve_as_demo_human, provider)
     provider.shutdown()

@@ -11,13 +11,35 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["ConnectionFacts", "Driver", "connect_url", "detect", "facts"]
+__all__ = ["ConnectionFacts", "Driver", "connect_url", "detect", "facts", "unguarded"]
+
+# True while guardeddb opens a connection of its own: see unguarded().
+_UNGUARDED: ContextVar[bool] = ContextVar("guardeddb_unguarded", default=False)
+
+
+@contextlib.contextmanager
+def unguarded() -> Iterator[None]:
+    """Connections opened inside come back raw even from a driver that
+    ``guardeddb.instrument()`` patched: the one ``connect()`` is about to guard
+    with its own options, approval stores and audit tables must not be
+    guarded twice, nor judged as the caller's queries."""
+    token = _UNGUARDED.set(True)
+    try:
+        yield
+    finally:
+        _UNGUARDED.reset(token)
+
+
+def is_unguarded() -> bool:
+    """Whether the current context is inside ``unguarded()``."""
+    return _UNGUARDED.get()
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,7 +253,8 @@ def connect_url(url: str, kwargs: dict[str, Any]) -> Any:
     if opener is None:
         known = ", ".join(f"{s}://" for s in _URL_SCHEMES)
         raise ValueError(f"unsupported database URL {scheme or url!r}: use one of {known}")
-    return opener(url, kwargs)
+    with unguarded():
+        return opener(url, kwargs)
 
 
 def connect_callable(target: Any) -> Callable[..., Any]:

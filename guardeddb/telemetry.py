@@ -66,7 +66,13 @@ try:  # the key is in the API package; instrumentations set it to silence each o
 except ImportError:  # pragma: no cover - older API
     _SUPPRESS_KEY = otel_context.create_key("suppress_instrumentation")
 
-_ProxyMeterProvider: type[Any] = type(metrics.get_meter_provider())
+try:  # the API's stand-in until an SDK is set; not type(get_meter_provider()),
+    # which is the SDK's class when guardeddb is imported after the SDK is set up
+    from opentelemetry.metrics import _internal as _metrics_internal
+
+    _ProxyMeterProvider: type[Any] = _metrics_internal._ProxyMeterProvider
+except (ImportError, AttributeError):  # pragma: no cover - a future API that moves it
+    _ProxyMeterProvider = type(metrics.get_meter_provider())
 _PROXY_TRACER_PROVIDER: type[Any] = ProxyTracerProvider
 # Where the API keeps the global providers once an application sets them.
 # Reading them is the cheapest "is any SDK configured?" test there is; if a

@@ -25,6 +25,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..drivers import unguarded
 from ..identity import Identity
 
 if TYPE_CHECKING:  # the policy loader imports this module (for parse_ttl)
@@ -104,11 +105,13 @@ class ApprovalStore:
 
     def _connect(self) -> Any:
         if self._mark == "?":
-            conn: Any = sqlite3.connect(self._path, timeout=30, isolation_level=None)
+            with unguarded():  # the store's own connection, never the caller's
+                conn: Any = sqlite3.connect(self._path, timeout=30, isolation_level=None)
         else:
             import psycopg
 
-            conn = psycopg.connect(self._path, autocommit=True)
+            with unguarded():
+                conn = psycopg.connect(self._path, autocommit=True)
         if not self._ready:
             conn.execute(
                 "CREATE TABLE IF NOT EXISTS guardeddb_approvals ("

@@ -18,6 +18,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..drivers import unguarded
+
 __all__ = [
     "GENESIS",
     "JsonlSink",
@@ -206,7 +208,8 @@ class PostgresSink:
         if self._conn is None or self._conn.closed:
             import psycopg
 
-            conn = psycopg.connect(self.url, connect_timeout=5)
+            with unguarded():  # the trail's own connection, never the caller's
+                conn = psycopg.connect(self.url, connect_timeout=5)
             with conn.transaction():
                 # Many processes may start at once: one creates the table.
                 conn.execute("SELECT pg_advisory_xact_lock(hashtext('guardeddb_audit'))")
@@ -266,7 +269,9 @@ def verify_postgres(url: str, stream: str = "default") -> tuple[int, Problem | N
     import psycopg
 
     prev_hash, prev_seq, good = GENESIS, 0, 0
-    with psycopg.connect(url) as conn:
+    with unguarded():
+        conn = psycopg.connect(url)
+    with conn:
         rows = conn.execute(
             "SELECT seq, record FROM guardeddb_audit WHERE stream = %s ORDER BY seq", (stream,)
         ).fetchall()
