@@ -339,13 +339,9 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         if isinstance(target, exp.EQ):  # sqlglot reads name(arg) as name = arg
             target = target.this
         pname = target.name if isinstance(target, exp.Expr) else ""
-        if "=" not in text and pname.lower() in _READ_PRAGMAS:
-            classes = {"read"}
-        elif (
-            target is stmt.this  # no argument: sqlglot reads name(arg) as name = arg
-            and "=" not in text
-            and "(" not in text
-            and pname.lower() in _READ_WHEN_BARE_PRAGMAS
+        bare = target is stmt.this and "(" not in text  # sqlglot reads name(arg) as name = arg
+        if "=" not in text and (
+            pname.lower() in _READ_PRAGMAS or (bare and pname.lower() in _READ_WHEN_BARE_PRAGMAS)
         ):
             classes = {"read"}
     elif isinstance(stmt, exp.Copy):

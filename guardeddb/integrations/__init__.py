@@ -1,0 +1,1 @@
+"""Integrations of guardeddb with frameworks that open DB-API connections themselves."""
