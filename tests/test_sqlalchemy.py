@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -613,3 +615,15 @@ def test_identities_stay_apart_on_a_shared_pool(
             audited += 1
     assert audited == 60  # a decision and a result per query
     assert verify(path)[1] is None
+
+
+def test_orm_example_runs() -> None:
+    """examples/sqlalchemy_orm.py shows a masked ORM read and a blocked DELETE, traced."""
+    script = Path(__file__).resolve().parent.parent / "examples" / "sqlalchemy_orm.py"
+    out = subprocess.run(
+        [sys.executable, str(script)], check=True, capture_output=True, text=True, timeout=120
+    ).stdout
+    assert "Ada Lovelace a***@example.com ************1111" in out
+    assert "blocked by rule 'write-needs-where'" in out
+    assert "DELETE customers alice@example.com block" in out
+    assert "ada@example.com" not in out and "4111111111111111" not in out

@@ -24,7 +24,11 @@ guard. ``Engine.dispose()`` carries the creator over to the new pool.
 - Connections opened before ``guard_engine`` are closed: the pool is
   disposed, so every connection handed out afterwards is a new, guarded one.
   A connection checked out at the time of the call stays as it is until it
-  is returned; then it is closed, never handed out again.
+  is returned; then it is closed, never handed out again. So guard an
+  in-memory SQLite engine (``sqlite://``) before creating its tables: its
+  database lives and dies with its connection. And the dialect's
+  first-connect queries run once per engine: guarded only if the engine had
+  not connected yet.
 - Calling ``guard_engine`` again *replaces* the guard: the new policy and
   options apply to every connection opened from then on, and the pool is
   disposed again so that none keeps the old policy. Connections are never
