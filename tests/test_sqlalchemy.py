@@ -322,6 +322,18 @@ def test_guard_engine_refuses_what_it_cannot_guard(tmp_path: Path) -> None:
     engine.dispose()
 
 
+def test_in_memory_sqlite_engine() -> None:
+    """create_engine("sqlite://"): one guarded in-memory database for the thread."""
+    engine = create_engine("sqlite://", policy=PERMISSIVE)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE t (id INTEGER PRIMARY KEY, email TEXT)"))
+        conn.execute(sa.text("INSERT INTO t VALUES (1, 'ada@example.com')"))
+    with engine.connect() as conn:
+        assert isinstance(conn.connection.dbapi_connection, GuardedConnection)
+        assert conn.execute(sa.text("SELECT email FROM t")).scalar_one() == "ada@example.com"
+    engine.dispose()
+
+
 def test_create_engine_helper_passes_engine_arguments(
     backend: Backend, table: str, engines: list[Engine]
 ) -> None:
