@@ -260,6 +260,8 @@ def bench_database(
     label: str, raw: Any, plan: Plan, rows: int, sdk: Sdk, checks: list[str], pg: bool = False
 ) -> tuple[list[Case], list[Result]]:
     cases = build_cases(raw, label, sdk, checks)
+    sdk.flush()
+    sdk.exporter.samples.clear()  # sample a span of the workloads, not of the dialect's setup
     check_results(cases)
     scale = plan.pg_factor if pg else 1.0
     rounds = odd(max(3, plan.rounds // 2)) if pg else plan.rounds

@@ -400,6 +400,20 @@ def test_orm_session_add_commit_query(backend: Backend, table: str, engines: lis
     assert _raw_rows(backend, f"SELECT name FROM {table} WHERE id = 7") == [("Ken T.",)]
 
 
+def test_schema_reflection_runs_under_the_default_policy(
+    backend: Backend, table: str, engines: list[Engine]
+) -> None:
+    """Inspector queries and autoload (how agents learn a schema) are reads agent-safe allows."""
+    engine = guard_engine(_engine(backend, engines))
+    inspector = sa.inspect(engine)
+    assert inspector.has_table(table) and table in inspector.get_table_names()
+    assert [c["name"] for c in inspector.get_columns(table)] == ["id", "name", "email"]
+    assert inspector.get_pk_constraint(table)["constrained_columns"] == ["id"]
+    reflected = sa.Table(table, sa.MetaData(), autoload_with=engine)
+    with engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(reflected)).scalar_one() == 3
+
+
 # --------------------------------------------------------------------------
 # Refusals
 
