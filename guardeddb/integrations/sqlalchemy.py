@@ -13,10 +13,10 @@
 The hook is the pool's *creator*, the one callable through which every
 DB-API connection of the engine is born (whether it comes from the dialect,
 a ``do_connect`` listener or a ``creator=`` argument). The pool's
-``connect`` event and the dialect's ``do_connect`` event come too late or
-too early: the dialect's first-connect initialization receives the
-connection object the creator returned, so only a guarded creator puts
-SQLAlchemy's own queries (``select pg_catalog.version()``, ``SHOW
+``connect`` event comes too late: the dialect's first-connect
+initialization is handed the object the creator returned. A ``do_connect``
+listener can be skipped: the first listener returning a connection ends
+the chain. Only a guarded creator puts SQLAlchemy's own queries (``select pg_catalog.version()``, ``SHOW
 VARIABLES``, ``PRAGMA read_uncommitted``...), its cursors, ``executemany``,
 fetches, COMMIT and ROLLBACK (the pool's reset on checkin too) under the
 guard. ``Engine.dispose()`` carries the creator over to the new pool.
