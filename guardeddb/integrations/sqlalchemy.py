@@ -16,10 +16,11 @@ a ``do_connect`` listener or a ``creator=`` argument). The pool's
 ``connect`` event comes too late: the dialect's first-connect
 initialization is handed the object the creator returned. A ``do_connect``
 listener can be skipped: the first listener returning a connection ends
-the chain. Only a guarded creator puts SQLAlchemy's own queries (``select pg_catalog.version()``, ``SHOW
-VARIABLES``, ``PRAGMA read_uncommitted``...), its cursors, ``executemany``,
-fetches, COMMIT and ROLLBACK (the pool's reset on checkin too) under the
-guard. ``Engine.dispose()`` carries the creator over to the new pool.
+the chain. Only a guarded creator puts SQLAlchemy's own queries
+(``select pg_catalog.version()``, ``SHOW VARIABLES``, ``PRAGMA
+read_uncommitted``...), its cursors, ``executemany``, fetches, COMMIT and
+ROLLBACK (the pool's reset on checkin too) under the guard.
+``Engine.dispose()`` carries the creator over to the new pool.
 
 - Connections opened before ``guard_engine`` are closed: the pool is
   disposed, so every connection handed out afterwards is a new, guarded one.
