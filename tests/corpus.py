@@ -67,6 +67,8 @@ CORPUS: list[Case] = [
     ),
     Case("SELECT 1 /* /* nested */ ; DROP TABLE {t} */", A, A, "p"),
     Case("PRAGMA table_info({t})", A, A, "s"),
+    Case("PRAGMA read_uncommitted", A, A, "s"),  # SQLAlchemy's first-connect query
+    Case("PRAGMA main.read_uncommitted", A, A, "s"),
     # --- transaction control
     Case("BEGIN", A, A),
     Case("COMMIT", A, A),
@@ -93,6 +95,9 @@ CORPUS: list[Case] = [
     Case("PRAGMA query_only = 0", B, B, "s"),
     Case("PRAGMA writable_schema = 1", B, B, "s"),
     Case("pragma QUERY_ONLY=false", B, B, "s"),
+    Case("PRAGMA read_uncommitted = 1", B, B, "s"),
+    Case("PRAGMA read_uncommitted(1)", B, B, "s"),
+    Case("PRAGMA main.query_only(0)", B, B, "s"),
     # --- writes with a real WHERE: agents may, readers may not
     Case("INSERT INTO {t} (id, name, email) VALUES (99, 'x', 'x@x.io')", A, B),
     Case("insert into {t} (id, name, email) values (?, ?, ?)", A, B),

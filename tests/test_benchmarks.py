@@ -44,3 +44,10 @@ def test_masking_benchmark_quick_run() -> None:
 def test_audit_benchmark_quick_run() -> None:
     """bench_audit.py times audited point queries."""
     assert "fsync always" in _run("bench_audit.py", "--rounds", "1", "--queries", "20")
+
+
+def test_sqlalchemy_benchmark_quick_run() -> None:
+    """bench_sqlalchemy.py times ORM operations on a plain and a guarded engine."""
+    out = _run("bench_sqlalchemy.py", "--quick", "--no-pg")
+    assert "guard_engine, no SDK" in out and "guard_engine, SDK" in out
+    assert "spans exported by guardeddb" in out

@@ -165,6 +165,12 @@ _READ_PRAGMAS = frozenset(
         "compile_options",
     }
 )
+# SQLite pragmas that report a setting when given no value, and change it
+# when given one: ``PRAGMA read_uncommitted`` is what SQLAlchemy runs at
+# first connect to learn the isolation level.
+_READ_WHEN_BARE_PRAGMAS = frozenset(
+    {"read_uncommitted", "query_only", "foreign_keys", "journal_mode", "user_version"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,7 +339,10 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         if isinstance(target, exp.EQ):  # sqlglot reads name(arg) as name = arg
             target = target.this
         pname = target.name if isinstance(target, exp.Expr) else ""
-        if "=" not in text and pname.lower() in _READ_PRAGMAS:
+        bare = target is stmt.this and "(" not in text  # sqlglot reads name(arg) as name = arg
+        if "=" not in text and (
+            pname.lower() in _READ_PRAGMAS or (bare and pname.lower() in _READ_WHEN_BARE_PRAGMAS)
+        ):
             classes = {"read"}
     elif isinstance(stmt, exp.Copy):
         upper = text.upper()
