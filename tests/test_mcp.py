@@ -398,3 +398,36 @@ def test_import_guardeddb_needs_no_mcp_sdk() -> None:
         "assert not any(m == 'mcp' or m.startswith('mcp.') for m in sys.modules), 'mcp loaded'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(
+    "server",
+    [
+        pytest.param("postgresql", marks=pytest.mark.pg),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+)
+async def test_a_lost_connection_is_reopened_not_retried(
+    server: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """When the database drops the server's connection, the call that meets it
+    fails (it is not retried: it may have been half done) and the next call
+    gets a fresh connection."""
+    backend: Backend = request.getfixturevalue(
+        "pg_backend" if server == "postgresql" else "mysql_backend"
+    )
+    who = "SELECT pg_backend_pid()" if server == "postgresql" else "SELECT CONNECTION_ID()"
+    async with _served(backend, tmp_path, "--policy", str(_policy(tmp_path))) as s:
+        pid = _payload(await s.call_tool("query", {"sql": who}))["rows"][0][0]
+        raw = backend.connect_raw()
+        if server == "postgresql":
+            raw.cursor().execute("SELECT pg_terminate_backend(%s)", (pid,))
+        else:
+            raw.cursor().execute(f"KILL {int(pid)}")
+        raw.close()
+        lost = await s.call_tool("query", {"sql": "SELECT 1"})
+        assert lost.is_error and _text(lost).startswith("database error")
+        fresh = await s.call_tool("query", {"sql": who})
+        assert not fresh.is_error, _text(fresh)
+        assert _payload(fresh)["rows"][0][0] != pid

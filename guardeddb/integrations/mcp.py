@@ -174,10 +174,7 @@ class GuardedTools:
     def __init__(self, settings: McpSettings) -> None:
         self.settings = settings
         self.policy = _policy(settings.policy)
-        scheme = settings.dsn.split("://", 1)[0].lower()
-        # Calls run in worker threads, one at a time (see _lock).
-        kwargs: dict[str, Any] = {"check_same_thread": False} if scheme == "sqlite" else {}
-        self.conn = guardeddb.connect(settings.dsn, policy=self.policy, **kwargs)
+        self.conn = self._connect()
         self.driver = drivers.detect(self.conn.__wrapped__)
         self.dialect = self.driver.dialect
         self.placeholder = "?" if self.dialect == "sqlite" else "%s"
@@ -189,7 +186,23 @@ class GuardedTools:
             else None
         )
         self.held: dict[str, _Held] = {}
-        self._lock = threading.Lock()
+        # One call at a time on the connection; re-entrant because a decided
+        # approval is looked up and its statement run under the same hold.
+        self._lock = threading.RLock()
+
+    def _connect(self) -> guardeddb.GuardedConnection:
+        scheme = self.settings.dsn.split("://", 1)[0].lower()
+        # Calls run in worker threads, one at a time (see _lock).
+        kwargs: dict[str, Any] = {"check_same_thread": False} if scheme == "sqlite" else {}
+        return guardeddb.connect(self.settings.dsn, policy=self.policy, **kwargs)
+
+    def _lost(self) -> bool:
+        """Whether the driver has given the connection up (a server restart,
+        an idle timeout): the server lives as long as the agent's session."""
+        raw = self.conn.__wrapped__
+        if self.driver.module == "pymysql":
+            return not raw.open
+        return bool(getattr(raw, "closed", False))  # psycopg; sqlite3 has no such state
 
     def close(self) -> None:
         """Close the connection (and with it the audit sink)."""
@@ -333,6 +346,11 @@ class GuardedTools:
         with self._lock, guardeddb.identity(ident):
             cur = None
             try:
+                if self._lost():
+                    # A fresh connection; the statement that met the lost one
+                    # is never retried (it may have been half done).
+                    self.conn.close()
+                    self.conn = self._connect()
                 cur = self.conn.cursor()
                 if params is None:
                     cur.execute(sql)
@@ -469,7 +487,16 @@ def _expired(request: ApprovalRequest) -> bool:
 
 
 def wait_outcome(tools: GuardedTools, request_id: str) -> ToolResult | None:
-    """What ``wait_for_approval`` answers now, or None to keep waiting."""
+    """What ``wait_for_approval`` answers now, or None to keep waiting.
+
+    Under the tools' lock, so two waits for one request cannot both run it
+    (the store would refuse the second use anyway).
+    """
+    with tools._lock:
+        return _decided(tools, request_id)
+
+
+def _decided(tools: GuardedTools, request_id: str) -> ToolResult | None:
     if request_id not in tools.held:
         return ToolResult.failure(
             "unknown_request",
@@ -732,6 +759,13 @@ def build_server(tools: GuardedTools) -> Server[Any]:
                 raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r}")
         except _BadArguments as exc:
             result = ToolResult.failure("invalid_arguments", f"{params.name}: {exc}")
+        except MCPError:
+            raise
+        except Exception:  # a bug here must not hand the model a traceback
+            _log.exception("guardeddb mcp: tool %s failed", params.name)
+            result = ToolResult.failure(
+                "internal_error", f"internal error in the guardeddb MCP server ({params.name})"
+            )
         return types.CallToolResult(
             content=[types.TextContent(type="text", text=result.text)],
             structured_content=result.payload,
