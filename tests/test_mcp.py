@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ from mcp import ClientSession, StdioServerParameters, stdio_client
 from mcp.shared.exceptions import MCPError
 from mcp.types import CallToolResult, Implementation
 
-from guardeddb.integrations.mcp import table_name
+from guardeddb.integrations.mcp import _jsonable, table_name
 
 from .fix_db import Backend
 
@@ -63,12 +65,17 @@ def _policy(tmp_path: Path) -> Path:
 
 @asynccontextmanager
 async def _served(
-    backend: Backend, tmp_path: Path, *options: str, client: str = "test-agent"
+    backend: Backend,
+    tmp_path: Path,
+    *options: str,
+    client: str = "test-agent",
+    env: dict[str, str] | None = None,
 ) -> AsyncIterator[ClientSession]:
     """An initialized client session with ``guardeddb mcp`` over stdio."""
     server = StdioServerParameters(
         command=sys.executable,
         args=["-m", "guardeddb.cli", "mcp", "--dsn", backend.url, *options],
+        env=env,
     )
     with (
         (tmp_path / "server.stderr").open("a") as errlog,
@@ -355,6 +362,8 @@ async def test_held_change_runs_once_after_cli_approval(
     ]
     assert len(ran_records) == 1
     assert "approved by dba@example.com" in ran_records[0]["decision"]["message"]
+    # The server and the approving CLI wrote to one trail; its chain still holds.
+    assert "chain intact" in await _cli("audit", "verify", str(tmp_path / "audit.jsonl"))
 
 
 @pytest.mark.anyio
@@ -373,6 +382,40 @@ async def test_denied_change_is_a_tool_error_naming_who(
         assert denied.is_error
         assert _text(denied) == f"request {rid} was denied by dba@example.com: no"
     assert len(_rows(backend, f"SELECT id FROM {table}")) == 3
+
+
+def test_cells_become_json_values_without_losing_exactness() -> None:
+    """Decimals stay exact as text, times become ISO 8601, bytes base64, NaN text."""
+    import datetime
+    import decimal
+    import uuid
+
+    cells = [
+        decimal.Decimal("12.50"),
+        datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC),
+        datetime.date(2024, 5, 1),
+        datetime.timedelta(minutes=1),
+        b"\x00\xff",
+        memoryview(b"ab"),
+        uuid.UUID(int=1),
+        float("nan"),
+        [1, decimal.Decimal("2")],
+        {"k": b"v"},
+    ]
+    converted = [_jsonable(c) for c in cells]
+    assert converted == [
+        "12.50",
+        "2024-05-01T12:30:00+00:00",
+        "2024-05-01",
+        60.0,
+        {"base64": "AP8="},
+        {"base64": "YWI="},
+        "00000000-0000-0000-0000-000000000001",
+        "nan",
+        [1, "2"],
+        {"k": {"base64": "dg=="}},
+    ]
+    json.dumps(converted, allow_nan=False)
 
 
 def test_cli_reports_a_bad_policy_without_serving(tmp_path: Path) -> None:
@@ -431,3 +474,57 @@ async def test_a_lost_connection_is_reopened_not_retried(
         fresh = await s.call_tool("query", {"sql": who})
         assert not fresh.is_error, _text(fresh)
         assert _payload(fresh)["rows"][0][0] != pid
+
+
+class _OtlpReceiver(BaseHTTPRequestHandler):
+    """Collects OTLP/HTTP trace exports, as a collector or Jaeger would receive them."""
+
+    bodies: list[bytes]
+
+    def do_POST(self) -> None:
+        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_otlp_export_puts_each_query_in_its_tool_call_trace(
+    table: str, backend: Backend, tmp_path: Path
+) -> None:
+    """With OTEL_EXPORTER_OTLP_ENDPOINT set, the SDK's tools/call span and
+    guardeddb's query span are exported as one trace, parent and child."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    bodies: list[bytes] = []
+    handler = type("Receiver", (_OtlpReceiver,), {"bodies": bodies})
+    receiver = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
+    thread.start()
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "50",
+    }
+    try:
+        async with _served(backend, tmp_path, "--agent", "otel-bot", env=env) as s:
+            result = await s.call_tool("query", {"sql": f"SELECT name FROM {table}"})
+            assert not result.is_error, _text(result)
+    finally:
+        receiver.shutdown()
+        receiver.server_close()
+    spans = []
+    for body in bodies:
+        request = ExportTraceServiceRequest.FromString(body)
+        for resource in request.resource_spans:
+            for scope in resource.scope_spans:
+                spans.extend(scope.spans)
+    tool = next(sp for sp in spans if sp.name == "tools/call query")
+    query = next(sp for sp in spans if sp.name == f"SELECT {table}")
+    assert query.trace_id == tool.trace_id and query.parent_span_id == tool.span_id
+    attrs = {a.key: a.value.string_value for a in query.attributes}
+    assert attrs["gen_ai.agent.name"] == "otel-bot"

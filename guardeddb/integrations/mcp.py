@@ -572,16 +572,53 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    shutdown = _export_traces()
     try:
-        tools = GuardedTools(settings_from_args(args))
-    except Exception as exc:  # a bad policy, an unreachable database: say which, briefly
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        serve(tools)
+        try:
+            tools = GuardedTools(settings_from_args(args))
+        except Exception as exc:  # a bad policy, an unreachable database: say which, briefly
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        try:
+            serve(tools)
+        finally:
+            tools.close()
     finally:
-        tools.close()
+        shutdown()
     return 0
+
+
+def _export_traces() -> Callable[[], None]:
+    """Export spans over OTLP when the standard ``OTEL_EXPORTER_OTLP_*``
+    variables ask for it; returns what flushes them at exit.
+
+    The SDK's ``tools/call`` span (continuing the client's trace when its
+    request carries one) is then the parent of guardeddb's query spans: one
+    trace per tool call.
+    """
+    if not (
+        os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+    ):
+        return lambda: None
+    try:
+        from opentelemetry import trace
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+        from opentelemetry.sdk.resources import Resource
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    except ImportError:
+        print(
+            "warning: OTEL_EXPORTER_OTLP_* is set but the OpenTelemetry SDK is not installed "
+            "(pip install 'guardeddb[otlp]'); no spans are exported",
+            file=sys.stderr,
+        )
+        return lambda: None
+    name = os.environ.get("OTEL_SERVICE_NAME", "guardeddb-mcp")
+    provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    trace.set_tracer_provider(provider)
+    return provider.shutdown
 
 
 def serve(tools: GuardedTools) -> None:
