@@ -37,7 +37,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def _policy(tmp_path: Path) -> Path:
+def _policy(tmp_path: Path, ttl: str = "10m") -> Path:
     """agent-safe, emails masked, an audit file, and bulk changes held for a person."""
     policy = {
         "version": 1,
@@ -56,7 +56,7 @@ def _policy(tmp_path: Path) -> Path:
         ],
         "masking": {"rules": [{"columns": ["*.email"], "operator": "email"}]},
         "audit": {"jsonl": str(tmp_path / "audit.jsonl")},
-        "approvals": {"store": f"sqlite:///{tmp_path / 'approvals.db'}", "ttl": "10m"},
+        "approvals": {"store": f"sqlite:///{tmp_path / 'approvals.db'}", "ttl": ttl},
     }
     path = tmp_path / "policy.yaml"
     path.write_text(yaml.safe_dump(policy))
@@ -416,6 +416,29 @@ def test_cells_become_json_values_without_losing_exactness() -> None:
         {"k": {"base64": "dg=="}},
     ]
     json.dumps(converted, allow_nan=False)
+
+
+@pytest.mark.anyio
+async def test_unanswered_request_expires(tmp_path: Path) -> None:
+    """A request nobody decides within its TTL ends wait_for_approval with an
+    error, and its statement never runs."""
+    import sqlite3
+
+    db = tmp_path / "shop.db"
+    setup = sqlite3.connect(db)
+    setup.execute("CREATE TABLE t (id INTEGER)")
+    setup.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
+    setup.commit()
+    setup.close()
+    backend = Backend("sqlite", f"sqlite:///{db}", lambda: sqlite3.connect(db), "?", "sqlite")
+    policy = str(_policy(tmp_path, ttl="1s"))
+    async with _served(backend, tmp_path, "--policy", policy) as s:
+        held = _payload(await s.call_tool("query", {"sql": "DELETE FROM t WHERE id > 0"}))
+        rid = held["request_id"]
+        expired = await s.call_tool("wait_for_approval", {"request_id": rid, "timeout_seconds": 5})
+        assert expired.is_error
+        assert _text(expired) == f"request {rid} expired before anyone approved it"
+    assert _rows(backend, "SELECT count(*) FROM t") == [(2,)]
 
 
 def test_cli_reports_a_bad_policy_without_serving(tmp_path: Path) -> None:

@@ -52,7 +52,17 @@ from ..policy.presets import PRESETS
 if TYPE_CHECKING:
     from mcp.server import Server
 
-__all__ = ["GuardedTools", "McpSettings", "ToolResult", "serve", "table_name", "verified_identity"]
+__all__ = [
+    "GuardedTools",
+    "McpSettings",
+    "ToolResult",
+    "build_server",
+    "run",
+    "serve",
+    "settings_from_args",
+    "table_name",
+    "verified_identity",
+]
 
 _log = logging.getLogger("guardeddb.mcp")
 
@@ -332,6 +342,53 @@ class GuardedTools:
             result.payload["approval"] = {"request_id": request_id, "by": request.approver}
         return result
 
+    def approval_outcome(self, request_id: str) -> ToolResult | None:
+        """What ``wait_for_approval`` answers now, or None to keep waiting.
+
+        Under the lock, so two waits for one request cannot both run it (the
+        store would refuse the second use anyway).
+        """
+        with self._lock:
+            return self._decided(request_id)
+
+    def _decided(self, request_id: str) -> ToolResult | None:
+        if request_id not in self.held:
+            return ToolResult.failure(
+                "unknown_request",
+                f"unknown request {request_id!r}: wait_for_approval only runs statements this "
+                "server held (send the query to get a request id)",
+            )
+        request = self.approval(request_id)
+        if request is None:
+            self.held.pop(request_id, None)
+            return ToolResult.failure(
+                "unknown_request", f"request {request_id!r} is not in the approval store"
+            )
+        if request.status == "approved":
+            return self.run_approved(request_id, request)
+        if request.status == "denied":
+            self.held.pop(request_id, None)
+            by = request.approver or "an approver"
+            note = f": {request.note}" if request.note else ""
+            return ToolResult.failure(
+                "denied",
+                f"request {request_id} was denied by {by}{note}",
+                approver=request.approver,
+            )
+        if request.status == "used":
+            self.held.pop(request_id, None)
+            return ToolResult.failure(
+                "used",
+                f"request {request_id} was already used: its statement ran once; "
+                "send it again to ask for a new approval",
+            )
+        if _expired(request):
+            self.held.pop(request_id, None)
+            return ToolResult.failure(
+                "expired", f"request {request_id} expired before anyone approved it"
+            )
+        return None
+
     # -- plumbing ----------------------------------------------------------
 
     def _guarded(
@@ -484,53 +541,6 @@ def _expired(request: ApprovalRequest) -> bool:
     except (TypeError, ValueError):
         return True  # an expiry that cannot be read is no promise of time left
     return expires <= datetime.datetime.now(datetime.UTC)
-
-
-def wait_outcome(tools: GuardedTools, request_id: str) -> ToolResult | None:
-    """What ``wait_for_approval`` answers now, or None to keep waiting.
-
-    Under the tools' lock, so two waits for one request cannot both run it
-    (the store would refuse the second use anyway).
-    """
-    with tools._lock:
-        return _decided(tools, request_id)
-
-
-def _decided(tools: GuardedTools, request_id: str) -> ToolResult | None:
-    if request_id not in tools.held:
-        return ToolResult.failure(
-            "unknown_request",
-            f"unknown request {request_id!r}: wait_for_approval only runs statements this "
-            "server held (send the query to get a request id)",
-        )
-    request = tools.approval(request_id)
-    if request is None:
-        tools.held.pop(request_id, None)
-        return ToolResult.failure(
-            "unknown_request", f"request {request_id!r} is not in the approval store"
-        )
-    if request.status == "approved":
-        return tools.run_approved(request_id, request)
-    if request.status == "denied":
-        tools.held.pop(request_id, None)
-        by = request.approver or "an approver"
-        note = f": {request.note}" if request.note else ""
-        return ToolResult.failure(
-            "denied", f"request {request_id} was denied by {by}{note}", approver=request.approver
-        )
-    if request.status == "used":
-        tools.held.pop(request_id, None)
-        return ToolResult.failure(
-            "used",
-            f"request {request_id} was already used: its statement ran once; "
-            "send it again to ask for a new approval",
-        )
-    if _expired(request):
-        tools.held.pop(request_id, None)
-        return ToolResult.failure(
-            "expired", f"request {request_id} expired before anyone approved it"
-        )
-    return None
 
 
 def verified_identity(args: argparse.Namespace) -> Identity | None:
@@ -763,7 +773,7 @@ def build_server(tools: GuardedTools) -> Server[Any]:
     async def wait(request_id: str, timeout: float) -> ToolResult:
         deadline = time.monotonic() + timeout
         while True:
-            outcome = await anyio.to_thread.run_sync(wait_outcome, tools, request_id)
+            outcome = await anyio.to_thread.run_sync(tools.approval_outcome, request_id)
             if outcome is not None:
                 return outcome
             left = deadline - time.monotonic()
