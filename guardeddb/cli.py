@@ -491,7 +491,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         cmd.add_argument("id")
         cmd.add_argument("--by", default=os.environ.get("USER"), help="who decides (audited)")
         cmd.add_argument("--note")
+    mcp_cmd = sub.add_parser("mcp", help="serve the database to an AI agent over MCP (stdio)")
+    mcp_cmd.add_argument(
+        "--dsn", required=True, help="sqlite:///FILE, postgresql://..., mysql://..."
+    )
+    mcp_cmd.add_argument("--policy", help="policy YAML file or preset (default: agent-safe)")
+    mcp_cmd.add_argument("--user", help="the person the agent acts for")
+    mcp_cmd.add_argument("--agent", help="agent name (default: the MCP client's clientInfo.name)")
+    mcp_cmd.add_argument("--roles", help="comma-separated roles, e.g. support,analyst")
+    mcp_cmd.add_argument("--max-rows", type=int, default=100, help="rows returned per query")
+    mcp_cmd.add_argument(
+        "--approvals-wait", type=float, default=30.0, help="wait_for_approval's default seconds"
+    )
+    token = mcp_cmd.add_argument_group(
+        "verified identity", "a signed OIDC token instead of --user/--agent/--roles"
+    )
+    token.add_argument("--token-file", help="file holding the token (re-read on every call)")
+    token.add_argument("--token-env", help="environment variable holding the token")
+    token.add_argument("--jwks", help="JWKS URL or file that signs the token")
+    token.add_argument("--issuer", help="expected iss")
+    token.add_argument("--audience", help="expected aud (this server's id at the provider)")
+    token.add_argument("--roles-claim", default="roles", help="claim with the roles")
+    token.add_argument("--agent-claim", help="claim naming the agent (default: azp, client_id)")
     args = parser.parse_args(argv)
+    if args.command == "mcp":
+        from .integrations.mcp import run as run_mcp
+
+        return run_mcp(args)
     if args.command == "approvals":
         return _approvals(args)
     if args.command == "audit":
