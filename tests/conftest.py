@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_otel", "tests.fix_shop"]
+pytest_plugins = ["tests.fix_db", "tests.fix_otel", "tests.fix_otlp", "tests.fix_shop"]
 
 
 def pytest_configure(config: pytest.Config) -> None:

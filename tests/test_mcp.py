@@ -10,11 +10,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from mcp.types import CallToolResult, Implementation
 from guardeddb.integrations.mcp import _jsonable, table_name
 
 from .fix_db import Backend
+from .fix_otlp import Receiver
 from .test_jwt import AUDIENCE, ISSUER, _jwk, _jwks, _rsa, _token, _write
 
 REVIEW_RULE = "bulk-changes-need-a-human"
@@ -577,55 +576,20 @@ async def test_a_lost_connection_is_reopened_not_retried(
         assert _payload(fresh)["rows"][0][0] != pid
 
 
-class _OtlpReceiver(BaseHTTPRequestHandler):
-    """Collects OTLP/HTTP trace exports, as a collector or Jaeger would receive them."""
-
-    bodies: list[bytes]
-
-    def do_POST(self) -> None:
-        self.bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
-        self.send_response(200)
-        self.send_header("Content-Type", "application/x-protobuf")
-        self.end_headers()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
 @pytest.mark.anyio
 async def test_otlp_export_puts_each_query_in_its_tool_call_trace(
-    table: str, backend: Backend, tmp_path: Path
+    table: str, backend: Backend, tmp_path: Path, receiver: Receiver
 ) -> None:
     """With OTEL_EXPORTER_OTLP_ENDPOINT set, the SDK's tools/call span and
     guardeddb's query span are exported as one trace, parent and child."""
-    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
-        ExportTraceServiceRequest,
-    )
-
-    bodies: list[bytes] = []
-    handler = type("Receiver", (_OtlpReceiver,), {"bodies": bodies})
-    receiver = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=receiver.serve_forever, daemon=True)
-    thread.start()
-    env = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.server_address[1]}",
-        "OTEL_BSP_SCHEDULE_DELAY": "50",
-    }
-    try:
-        async with _served(backend, tmp_path, "--agent", "otel-bot", env=env) as s:
-            result = await s.call_tool("query", {"sql": f"SELECT name FROM {table}"})
-            assert not result.is_error, _text(result)
-    finally:
-        receiver.shutdown()
-        receiver.server_close()
-    spans = []
-    for body in bodies:
-        request = ExportTraceServiceRequest.FromString(body)
-        for resource in request.resource_spans:
-            for scope in resource.scope_spans:
-                spans.extend(scope.spans)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+    async with _served(backend, tmp_path, "--agent", "otel-bot", env=env) as s:
+        result = await s.call_tool("query", {"sql": f"SELECT name FROM {table}"})
+        assert not result.is_error, _text(result)
+    receiver.wait_for(lambda: len(receiver.spans()) >= 2)
+    spans = [r.span for r in receiver.spans()]
     tool = next(sp for sp in spans if sp.name == "tools/call query")
-    query = next(sp for sp in spans if sp.name == f"SELECT {table}")
-    assert query.trace_id == tool.trace_id and query.parent_span_id == tool.span_id
-    attrs = {a.key: a.value.string_value for a in query.attributes}
-    assert attrs["gen_ai.agent.name"] == "otel-bot"
+    query = next(r for r in receiver.spans() if r.span.name == f"SELECT {table}")
+    assert query.span.trace_id == tool.trace_id and query.span.parent_span_id == tool.span_id
+    assert query.attributes["gen_ai.agent.name"] == "otel-bot"
+    assert query.resource["service.name"] == "guardeddb-mcp"
