@@ -17,6 +17,8 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from ._steps import Sql, Steps
+
 __all__ = ["ConnectionFacts", "Driver", "connect_url", "detect", "facts"]
 
 
@@ -35,38 +37,35 @@ class Driver:
         err = getattr(mod, "ProgrammingError", None)
         return err if isinstance(err, type) and issubclass(err, BaseException) else None
 
-    def dry_run(self, conn: Any, sql: str, params: Any) -> int | None:
+    def dry_run(self, conn: Any, sql: str, params: Any) -> Steps[int | None]:
         """How many rows ``sql`` would touch: run inside a SAVEPOINT, then
         rolled back. None when it cannot be measured safely (an unknown
-        driver, a statement that fails, a count the driver does not give)."""
+        driver, a statement that fails, a count the driver does not give).
+
+        Written as steps (see ``_steps``) so that a blocking and an asyncio
+        connection run the same statements."""
         if self.module not in ("sqlite3", "psycopg", "pymysql"):
             return None
-        cur = conn.cursor()
         opened = False
         try:
             if not self.in_transaction(conn) and self._autocommit(conn):
-                cur.execute("BEGIN")  # a savepoint needs a transaction to live in
+                yield Sql("BEGIN")  # a savepoint needs a transaction to live in
                 opened = True
-            cur.execute("SAVEPOINT guardeddb_dry_run")
+            yield Sql("SAVEPOINT guardeddb_dry_run")
             try:
-                if params is None:
-                    cur.execute(sql)
-                else:
-                    cur.execute(sql, params)
-                count = cur.rowcount
+                count = yield Sql(sql, params)
             except Exception:
                 count = -1
             finally:
-                cur.execute("ROLLBACK TO SAVEPOINT guardeddb_dry_run")
-                cur.execute("RELEASE SAVEPOINT guardeddb_dry_run")
+                yield Sql("ROLLBACK TO SAVEPOINT guardeddb_dry_run")
+                yield Sql("RELEASE SAVEPOINT guardeddb_dry_run")
             return count if isinstance(count, int) and count >= 0 else None
         except Exception:
             return None
         finally:
             if opened:
                 with contextlib.suppress(Exception):  # the rollback of nothing cannot matter
-                    cur.execute("ROLLBACK")
-            cur.close()
+                    yield Sql("ROLLBACK")
 
     def _autocommit(self, conn: Any) -> bool:
         if self.module == "sqlite3":
