@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from None
+_FETCH: Any = object()  # "fetch from the driver": no rows were passed in
 # decision, session must be read-only, rows are masked, raw values shown to an unmask identity
 _Verdict = tuple[Decision, bool, bool, bool]
 # the verdict, a dry run's row count, the approval request a held query waits for
@@ -498,8 +499,14 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         self._self_mask = run
         return run
 
-    def _self_fetched_one(self, row: Any) -> Any:
-        """A row the driver's ``fetchone`` returned: masked and counted."""
+    # The fetch methods, written once: the blocking cursor uses them as its
+    # own fetchone/fetchmany/fetchall (they call the driver, so each fetch
+    # makes no extra call); the asyncio cursor awaits the driver and passes
+    # what it returned as ``_fetched``.
+
+    def _self_fetchone(self, *, _fetched: Any = _FETCH) -> Any:
+        """The next row, masked; the span ends when the result runs out."""
+        row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
         if row is not None and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
@@ -512,8 +519,10 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
                 op.rows += 1
         return row
 
-    def _self_fetched_many(self, rows: Any, size: Any) -> Any:
-        """Rows ``fetchmany(size)`` returned: masked, counted; fewer ends the result."""
+    def _self_fetchmany(self, *args: Any, _fetched: Any = _FETCH, **kwargs: Any) -> Any:
+        """The next rows, masked; fewer than asked for ends the span."""
+        raw = self.__wrapped__
+        rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
         if rows and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
@@ -521,12 +530,14 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         op = self._self_op
         if op is not None:
             op.rows += len(rows)
-            if not rows or len(rows) < (size or self.__wrapped__.arraysize):
+            size = args[0] if args else kwargs.get("size")
+            if not rows or len(rows) < (size or raw.arraysize):
                 self._self_finish(op)
         return rows
 
-    def _self_fetched_all(self, rows: Any) -> Any:
-        """Rows ``fetchall`` returned: masked, counted, and the result ended."""
+    def _self_fetchall(self, *, _fetched: Any = _FETCH) -> Any:
+        """The remaining rows, masked; the span ends."""
+        rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
         if rows and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
@@ -620,15 +631,9 @@ class GuardedCursor(CursorBase):
             self.__wrapped__.executemany, query, (query, *args), kwargs, batch_size(args, kwargs)
         )
 
-    def fetchone(self) -> Any:
-        return self._self_fetched_one(self.__wrapped__.fetchone())
-
-    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        rows = self.__wrapped__.fetchmany(*args, **kwargs)
-        return self._self_fetched_many(rows, args[0] if args else kwargs.get("size"))
-
-    def fetchall(self) -> Any:
-        return self._self_fetched_all(self.__wrapped__.fetchall())
+    fetchone = CursorBase._self_fetchone
+    fetchmany = CursorBase._self_fetchmany
+    fetchall = CursorBase._self_fetchall
 
     def __iter__(self) -> Iterator[Any]:
         return self
