@@ -485,6 +485,12 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         if op is not None:
             self._self_finish(op)
 
+    def _self_new_result(self) -> None:
+        """The cursor moved to another result set: a new description, plan again."""
+        mask = self._self_mask
+        if type(mask) is MaskRun:
+            self._self_mask = mask.analysis
+
     def _self_mask_run(self) -> MaskRun | None:
         """The masking of the current result, planned from its description once."""
         mask = self._self_mask
@@ -685,10 +691,25 @@ class _ExecuteScript:
 class _NextSet:
     def nextset(self: Any) -> Any:
         """Move to the next result set; its rows are counted (and masked) too."""
-        mask = self._self_mask
-        if type(mask) is MaskRun:
-            self._self_mask = mask.analysis  # a new description: plan again
+        self._self_new_result()
         return self.__wrapped__.nextset()
+
+
+class _Results:
+    def results(self: Any) -> Iterator[Any]:
+        """psycopg's ``results()``: each result set through this guarded cursor
+        (the driver's yields itself, whose rows would not be masked)."""
+        for _ in self.__wrapped__.results():
+            self._self_new_result()
+            yield self
+
+
+class _SetResult:
+    def set_result(self: Any, index: int) -> Any:
+        """psycopg's ``set_result()``: returns this guarded cursor, not the driver's."""
+        self.__wrapped__.set_result(index)
+        self._self_new_result()
+        return self
 
 
 class _CallProc:
@@ -949,6 +970,8 @@ class _BlobOpen:
 _CURSOR_MIXINS = (
     ("executescript", _ExecuteScript),
     ("nextset", _NextSet),
+    ("results", _Results),
+    ("set_result", _SetResult),
     ("callproc", _CallProc),
     ("stream", _Stream),
     ("copy", _Copy),

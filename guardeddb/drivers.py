@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sqlite3
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
@@ -19,7 +20,15 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from ._steps import Sql, Steps
 
-__all__ = ["ConnectionFacts", "Driver", "connect_url", "detect", "facts"]
+__all__ = [
+    "ConnectionFacts",
+    "Driver",
+    "connect_url",
+    "connect_url_async",
+    "detect",
+    "facts",
+    "is_async",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +240,25 @@ def connect_url(url: str, kwargs: dict[str, Any]) -> Any:
         known = ", ".join(f"{s}://" for s in _URL_SCHEMES)
         raise ValueError(f"unsupported database URL {scheme or url!r}: use one of {known}")
     return opener(url, kwargs)
+
+
+async def connect_url_async(url: str, kwargs: dict[str, Any]) -> Any:
+    """Open a raw asyncio connection for a ``postgresql://`` URL (psycopg's
+    ``AsyncConnection``; the other drivers guardeddb knows have no asyncio API)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"unsupported database URL {scheme or url!r} for asyncio: use postgresql://"
+        )
+    import psycopg
+
+    return await psycopg.AsyncConnection.connect(url, **kwargs)
+
+
+def is_async(conn: Any) -> bool:
+    """Whether ``conn`` is an asyncio connection (psycopg's ``AsyncConnection``)."""
+    psycopg = sys.modules.get("psycopg")  # a psycopg connection means psycopg is imported
+    return psycopg is not None and isinstance(conn, psycopg.AsyncConnection)
 
 
 def connect_callable(target: Any) -> Callable[..., Any]:
