@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import psycopg
 import pytest
 from opentelemetry.trace import StatusCode
+from psycopg import sql
 from psycopg.pq import TransactionStatus
 from psycopg.rows import class_row, dict_row, namedtuple_row
 
@@ -155,21 +156,21 @@ def test_async_and_blocking_entry_points_refuse_each_others_connections(
 def test_drop_is_blocked_without_reaching_the_database(
     backend: Backend, table: str, otel: Otel
 ) -> None:
-    """A blocked DROP raises QueryBlocked, also a psycopg.ProgrammingError, and
-    never reaches the server: no transaction opens, the table stays."""
+    """With no policy given (agent-safe), a DROP, also one composed with
+    psycopg.sql, raises QueryBlocked, also a psycopg.ProgrammingError, and never
+    reaches the server: no transaction opens, the table stays."""
 
     async def main() -> None:
-        conn = await _connect(
-            backend,
-            {"version": 1, "extends": ["agent-safe"]},
-            tracer_provider=otel.tracer_provider,
-        )
+        conn = await guardeddb.connect_async(backend.url, tracer_provider=otel.tracer_provider)
         cur = conn.cursor()
         with guardeddb.identity(AGENT):
             with pytest.raises(QueryBlocked) as blocked:
                 await cur.execute(f"DROP TABLE {table}")
             assert isinstance(blocked.value, psycopg.ProgrammingError)
             assert blocked.value.decision.rule_id == "no-ddl"
+            composed = sql.SQL("DROP TABLE {}").format(sql.Identifier(table))
+            with pytest.raises(QueryBlocked):
+                await conn.execute(composed)
             assert conn.info.transaction_status == TransactionStatus.IDLE  # nothing was sent
             with pytest.raises(QueryBlocked) as mass:
                 await cur.execute(f"DELETE FROM {table}")
@@ -285,7 +286,7 @@ def test_review_holds_then_runs_exactly_once_after_approval(
     async def main() -> str:
         conn = await _connect(backend, _review_policy(store), tracer_provider=otel.tracer_provider)
         cur = conn.cursor()
-        delete = f"DELETE FROM {table} WHERE id = %s"
+        delete = f"DELETE FROM {table} WHERE id = %s RETURNING id"
         with guardeddb.identity(AGENT):
             with pytest.raises(ApprovalRequired) as held:
                 await cur.execute(delete, (1,))
@@ -297,7 +298,7 @@ def test_review_holds_then_runs_exactly_once_after_approval(
             with pytest.raises(ApprovalRequired):
                 await cur.execute(delete, (2,))  # other parameters are still held
             await cur.execute(delete, (1,))
-            assert cur.rowcount == 1
+            assert await cur.fetchall() == [(1,)]
             await conn.commit()
             with pytest.raises(ApprovalRequired) as again:
                 await cur.execute(delete, (1,))
@@ -312,6 +313,12 @@ def test_review_holds_then_runs_exactly_once_after_approval(
     attrs = dict(ran[0].attributes or {})
     assert attrs["guardeddb.decision.action"] == "allow"
     assert attrs["enduser.id"] == AGENT.user
+    assert attrs["gen_ai.agent.name"] == AGENT.agent
+    assert attrs["db.response.returned_rows"] == 1
+    held_spans = [s for s in otel.spans() if s.status.status_code is StatusCode.ERROR]
+    assert {(s.attributes or {})["error.type"] for s in held_spans} == {
+        "guardeddb.ApprovalRequired"
+    }
     assert rid
 
 
