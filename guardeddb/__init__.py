@@ -11,12 +11,14 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from . import drivers as _drivers
 from .approvals import ApprovalRequest, Approver
 from .connection import GuardedConnection, GuardedCursor, guard_connection
+from .connection_async import GuardedAsyncConnection, GuardedAsyncCursor, guard_connection_async
 from .errors import (
     ApprovalRequired,
     AuditUnavailable,
@@ -34,12 +36,17 @@ from .telemetry import Telemetry
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
     from opentelemetry.trace import TracerProvider
+    from psycopg import AsyncConnection
+
+    from .drivers import ConnectionFacts, Driver
 
 __all__ = [
     "ApprovalRequired",
     "AuditUnavailable",
     "Decision",
     "Error",
+    "GuardedAsyncConnection",
+    "GuardedAsyncCursor",
     "GuardedConnection",
     "GuardedCursor",
     "Identity",
@@ -49,12 +56,14 @@ __all__ = [
     "PolicyError",
     "QueryBlocked",
     "connect",
+    "connect_async",
     "current_identity",
     "identity",
     "instrument",
     "load_policy",
     "uninstrument",
     "wrap",
+    "wrap_async",
 ]
 
 __version__ = "0.1.0.dev0"
@@ -102,6 +111,51 @@ def connect(
     )
 
 
+async def connect_async(
+    target: Any,
+    *args: Any,
+    policy: PolicySource | None = None,
+    identity: Identity | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    approver: Callable[[ApprovalRequest], bool] | None = None,
+    approver_timeout: float = 30.0,
+    **kwargs: Any,
+) -> GuardedAsyncConnection:
+    """Open an asyncio connection (psycopg's ``AsyncConnection``) and guard it.
+
+    ``target`` is a ``postgresql://`` URL whose driver gets ``kwargs``, or an
+    async connect callable (``psycopg.AsyncConnection.connect``) that gets
+    ``args`` and ``kwargs``. The other arguments are ``connect``'s. The
+    ``approver`` callback stays a plain function: it is asked in a thread,
+    so the event loop runs on while a person answers.
+    """
+    resolved = load_policy(policy)  # a bad policy fails before any connection opens
+    if isinstance(target, str):
+        if args:
+            raise TypeError("a URL target takes keyword arguments only")
+        raw = await _drivers.connect_url_async(target, kwargs)
+    else:
+        opened = _drivers.connect_callable(target)(*args, **kwargs)
+        if not inspect.isawaitable(opened):
+            if hasattr(opened, "close"):
+                opened.close()
+            raise TypeError(
+                f"{target!r} is not an async connect callable: pass "
+                "psycopg.AsyncConnection.connect, or use guardeddb.connect()"
+            )
+        raw = await opened
+    return wrap_async(
+        raw,
+        policy=resolved,
+        identity=identity,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        approver=approver,
+        approver_timeout=approver_timeout,
+    )
+
+
 def wrap(
     conn: Any,
     *,
@@ -113,16 +167,67 @@ def wrap(
     approver_timeout: float = 30.0,
 ) -> GuardedConnection:
     """Guard an open DB-API connection; a guarded one is returned as it is,
-    unless ``instrument()`` guarded it and options are given here: they win."""
+    unless ``instrument()`` guarded it and options are given here: they win.
+
+    An asyncio connection is refused with a pointer to ``wrap_async``: a
+    blocking proxy would hand its coroutines back unguarded.
+    """
     if isinstance(conn, GuardedConnection):
         explicit = (policy, identity, tracer_provider, meter_provider, approver)
         raw = instrumented_raw(conn) if any(o is not None for o in explicit) else None
         if raw is None:
             return conn
         conn = raw
+    if _drivers.is_async(conn):
+        raise TypeError(
+            f"{type(conn).__name__} is an asyncio connection: use guardeddb.wrap_async()"
+        )
+    driver, facts, telemetry, resolved, asker = _guard_parts(
+        conn, policy, tracer_provider, meter_provider, approver, approver_timeout
+    )
+    return guard_connection(conn, driver, facts, telemetry, identity, resolved, asker)
+
+
+def wrap_async(
+    conn: AsyncConnection[Any] | GuardedAsyncConnection,
+    *,
+    policy: PolicySource | None = None,
+    identity: Identity | None = None,
+    tracer_provider: TracerProvider | None = None,
+    meter_provider: MeterProvider | None = None,
+    approver: Callable[[ApprovalRequest], bool] | None = None,
+    approver_timeout: float = 30.0,
+) -> GuardedAsyncConnection:
+    """Guard an open psycopg ``AsyncConnection``, as ``wrap`` guards a blocking one.
+
+    A separate function rather than ``wrap`` detecting it, so that each
+    returns one type: typed overloads would make every ``wrap(raw)`` whose
+    argument a type checker sees as ``Any`` return ``Any``.
+    """
+    if isinstance(conn, GuardedAsyncConnection):
+        return conn
+    if not _drivers.is_async(conn):
+        raise TypeError(
+            f"{type(conn).__name__} is not psycopg's AsyncConnection: use guardeddb.wrap()"
+        )
+    driver, facts, telemetry, resolved, asker = _guard_parts(
+        conn, policy, tracer_provider, meter_provider, approver, approver_timeout
+    )
+    return guard_connection_async(conn, driver, facts, telemetry, identity, resolved, asker)
+
+
+def _guard_parts(
+    conn: Any,
+    policy: PolicySource | None,
+    tracer_provider: TracerProvider | None,
+    meter_provider: MeterProvider | None,
+    approver: Callable[[ApprovalRequest], bool] | None,
+    approver_timeout: float,
+) -> tuple[Driver, ConnectionFacts, Telemetry, Policy, Approver | None]:
+    """What ``wrap`` and ``wrap_async`` build a guard from."""
     resolved = load_policy(policy)
     driver = _drivers.detect(conn)
     facts = _drivers.facts(driver, conn)
     telemetry = Telemetry(driver, facts, tracer_provider, meter_provider)
     asker = Approver(approver, approver_timeout) if approver is not None else None
-    return guard_connection(conn, driver, facts, telemetry, identity, resolved, asker)
+    return driver, facts, telemetry, resolved, asker

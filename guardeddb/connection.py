@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from ._steps import Call, Commit, Sql, Steps
+from ._steps import run as run_steps
 from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
 from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
@@ -33,11 +35,20 @@ from .telemetry import Operation, Telemetry
 _log = logging.getLogger("guardeddb")
 _DECISION_CACHE_SIZE = 8192
 
-__all__ = ["GuardedConnection", "GuardedCursor", "guard_connection"]
+__all__ = [
+    "ConnectionBase",
+    "CursorBase",
+    "GuardedConnection",
+    "GuardedCursor",
+    "guard_connection",
+]
 
 _NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from None
+_FETCH: Any = object()  # "fetch from the driver": no rows were passed in
 # decision, session must be read-only, rows are masked, raw values shown to an unmask identity
 _Verdict = tuple[Decision, bool, bool, bool]
+# the verdict, a dry run's row count, the approval request a held query waits for
+_Settled = tuple[_Verdict, int | None, str | None]
 
 
 class _Guard:
@@ -131,7 +142,12 @@ class _Guard:
         return result
 
     def begin(
-        self, query: Any, raw: Any, batch: int = 0, params: Any = None
+        self,
+        query: Any,
+        raw: Any,
+        batch: int = 0,
+        params: Any = None,
+        drive: Callable[[Any, Steps[_Settled]], _Settled] = run_steps,
     ) -> tuple[Operation | None, Analysis | None]:
         """Analyze, decide and start recording one operation; raise if refused.
 
@@ -139,37 +155,27 @@ class _Guard:
         the analysis when its rows must be masked (None when they need not).
         This is the hot path of every execute: a dict hit for the analysis,
         a contextvar read, a dict hit for the decision, and nothing else when
-        no SDK records.
+        no SDK records. A decision that needs the database or a person first
+        (see ``settle``) has its steps done by ``drive``: blocking here,
+        awaited by the asyncio proxies (``connection_async``).
         """
         analysis = self.cache.get(query) if type(query) is str else None
         if analysis is None:
             analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
-        cached = self.decisions.get((analysis, ident))
-        impact = None
-        if cached is None:
-            if _changes_rows(analysis) and (self.policy.uses_impact or self.approvals):
-                impact = _Impact(self.driver, self.raw, query, params)
-            cached = self.decide(analysis, ident, impact)
-        decision, read_only, masked, unmasked = cached
-        if read_only is not self.read_only:
-            self.switch_session(read_only, analysis, ident)
-        request_id = None
-        if (
-            decision.action == "review"
-            and self.enforce
-            and (self.approvals is not None or self.approver is not None)
-        ):
-            decision, request_id = self.review(
-                decision, analysis, ident, query, raw, params, impact
+        verdict = self.decisions.get((analysis, ident))
+        rows = request_id = None
+        if verdict is None or verdict[1] is not self.read_only or verdict[0].action == "review":
+            verdict, rows, request_id = drive(
+                self.raw, self.settle(analysis, ident, verdict, query, raw, params)
             )
+        decision, _, masked, unmasked = verdict
         audit = self.audit
         op = self.telemetry.start(
             analysis, ident, decision, batch, None if audit is None else (audit, analysis, ident)
         )
         if unmasked and op is not None:
             op.annotate("guardeddb.masking.unmasked", True)
-        rows = impact.count if impact is not None else None
         if rows is not None and op is not None:
             op.annotate("guardeddb.impact.rows", rows)
         if audit is not None:
@@ -204,6 +210,48 @@ class _Guard:
                 raise exc
         return op, (analysis if masked else None)
 
+    def settle(
+        self,
+        analysis: Analysis,
+        ident: Identity | None,
+        verdict: _Verdict | None,
+        query: Any,
+        raw: Any,
+        params: Any,
+    ) -> Steps[_Settled]:
+        """What ``begin`` cannot answer from its caches, as steps: the decision
+        (after a dry run when a rule asks for its row count), the session
+        switched to the mode the identity needs, and a held query's approval.
+
+        Returns the verdict, the dry run's row count (None when not measured)
+        and the approval request a held query waits for.
+        """
+        impact = None
+        if verdict is None:
+            if _changes_rows(analysis) and (self.policy.uses_impact or self.approvals):
+                impact = _Impact()
+            while True:
+                try:
+                    verdict = self.decide(analysis, ident, impact)
+                    break
+                except _Unmeasured:  # a rule needs the count: measure, then decide again
+                    assert impact is not None
+                    yield from impact.measure(self.driver, self.raw, query_text(query, raw), params)
+        decision, read_only, masked, unmasked = verdict
+        if read_only is not self.read_only:
+            yield from self.switch_session(read_only, analysis, ident)
+        request_id = None
+        if (
+            decision.action == "review"
+            and self.enforce
+            and (self.approvals is not None or self.approver is not None)
+        ):
+            decision, request_id = yield from self.review(
+                decision, analysis, ident, query, raw, params, impact
+            )
+            verdict = (decision, read_only, masked, unmasked)
+        return verdict, (impact.count if impact is not None else None), request_id
+
     def review(
         self,
         decision: Decision,
@@ -213,30 +261,36 @@ class _Guard:
         raw: Any,
         params: Any,
         impact: _Impact | None = None,
-    ) -> tuple[Decision, str | None]:
+    ) -> Steps[tuple[Decision, str | None]]:
         """A held query: run it if this exact query was approved (once), else
         file (or find) its pending request, with its measured impact."""
         if self.approver is not None:
-            verdict, by = self.approver.ask(analysis, ident, decision)
+            verdict, by = yield Call(self.approver.ask, (analysis, ident, decision))
             if verdict:
                 return Decision("allow", decision.rule_id, f"approved by {by}"), None
             if self.approvals is None:
                 return Decision("block", decision.rule_id, f"not approved by {by}"), None
         assert self.approvals is not None
-        digest = request_hash(ident, query_text(query, raw), params)
-        granted = self.approvals.consume(digest)
+        text = query_text(query, raw)
+        digest = request_hash(ident, text, params)
+        granted = yield Call(self.approvals.consume, (digest,))
         if granted is not None:
             by = granted.approver or "an approver"
             return Decision(
                 "allow", decision.rule_id, f"approved by {by} (request {granted.id})"
             ), None
-        rid = self.approvals.hold(
-            ident,
-            digest,
-            analysis.sanitized,
-            decision.rule_id,
-            decision.message,
-            impact() if impact is not None else None,
+        if impact is not None and not impact.measured:
+            yield from impact.measure(self.driver, self.raw, text, params)
+        rid = yield Call(
+            self.approvals.hold,
+            (
+                ident,
+                digest,
+                analysis.sanitized,
+                decision.rule_id,
+                decision.message,
+                impact.count if impact is not None else None,
+            ),
         )
         return decision, rid
 
@@ -258,7 +312,9 @@ class _Guard:
             )
         return self.blocked(decision)
 
-    def switch_session(self, read_only: bool, analysis: Analysis, ident: Identity | None) -> None:
+    def switch_session(
+        self, read_only: bool, analysis: Analysis, ident: Identity | None
+    ) -> Steps[None]:
         """Tell the database to refuse (or allow again) writes for this session.
 
         Only between transactions: an identity that must be read-only never
@@ -284,16 +340,12 @@ class _Guard:
             if op is not None:
                 op.failed(exc)
             raise exc
-        cur = raw.cursor()
-        try:
-            for sql in statements:
-                cur.execute(sql)
-        finally:
-            cur.close()
+        for sql in statements:
+            yield Sql(sql)
         if self.driver.in_transaction(raw):
             # psycopg opened a transaction for the SET: close it, so the next
             # statement starts a transaction with the new characteristics.
-            raw.commit()
+            yield Commit()
         self.read_only = read_only
 
     def fail(self, op: Operation, exc: BaseException) -> None:
@@ -338,23 +390,32 @@ def _changes_rows(analysis: Analysis) -> bool:
     return bool(st.kinds & _ROW_CHANGING) or {"insert", "select"} <= st.kinds
 
 
+class _Unmeasured(Exception):
+    """A rule needs a dry run's row count that has not been measured yet."""
+
+
 class _Impact:
-    """The rows a statement would touch, measured by a dry run at most once."""
+    """The rows a statement would touch, measured by a dry run at most once.
 
-    __slots__ = ("_done", "count", "driver", "params", "query", "raw")
+    Called by the policy while it decides; until ``measure`` has run, the
+    call raises ``_Unmeasured`` and ``settle`` measures, then decides again,
+    so the dry run happens only when a rule (or an approval request) asks.
+    """
 
-    def __init__(self, driver: Driver, raw: Any, query: Any, params: Any) -> None:
-        self.driver, self.raw, self.query, self.params = driver, raw, query, params
+    __slots__ = ("count", "measured")
+
+    def __init__(self) -> None:
         self.count: int | None = None
-        self._done = False
+        self.measured = False
 
     def __call__(self) -> int | None:
-        if not self._done:
-            self._done = True
-            self.count = self.driver.dry_run(
-                self.raw, query_text(self.query, self.raw), self.params
-            )
+        if not self.measured:
+            raise _Unmeasured
         return self.count
+
+    def measure(self, driver: Driver, conn: Any, sql: str, params: Any) -> Steps[None]:
+        self.count = yield from driver.dry_run(conn, sql, params)
+        self.measured = True
 
 
 def _audit_trail(policy: Policy, driver: Driver, facts: ConnectionFacts) -> AuditTrail | None:
@@ -382,10 +443,12 @@ def query_text(query: Any, raw: Any) -> str:
     return str(query)
 
 
-class GuardedCursor(wrapt.BaseObjectProxy[Any]):
-    """A driver cursor whose statements are guarded, traced and counted."""
+class CursorBase(wrapt.BaseObjectProxy[Any]):
+    """What every guarded cursor does around the driver's calls, whether it
+    calls them (``GuardedCursor``) or awaits them (``GuardedAsyncCursor``):
+    the span of the current result, its masking, the rows it counts."""
 
-    def __init__(self, wrapped: Any, connection: GuardedConnection) -> None:
+    def __init__(self, wrapped: Any, connection: Any) -> None:
         super().__init__(wrapped)
         self._self_connection = connection
         self._self_guard: _Guard = connection._self_guard
@@ -401,10 +464,114 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         def __getattr__(self, name: str) -> Any: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
 
+    def _self_track(self, op: Operation, raw: Any) -> None:
+        """The statement ran: its span stays open while rows are left to fetch."""
+        op.executed()
+        if raw.description is None:
+            op.end()
+        else:
+            self._self_op = op
+
+    def _self_finish(self, op: Operation) -> None:
+        """End the span of the current result, with what masking did to it."""
+        self._self_op = None
+        mask = self._self_mask
+        if type(mask) is MaskRun:
+            op.masked(mask.plan.masked_columns, mask.count)
+        op.end()
+
+    def _self_done(self) -> None:
+        op = self._self_op
+        if op is not None:
+            self._self_finish(op)
+
+    def _self_new_result(self) -> None:
+        """The cursor moved to another result set: a new description, plan again."""
+        mask = self._self_mask
+        if type(mask) is MaskRun:
+            self._self_mask = mask.analysis
+
+    def _self_mask_run(self) -> MaskRun | None:
+        """The masking of the current result, planned from its description once."""
+        mask = self._self_mask
+        if mask is None or isinstance(mask, MaskRun):
+            return mask
+        raw = self.__wrapped__
+        desc = raw.description
+        names = tuple(str(d[0]) for d in desc) if desc else ()
+        guard = self._self_guard
+        plan = guard.masking.plan(mask, names) if guard.masking is not None else None
+        run = MaskRun(plan, raw, mask) if plan is not None else None
+        self._self_mask = run
+        return run
+
+    # The fetch methods, written once: the blocking cursor uses them as its
+    # own fetchone/fetchmany/fetchall (they call the driver, so each fetch
+    # makes no extra call); the asyncio cursor awaits the driver and passes
+    # what it returned as ``_fetched`` (positional where it can be: a
+    # keyword-only default costs fetchone ~25 ns on CPython 3.11).
+
+    def _self_fetchone(self, _fetched: Any = _FETCH) -> Any:
+        """The next row, masked; the span ends when the result runs out."""
+        row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+        if row is not None and self._self_mask is not None and not self._self_factory_masks:
+            run = self._self_mask_run()
+            if run is not None:
+                row = run.row(row)
+        op = self._self_op
+        if op is not None:
+            if row is None:
+                self._self_finish(op)
+            else:
+                op.rows += 1
+        return row
+
+    def _self_fetchmany(self, *args: Any, _fetched: Any = _FETCH, **kwargs: Any) -> Any:
+        """The next rows, masked; fewer than asked for ends the span."""
+        raw = self.__wrapped__
+        rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
+        if rows and self._self_mask is not None and not self._self_factory_masks:
+            run = self._self_mask_run()
+            if run is not None:
+                rows = run.rows(rows)
+        op = self._self_op
+        if op is not None:
+            op.rows += len(rows)
+            size = args[0] if args else kwargs.get("size")
+            if not rows or len(rows) < (size or raw.arraysize):
+                self._self_finish(op)
+        return rows
+
+    def _self_fetchall(self, _fetched: Any = _FETCH) -> Any:
+        """The remaining rows, masked; the span ends."""
+        rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
+        if rows and self._self_mask is not None and not self._self_factory_masks:
+            run = self._self_mask_run()
+            if run is not None:
+                rows = run.rows(rows)
+        op = self._self_op
+        if op is not None:
+            op.rows += len(rows)
+            self._self_finish(op)
+        return rows
+
+    def __del__(self) -> None:
+        # The finalizer that ends a span whose result was never consumed.
+        if getattr(self, "_self_op", None) is not None:
+            self._self_done()
+
+    def __repr__(self) -> str:
+        return f"<guardeddb.{type(self).__name__} of {self.__wrapped__!r}>"
+
+
+class GuardedCursor(CursorBase):
+    """A driver cursor whose statements are guarded, traced and counted."""
+
     @property
     def connection(self) -> GuardedConnection:
         """The guarded connection (never the raw one)."""
-        return self._self_connection
+        conn: GuardedConnection = self._self_connection
+        return conn
 
     def _self_run(
         self,
@@ -429,14 +596,6 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
                 raise
             self._self_track(op, raw)
         return self if result is raw else result
-
-    def _self_track(self, op: Operation, raw: Any) -> None:
-        """The statement ran: its span stays open while rows are left to fetch."""
-        op.executed()
-        if raw.description is None:
-            op.end()
-        else:
-            self._self_op = op
 
     def execute(self, query: Any, params: Any = _NO_PARAMS, *args: Any, **kwargs: Any) -> Any:
         """Guard, trace and run one statement.
@@ -475,79 +634,13 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         Arguments pass through untouched (PyMySQL calls the sequence ``args``,
         psycopg ``params_seq``, sqlite3 ``parameters``).
         """
-        seq = args[0] if args else next(iter(kwargs.values()), None)
-        batch = len(seq) if isinstance(seq, Sized) else 1
         return self._self_run(
-            self.__wrapped__.executemany, query, (query, *args), kwargs, max(batch, 1)
+            self.__wrapped__.executemany, query, (query, *args), kwargs, batch_size(args, kwargs)
         )
 
-    def _self_finish(self, op: Operation) -> None:
-        """End the span of the current result, with what masking did to it."""
-        self._self_op = None
-        mask = self._self_mask
-        if type(mask) is MaskRun:
-            op.masked(mask.plan.masked_columns, mask.count)
-        op.end()
-
-    def _self_done(self) -> None:
-        op = self._self_op
-        if op is not None:
-            self._self_finish(op)
-
-    def _self_mask_run(self) -> MaskRun | None:
-        """The masking of the current result, planned from its description once."""
-        mask = self._self_mask
-        if mask is None or isinstance(mask, MaskRun):
-            return mask
-        raw = self.__wrapped__
-        desc = raw.description
-        names = tuple(str(d[0]) for d in desc) if desc else ()
-        guard = self._self_guard
-        plan = guard.masking.plan(mask, names) if guard.masking is not None else None
-        run = MaskRun(plan, raw, mask) if plan is not None else None
-        self._self_mask = run
-        return run
-
-    def fetchone(self) -> Any:
-        row = self.__wrapped__.fetchone()
-        if row is not None and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                row = run.row(row)
-        op = self._self_op
-        if op is not None:
-            if row is None:
-                self._self_finish(op)
-            else:
-                op.rows += 1
-        return row
-
-    def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
-        raw = self.__wrapped__
-        rows = raw.fetchmany(*args, **kwargs)
-        if rows and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                rows = run.rows(rows)
-        op = self._self_op
-        if op is not None:
-            op.rows += len(rows)
-            size = args[0] if args else kwargs.get("size")
-            if not rows or len(rows) < (size or raw.arraysize):
-                self._self_finish(op)
-        return rows
-
-    def fetchall(self) -> Any:
-        rows = self.__wrapped__.fetchall()
-        if rows and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                rows = run.rows(rows)
-        op = self._self_op
-        if op is not None:
-            op.rows += len(rows)
-            self._self_finish(op)
-        return rows
+    fetchone = CursorBase._self_fetchone
+    fetchmany = CursorBase._self_fetchmany
+    fetchall = CursorBase._self_fetchall
 
     def __iter__(self) -> Iterator[Any]:
         return self
@@ -576,13 +669,17 @@ class GuardedCursor(wrapt.BaseObjectProxy[Any]):
         self._self_done()
         return self.__wrapped__.__exit__(*exc_info)
 
-    def __del__(self) -> None:
-        # The finalizer that ends a span whose result was never consumed.
-        if getattr(self, "_self_op", None) is not None:
-            self._self_done()
 
-    def __repr__(self) -> str:
-        return f"<guardeddb.GuardedCursor of {self.__wrapped__!r}>"
+def query_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The parameters of a driver call ``(query, *args, **kwargs)``, for
+    approvals and dry runs: psycopg names them ``params``."""
+    return args[0] if args else kwargs.get("params")
+
+
+def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """``db.operation.batch.size`` of an executemany: its parameter sets (1 if unsized)."""
+    seq = args[0] if args else next(iter(kwargs.values()), None)
+    return max(len(seq) if isinstance(seq, Sized) else 1, 1)
 
 
 class _ExecuteScript:
@@ -595,10 +692,25 @@ class _ExecuteScript:
 class _NextSet:
     def nextset(self: Any) -> Any:
         """Move to the next result set; its rows are counted (and masked) too."""
-        mask = self._self_mask
-        if type(mask) is MaskRun:
-            self._self_mask = mask.analysis  # a new description: plan again
+        self._self_new_result()
         return self.__wrapped__.nextset()
+
+
+class _Results:
+    def results(self: Any) -> Iterator[Any]:
+        """psycopg's ``results()``: each result set through this guarded cursor
+        (the driver's yields itself, whose rows would not be masked)."""
+        for _ in self.__wrapped__.results():
+            self._self_new_result()
+            yield self
+
+
+class _SetResult:
+    def set_result(self: Any, index: int) -> Any:
+        """psycopg's ``set_result()``: returns this guarded cursor, not the driver's."""
+        self.__wrapped__.set_result(index)
+        self._self_new_result()
+        return self
 
 
 class _CallProc:
@@ -612,32 +724,40 @@ class _Stream:
         """psycopg's ``stream()``: guarded, traced, rows counted as they flow."""
         self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = self._self_guard.begin(query, raw)
+        op, self._self_mask = self._self_guard.begin(query, raw, 0, query_params(args, kwargs))
         return _streamed(self, op, raw.stream(query, *args, **kwargs))
 
 
 def _streamed(cursor: Any, op: Operation | None, rows: Iterator[Any]) -> Iterator[Any]:
-    guard: _Guard = cursor._self_guard
     if op is None and cursor._self_mask is None:
         yield from rows
         return
     try:
         for row in rows:
-            run = None if cursor._self_factory_masks else cursor._self_mask_run()
-            if op is not None:
-                op.rows += 1
-            yield row if run is None else run.row(row)
+            yield streamed_row(cursor, op, row)
     except BaseException as exc:
-        if op is not None:
-            if isinstance(exc, GeneratorExit):
-                op.executed()
-                op.end()
-            else:
-                guard.fail(op, exc)
+        stream_ended(cursor, op, exc)
         raise
+    stream_ended(cursor, op, None)
+
+
+def streamed_row(cursor: Any, op: Operation | None, row: Any) -> Any:
+    """One row of a ``stream()``: masked and counted as it flows."""
+    run = None if cursor._self_factory_masks else cursor._self_mask_run()
     if op is not None:
+        op.rows += 1
+    return row if run is None else run.row(row)
+
+
+def stream_ended(cursor: Any, op: Operation | None, exc: BaseException | None) -> None:
+    """A ``stream()`` ran out, was closed early (GeneratorExit) or failed."""
+    if op is None:
+        return
+    if exc is None or isinstance(exc, GeneratorExit):
         op.executed()
         op.end()
+    else:
+        cursor._self_guard.fail(op, exc)
 
 
 _ROWS_GUARDEDDB_REBUILDS: list[Any] = [None, sqlite3.Row]
@@ -705,8 +825,9 @@ class _Copy:
         return self._self_guard.run(raw, raw.copy, statement, (statement, *args), kwargs)
 
 
-class GuardedConnection(wrapt.BaseObjectProxy[Any]):
-    """A driver connection whose cursors are all guarded."""
+class ConnectionBase(wrapt.BaseObjectProxy[Any]):
+    """What every guarded connection shares, blocking (``GuardedConnection``)
+    or asyncio (``GuardedAsyncConnection``): its guard and guarded cursors."""
 
     def __init__(self, wrapped: Any, guard: _Guard) -> None:
         super().__init__(wrapped)
@@ -717,13 +838,37 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
         def __getattr__(self, name: str) -> Any: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
 
-    def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
-        """A guarded cursor; arguments go to the driver's ``cursor()``."""
-        raw = self.__wrapped__.cursor(*args, **kwargs)
-        cur: GuardedCursor = _cursor_class(type(raw))(raw, self)
+    def _self_guarded(self, raw: Any, base: type[CursorBase], mixins: Any) -> Any:
+        """The driver's cursor ``raw`` wrapped in ``base`` and the mixins its type needs."""
+        cur = _compose(base, type(raw), mixins)(raw, self)
         factory = getattr(raw, "row_factory", None)
         if not _rebuilt(factory) and hasattr(cur, "_self_adopt_factory"):
             cur._self_adopt_factory(factory)
+        return cur
+
+    def _self_transaction(self, event: str) -> None:
+        """A COMMIT or ROLLBACK went through the connection: audit it."""
+        audit = self._self_guard.audit
+        if audit is not None:
+            audit.ended_transaction(event, _current.get() or self._self_guard.identity)
+
+    @property
+    def guardeddb_identity(self) -> Identity | None:
+        """This connection's default identity (a context identity wins)."""
+        return self._self_guard.identity
+
+    def __repr__(self) -> str:
+        return f"<guardeddb.{type(self).__name__} of {self.__wrapped__!r}>"
+
+
+class GuardedConnection(ConnectionBase):
+    """A driver connection whose cursors are all guarded."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
+        """A guarded cursor; arguments go to the driver's ``cursor()``."""
+        cur: GuardedCursor = self._self_guarded(
+            self.__wrapped__.cursor(*args, **kwargs), GuardedCursor, _CURSOR_MIXINS
+        )
         return cur
 
     def __enter__(self) -> GuardedConnection:
@@ -744,11 +889,6 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
         self.__wrapped__.rollback()
         self._self_transaction("rollback")
 
-    def _self_transaction(self, event: str) -> None:
-        audit = self._self_guard.audit
-        if audit is not None:
-            audit.ended_transaction(event, _current.get() or self._self_guard.identity)
-
     def close(self) -> None:
         """Close the connection, ending the spans (and audit results) left open."""
         guard = self._self_guard
@@ -756,14 +896,6 @@ class GuardedConnection(wrapt.BaseObjectProxy[Any]):
         self.__wrapped__.close()
         if guard.audit is not None:
             guard.audit.close()
-
-    @property
-    def guardeddb_identity(self) -> Identity | None:
-        """This connection's default identity (a context identity wins)."""
-        return self._self_guard.identity
-
-    def __repr__(self) -> str:
-        return f"<guardeddb.GuardedConnection of {self.__wrapped__!r}>"
 
 
 class _ConnExecute:
@@ -839,6 +971,8 @@ class _BlobOpen:
 _CURSOR_MIXINS = (
     ("executescript", _ExecuteScript),
     ("nextset", _NextSet),
+    ("results", _Results),
+    ("set_result", _SetResult),
     ("callproc", _CallProc),
     ("stream", _Stream),
     ("copy", _Copy),
@@ -869,10 +1003,6 @@ def _compose(base: type[Any], raw_type: type[Any], mixins: Any) -> type[Any]:
         cls = type(base.__name__, (*bases, base), {"__module__": "guardeddb"})
         _CLASSES[key] = cls
     return cls
-
-
-def _cursor_class(raw_type: type[Any]) -> type[GuardedCursor]:
-    return _compose(GuardedCursor, raw_type, _CURSOR_MIXINS)
 
 
 def guard_connection(

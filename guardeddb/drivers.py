@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -18,7 +19,18 @@ from types import ModuleType
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
-__all__ = ["ConnectionFacts", "Driver", "connect_url", "detect", "facts", "unguarded"]
+from ._steps import Sql, Steps
+
+__all__ = [
+    "ConnectionFacts",
+    "Driver",
+    "connect_url",
+    "connect_url_async",
+    "detect",
+    "facts",
+    "is_async",
+    "unguarded",
+]
 
 # True while guardeddb opens a connection of its own: see unguarded().
 _UNGUARDED: ContextVar[bool] = ContextVar("guardeddb_unguarded", default=False)
@@ -57,38 +69,35 @@ class Driver:
         err = getattr(mod, "ProgrammingError", None)
         return err if isinstance(err, type) and issubclass(err, BaseException) else None
 
-    def dry_run(self, conn: Any, sql: str, params: Any) -> int | None:
+    def dry_run(self, conn: Any, sql: str, params: Any) -> Steps[int | None]:
         """How many rows ``sql`` would touch: run inside a SAVEPOINT, then
         rolled back. None when it cannot be measured safely (an unknown
-        driver, a statement that fails, a count the driver does not give)."""
+        driver, a statement that fails, a count the driver does not give).
+
+        Written as steps (see ``_steps``) so that a blocking and an asyncio
+        connection run the same statements."""
         if self.module not in ("sqlite3", "psycopg", "pymysql"):
             return None
-        cur = conn.cursor()
         opened = False
         try:
             if not self.in_transaction(conn) and self._autocommit(conn):
-                cur.execute("BEGIN")  # a savepoint needs a transaction to live in
+                yield Sql("BEGIN")  # a savepoint needs a transaction to live in
                 opened = True
-            cur.execute("SAVEPOINT guardeddb_dry_run")
+            yield Sql("SAVEPOINT guardeddb_dry_run")
             try:
-                if params is None:
-                    cur.execute(sql)
-                else:
-                    cur.execute(sql, params)
-                count = cur.rowcount
+                count = yield Sql(sql, params)
             except Exception:
                 count = -1
             finally:
-                cur.execute("ROLLBACK TO SAVEPOINT guardeddb_dry_run")
-                cur.execute("RELEASE SAVEPOINT guardeddb_dry_run")
+                yield Sql("ROLLBACK TO SAVEPOINT guardeddb_dry_run")
+                yield Sql("RELEASE SAVEPOINT guardeddb_dry_run")
             return count if isinstance(count, int) and count >= 0 else None
         except Exception:
             return None
         finally:
             if opened:
                 with contextlib.suppress(Exception):  # the rollback of nothing cannot matter
-                    cur.execute("ROLLBACK")
-            cur.close()
+                    yield Sql("ROLLBACK")
 
     def _autocommit(self, conn: Any) -> bool:
         if self.module == "sqlite3":
@@ -255,6 +264,25 @@ def connect_url(url: str, kwargs: dict[str, Any]) -> Any:
         raise ValueError(f"unsupported database URL {scheme or url!r}: use one of {known}")
     with unguarded():
         return opener(url, kwargs)
+
+
+async def connect_url_async(url: str, kwargs: dict[str, Any]) -> Any:
+    """Open a raw asyncio connection for a ``postgresql://`` URL (psycopg's
+    ``AsyncConnection``; the other drivers guardeddb knows have no asyncio API)."""
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if scheme.split("+", 1)[0] not in ("postgresql", "postgres"):
+        raise ValueError(
+            f"unsupported database URL {scheme or url!r} for asyncio: use postgresql://"
+        )
+    import psycopg
+
+    return await psycopg.AsyncConnection.connect(url, **kwargs)
+
+
+def is_async(conn: Any) -> bool:
+    """Whether ``conn`` is an asyncio connection (psycopg's ``AsyncConnection``)."""
+    psycopg = sys.modules.get("psycopg")  # a psycopg connection means psycopg is imported
+    return psycopg is not None and isinstance(conn, psycopg.AsyncConnection)
 
 
 def connect_callable(target: Any) -> Callable[..., Any]:

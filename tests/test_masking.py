@@ -266,6 +266,29 @@ def test_copy_to_stdout_is_refused_for_masked_identities(pg_backend: Backend) ->
     conn.close()
 
 
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
+def test_psycopg_results_and_set_result_hand_back_the_guarded_cursor(
+    backend: Backend, shop: Shop
+) -> None:
+    """psycopg's results() and set_result() return this cursor, re-planned for
+    each result set: the driver's own return themselves, unmasked (a leak)."""
+    conn = guardeddb.connect(backend.url, policy=SHOP_POLICY)
+    cur = conn.cursor()
+    two = shop.sql("SELECT id, 'x' FROM {c}; SELECT email, notes, id FROM {c}")
+    with guardeddb.identity(AGENT):
+        cur.execute(two)
+        assert [res is cur for res in cur.results()] == [True, True]
+        cur.execute(two)
+        rows = [row for res in cur.results() for row in res.fetchall()]
+        assert len(rows) == 6 and _leaked(rows) == []
+        cur.execute(two)
+        assert cur.set_result(-1) is cur
+        assert _leaked(cur.fetchall()) == []
+    conn.close()
+
+
 def test_spans_count_masked_columns_and_values(backend: Backend, shop: Shop, otel: Otel) -> None:
     """guardeddb.masked.columns and .values are counts; unmasked reads are flagged."""
     conn = guardeddb.connect(backend.url, policy=SHOP_POLICY, tracer_provider=otel.tracer_provider)

@@ -1,0 +1,292 @@
+"""GuardedAsyncConnection and GuardedAsyncCursor: psycopg's asyncio API, guarded.
+
+The same guard as the blocking proxies in ``connection.py`` decides,
+masks, traces and audits; these proxies differ from those only in awaiting
+the driver. What a decision needs from the database or from a person (a dry
+run, the session switched to read-only, an approver's answer, the approval
+store) is the same list of steps (``_steps``), awaited here, with blocking
+calls moved to a thread.
+
+One guarded connection serves one task at a time, as a psycopg connection
+does: tasks that share it interleave between its awaits, so the read-only
+session one identity asked for may be switched back by another before its
+query runs (the policy still refuses that identity's writes). Give each task
+its own connection, or one from a pool, each wrapped once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from ._steps import Steps, run_async
+from .connection import (
+    ConnectionBase,
+    CursorBase,
+    _compose,
+    _Guard,
+    _NextSet,
+    _RowFactory,
+    _Settled,
+    batch_size,
+    query_params,
+    stream_ended,
+    streamed_row,
+)
+from .identity import Identity
+
+if TYPE_CHECKING:
+    from .approvals import Approver
+    from .drivers import ConnectionFacts, Driver
+    from .policy.model import Policy
+    from .sql.analysis import Analysis
+    from .telemetry import Operation, Telemetry
+
+__all__ = ["GuardedAsyncConnection", "GuardedAsyncCursor", "guard_connection_async"]
+
+
+class _Deferred(Exception):
+    """``_Guard.begin`` reached steps that must be awaited; they travel out in here."""
+
+    def __init__(self, steps: Steps[_Settled]) -> None:
+        super().__init__()
+        self.steps = steps
+
+
+def _defer(conn: Any, steps: Steps[_Settled]) -> NoReturn:
+    raise _Deferred(steps)
+
+
+async def begin(
+    guard: _Guard, query: Any, raw: Any, batch: int = 0, params: Any = None
+) -> tuple[Operation | None, Analysis | None]:
+    """``_Guard.begin`` for an asyncio connection.
+
+    A cached decision needs nothing awaited: one call, as on the blocking
+    path. Otherwise begin hands out the steps it would have blocked on; they
+    are awaited, and begin runs again with their result.
+    """
+    try:
+        return guard.begin(query, raw, batch, params, _defer)
+    except _Deferred as deferred:
+        settled = await run_async(guard.raw, deferred.steps)
+
+    def replay(conn: Any, steps: Steps[_Settled]) -> _Settled:
+        steps.close()  # never started: the work is done
+        return settled
+
+    return guard.begin(query, raw, batch, params, replay)
+
+
+class GuardedAsyncCursor(CursorBase):
+    """A psycopg ``AsyncCursor`` (or ``AsyncServerCursor``) whose statements
+    are guarded, traced and counted, and whose rows are masked."""
+
+    @property
+    def connection(self) -> GuardedAsyncConnection:
+        """The guarded connection (never the raw one)."""
+        conn: GuardedAsyncConnection = self._self_connection
+        return conn
+
+    async def _self_run(
+        self,
+        method: Any,
+        query: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        params: Any,
+        batch: int = 0,
+    ) -> Any:
+        """Guard ``query``, then await ``method(*args, **kwargs)``; the span
+        stays open while the statement has rows left to fetch."""
+        self._self_done()
+        raw = self.__wrapped__
+        op, self._self_mask = await begin(self._self_guard, query, raw, batch, params)
+        try:
+            result = await method(*args, **kwargs)
+        except BaseException as exc:
+            if op is not None:
+                self._self_guard.fail(op, exc)
+            raise
+        if op is not None:
+            self._self_track(op, raw)
+        return self if result is raw else result
+
+    async def execute(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """Guard, trace and run one statement; arguments reach the driver as given."""
+        return await self._self_run(
+            self.__wrapped__.execute, query, (query, *args), kwargs, query_params(args, kwargs)
+        )
+
+    async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
+        """Guard and run a statement for each parameter set, as one BATCH span."""
+        return await self._self_run(
+            self.__wrapped__.executemany,
+            query,
+            (query, *args),
+            kwargs,
+            args or None,
+            batch_size(args, kwargs),
+        )
+
+    async def fetchone(self) -> Any:
+        return self._self_fetchone(_fetched=await self.__wrapped__.fetchone())
+
+    async def fetchmany(self, *args: Any, **kwargs: Any) -> Any:
+        rows = await self.__wrapped__.fetchmany(*args, **kwargs)
+        return self._self_fetchmany(*args, _fetched=rows, **kwargs)
+
+    async def fetchall(self) -> Any:
+        return self._self_fetchall(_fetched=await self.__wrapped__.fetchall())
+
+    def __aiter__(self) -> GuardedAsyncCursor:
+        return self
+
+    async def __anext__(self) -> Any:
+        row = await self.fetchone()
+        if row is None:
+            raise StopAsyncIteration
+        return row
+
+    async def close(self) -> None:
+        self._self_done()
+        await self.__wrapped__.close()
+
+    async def __aenter__(self) -> GuardedAsyncCursor:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        self._self_done()
+        return await self.__wrapped__.__aexit__(*exc_info)
+
+
+class _Stream:
+    async def stream(self: Any, query: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """psycopg's ``stream()``: guarded when iteration starts (as the driver
+        runs nothing before), rows masked and counted as they flow."""
+        self._self_done()
+        raw = self.__wrapped__
+        op, self._self_mask = await begin(
+            self._self_guard, query, raw, 0, query_params(args, kwargs)
+        )
+        # Closed here, not left to the garbage collector: it holds the connection's lock.
+        async with contextlib.aclosing(raw.stream(query, *args, **kwargs)) as rows:
+            if op is None and self._self_mask is None:
+                async for row in rows:
+                    yield row
+                return
+            try:
+                async for row in rows:
+                    yield streamed_row(self, op, row)
+            except BaseException as exc:
+                stream_ended(self, op, exc)
+                raise
+            stream_ended(self, op, None)
+
+
+class _Results:
+    async def results(self: Any) -> AsyncIterator[Any]:
+        """psycopg's ``results()``: each result set through this guarded cursor."""
+        async for _ in self.__wrapped__.results():
+            self._self_new_result()
+            yield self
+
+
+class _SetResult:
+    async def set_result(self: Any, index: int) -> Any:
+        """psycopg's ``set_result()``: returns this guarded cursor, not the driver's."""
+        await self.__wrapped__.set_result(index)
+        self._self_new_result()
+        return self
+
+
+class _Copy:
+    @contextlib.asynccontextmanager
+    async def copy(self: Any, statement: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        """psycopg's ``copy()``: the COPY statement is guarded like any other
+        when the block is entered; its span lasts as long as the block."""
+        self._self_done()
+        raw = self.__wrapped__
+        guard: _Guard = self._self_guard
+        op, _ = await begin(guard, statement, raw, 0, query_params(args, kwargs))
+        try:
+            async with raw.copy(statement, *args, **kwargs) as copy:
+                yield copy
+        except BaseException as exc:
+            if op is not None:
+                guard.fail(op, exc)
+            raise
+        if op is not None:
+            op.executed()
+            op.end()
+
+
+_CURSOR_MIXINS = (
+    ("nextset", _NextSet),
+    ("results", _Results),
+    ("set_result", _SetResult),
+    ("stream", _Stream),
+    ("copy", _Copy),
+    ("row_factory", _RowFactory),
+)
+
+
+class GuardedAsyncConnection(ConnectionBase):
+    """A psycopg ``AsyncConnection`` whose cursors are all guarded."""
+
+    def cursor(self, *args: Any, **kwargs: Any) -> GuardedAsyncCursor:
+        """A guarded cursor (a server-side one with ``name=``); arguments go
+        to the driver's ``cursor()``, which psycopg does not await either."""
+        cur: GuardedAsyncCursor = self._self_guarded(
+            self.__wrapped__.cursor(*args, **kwargs), GuardedAsyncCursor, _CURSOR_MIXINS
+        )
+        return cur
+
+    async def execute(self, *args: Any, **kwargs: Any) -> Any:
+        """``await conn.execute()`` goes through a guarded cursor."""
+        return await self.cursor().execute(*args, **kwargs)
+
+    async def __aenter__(self) -> GuardedAsyncConnection:
+        await self.__wrapped__.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> Any:
+        self._self_guard.telemetry.end_all()
+        return await self.__wrapped__.__aexit__(*exc_info)
+
+    async def commit(self) -> None:
+        """Commit, and record it in the audit trail."""
+        await self.__wrapped__.commit()
+        self._self_transaction("commit")
+
+    async def rollback(self) -> None:
+        """Roll back, and record it in the audit trail."""
+        await self.__wrapped__.rollback()
+        self._self_transaction("rollback")
+
+    async def close(self) -> None:
+        """Close the connection, ending the spans (and audit results) left open."""
+        guard = self._self_guard
+        guard.telemetry.end_all()
+        await self.__wrapped__.close()
+        if guard.audit is not None:
+            guard.audit.close()
+
+
+def guard_connection_async(
+    raw: Any,
+    driver: Driver,
+    facts: ConnectionFacts,
+    telemetry: Telemetry,
+    identity: Identity | None,
+    policy: Policy,
+    approver: Approver | None = None,
+) -> GuardedAsyncConnection:
+    """Wrap a raw ``AsyncConnection``; used by ``connect_async`` and ``wrap``."""
+    cls = _compose(GuardedAsyncConnection, type(raw), ())
+    conn: GuardedAsyncConnection = cls(
+        raw, _Guard(raw, driver, facts, telemetry, identity, policy, approver)
+    )
+    return conn
