@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import sqlite3
+import sys
 from collections.abc import Callable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
@@ -760,19 +761,18 @@ def stream_ended(cursor: Any, op: Operation | None, exc: BaseException | None) -
         cursor._self_guard.fail(op, exc)
 
 
-_ROWS_GUARDEDDB_REBUILDS: list[Any] = [None, sqlite3.Row]
-try:  # psycopg's own factories make tuples, dicts and namedtuples, rebuilt after fetching
-    from psycopg.rows import dict_row, namedtuple_row, tuple_row
-
-    _ROWS_GUARDEDDB_REBUILDS += [tuple_row, dict_row, namedtuple_row]
-except ImportError:  # pragma: no cover - psycopg is an extra
-    pass
-
-
 def _rebuilt(factory: Any) -> bool:
-    """Whether guardeddb rebuilds this factory's rows itself (by identity:
-    a factory object need not be hashable or comparable)."""
-    return any(factory is known for known in _ROWS_GUARDEDDB_REBUILDS)
+    """Whether guardeddb rebuilds this factory's rows itself: sqlite3's
+    defaults and psycopg's tuple, dict and namedtuple rows (by identity: a
+    factory object need not be hashable or comparable). psycopg.rows is only
+    looked up, never imported: a psycopg factory means it is loaded, and
+    importing it would cost every sqlite-only user ~0.1 s at import."""
+    if factory is None or factory is sqlite3.Row:
+        return True
+    rows = sys.modules.get("psycopg.rows")
+    return rows is not None and any(
+        factory is known for known in (rows.tuple_row, rows.dict_row, rows.namedtuple_row)
+    )
 
 
 class _RowFactory:
