@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from typing import Any
 
 import pytest
@@ -646,3 +647,19 @@ def test_sqlite_shortcuts_are_judged_as_the_statements_they_amount_to(tmp_path: 
     )
     assert any("CREATE TABLE files" in line for line in permissive.iterdump())
     permissive.close()
+
+
+def test_own_command_fallbacks_do_not_log_but_others_still_do(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """sqlglot's 'Falling back to parsing as a Command' warning is noise for the
+    statements guardeddb judges itself (SQLAlchemy's SHOW at connect), and only
+    for those: the application's own sqlglot calls still log it."""
+    import sqlglot
+
+    with caplog.at_level(logging.WARNING, logger="sqlglot"):
+        analysis = analyze(f"SHOW gdb_{uuid.uuid4().hex} standard_conforming_strings", "postgres")
+        assert analysis.statements[0].kind == "show"
+        assert not caplog.records
+        sqlglot.parse("SHOW gdb_unrelated thing", read="postgres")
+    assert any("Falling back" in r.getMessage() for r in caplog.records)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from itertools import pairwise
@@ -20,6 +22,21 @@ __all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for"]
 #: statements, and the cache must stay bounded when they do not.
 CACHE_SIZE = 4096
 MAX_CACHED_TEXT = 64 * 1024
+
+
+# sqlglot logs a warning for every statement it reads as an opaque Command
+# (PostgreSQL's SHOW, which SQLAlchemy sends at connect). guardeddb judges
+# those itself (fail closed), so for its own parses the warning is noise in
+# the application's logs; other sqlglot users still see it.
+_PARSING: ContextVar[bool] = ContextVar("guardeddb_parsing", default=False)
+
+
+class _OwnCommandFallbacks(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (_PARSING.get() and "Falling back to parsing as a 'Command'" in str(record.msg))
+
+
+logging.getLogger("sqlglot").addFilter(_OwnCommandFallbacks())
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -191,12 +208,15 @@ def _statements(
         if control is not None:
             statements.append(control)
             continue
+        parsing = _PARSING.set(True)
         try:
             trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(chunk, sql)
         except Exception as exc:  # any parser failure, even its own bugs: not understood
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             statements.append(Statement.unknown(f"parse error: {first[:200]}"))
             continue
+        finally:
+            _PARSING.reset(parsing)
         text = sql[chunk[0].start : chunk[-1].end + 1]
         for tree in trees:
             if tree is None:
