@@ -424,6 +424,22 @@ def setup_sqlite() -> sqlite3.Connection:
     return conn
 
 
+def open_postgres(dsn: str, skip: bool, info: dict[str, str]) -> tuple[Any, str]:
+    """The benchmark's PostgreSQL connection (its version noted in ``info``),
+    or None and the line that says why the PostgreSQL part is skipped."""
+    if skip:
+        return None, "PostgreSQL: skipped (--no-pg)"
+    try:
+        conn = setup_postgres(dsn)
+    except Exception as exc:
+        reason = " ".join(str(exc).split())
+        return None, (
+            f"PostgreSQL: skipped, {redact(dsn)} not reachable ({type(exc).__name__}: {reason})"
+        )
+    info["postgresql-server"] = str(conn.info.server_version)
+    return conn, ""
+
+
 def setup_postgres(dsn: str) -> Any:
     """A raw psycopg connection with TEMP tables, or raise if unreachable."""
     import psycopg
@@ -767,36 +783,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.extend(done)
     all_cases.extend(cases)
 
-    pg_note = ""
-    if args.no_pg:
-        pg_note = "PostgreSQL: skipped (--no-pg)"
-    else:
-        try:
-            pg_conn = setup_postgres(args.pg_dsn)
-        except Exception as exc:
-            reason = " ".join(str(exc).split())
-            pg_note = (
-                f"PostgreSQL: skipped, {redact(args.pg_dsn)} not reachable"
-                f" ({type(exc).__name__}: {reason})"
-            )
-        else:
-            info["postgresql-server"] = str(pg_conn.info.server_version)
-            gc.collect()
-            gc.freeze()
-            cases, done = bench_database(
-                "psycopg",
-                pg_conn,
-                "postgresql",
-                "%s",
-                plan.pg_point,
-                plan.pg_all,
-                plan.warmup,
-                sdk,
-                checks,
-            )
-            results.extend(done)
-            all_cases.extend(cases)
-            pg_conn.close()
+    pg_conn, pg_note = open_postgres(args.pg_dsn, args.no_pg, info)
+    if pg_conn is not None:
+        gc.collect()
+        gc.freeze()
+        cases, done = bench_database(
+            "psycopg",
+            pg_conn,
+            "postgresql",
+            "%s",
+            plan.pg_point,
+            plan.pg_all,
+            plan.warmup,
+            sdk,
+            checks,
+        )
+        results.extend(done)
+        all_cases.extend(cases)
+        pg_conn.close()
     if pg_note:
         print()
         print(pg_note.strip())

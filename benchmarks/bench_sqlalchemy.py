@@ -66,8 +66,7 @@ from benchmarks.bench_query import (
     fmt_us,
     guardeddb_records,
     odd,
-    redact,
-    setup_postgres,
+    open_postgres,
     setup_sqlite,
     versions,
 )
@@ -377,30 +376,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     results.extend(done)
     all_cases.extend(cases)
 
-    pg_note = ""
-    if args.no_pg:
-        pg_note = "PostgreSQL: skipped (--no-pg)"
-    else:
-        try:
-            pg_conn = setup_postgres(args.pg_dsn)
-        except Exception as exc:
-            reason = " ".join(str(exc).split())
-            pg_note = (
-                f"PostgreSQL: skipped, {redact(args.pg_dsn)} not reachable"
-                f" ({type(exc).__name__}: {reason})"
-            )
-        else:
-            info["postgresql-server"] = str(pg_conn.info.server_version)
-            gc.collect()
-            gc.freeze()
-            cases, done = bench_database(
-                "postgresql+psycopg", pg_conn, plan, args.rows, sdk, checks, pg=True
-            )
-            results.extend(done)
-            all_cases.extend(cases)
-            for case in cases:
-                case.engine.dispose()
-            pg_conn.close()
+    pg_conn, pg_note = open_postgres(args.pg_dsn, args.no_pg, info)
+    if pg_conn is not None:
+        gc.collect()
+        gc.freeze()
+        cases, done = bench_database(
+            "postgresql+psycopg", pg_conn, plan, args.rows, sdk, checks, pg=True
+        )
+        results.extend(done)
+        all_cases.extend(cases)
+        for case in cases:
+            case.engine.dispose()
+        pg_conn.close()
     if pg_note:
         print()
         print(pg_note)
