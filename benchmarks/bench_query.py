@@ -424,6 +424,14 @@ def setup_sqlite() -> sqlite3.Connection:
     return conn
 
 
+def write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write a run's figures for ``--json`` and say where."""
+    with open(path, "w", encoding="utf-8") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+    print(f"Wrote {path}")
+
+
 def open_postgres(dsn: str, skip: bool, info: dict[str, str]) -> tuple[Any, str]:
     """The benchmark's PostgreSQL connection (its version noted in ``info``),
     or None and the line that says why the PostgreSQL part is skipped."""
@@ -821,10 +829,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checks": checks,
             "workloads": {r.workload.key: result_json(r) for r in results},
         }
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        print(f"Wrote {args.json}")
+        write_json(args.json, payload)
     sqlite_conn.close()
     return 0
 

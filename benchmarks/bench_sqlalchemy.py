@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import os
 import sys
 import time
@@ -69,6 +68,7 @@ from benchmarks.bench_query import (
     open_postgres,
     setup_sqlite,
     versions,
+    write_json,
 )
 from guardeddb.integrations.sqlalchemy import guard_engine
 
@@ -406,10 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "checks": checks,
             "workloads": {r.workload.key: result_json(r) for r in results},
         }
-        with open(args.json, "w", encoding="utf-8") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
-        print(f"Wrote {args.json}")
+        write_json(args.json, payload)
     sqlite_conn.close()
     return 0
 

@@ -35,6 +35,7 @@ from guardeddb.audit import verify
 from .fix_db import PERMISSIVE, Backend
 from .fix_otel import Otel
 from .fix_shop import SECRETS, SHOP_POLICY, Shop
+from .test_approvals import IMPACT_POLICY
 
 pytestmark = pytest.mark.pg
 
@@ -212,20 +213,6 @@ def test_read_only_identity_gets_a_read_only_session(backend: Backend, table: st
 
     run(main())
     assert _count(backend, table) == 2
-
-
-IMPACT_POLICY: dict[str, Any] = {
-    "version": 1,
-    "extends": ["agent-safe"],
-    "rules": [
-        {
-            "id": "mass-change",
-            "match": {"statements": ["update", "delete"], "affected_rows": {"gt": 1}},
-            "action": "block",
-            "message": "touches more than one row",
-        },
-    ],
-}
 
 
 @pytest.mark.parametrize("autocommit", [False, True])
