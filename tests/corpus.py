@@ -47,7 +47,8 @@ CORPUS: list[Case] = [
     Case("SELECT * FROM {t} WHERE id = ?", A, A),
     Case("SELECT * FROM {t};", A, A),
     Case("SELECT * FROM {t}; -- trailing comment", A, A),
-    Case("SELECT * FROM {t} FOR UPDATE", A, A, "pm"),
+    # row locks held as long as the transaction stays open (issue #10)
+    Case("SELECT * FROM {t} FOR UPDATE", B, B, "pm"),
     Case('SELECT "select" FROM (SELECT 1 AS "select") s', A, A, "ps"),
     Case("SELECT `select` FROM (SELECT 1 AS `select`) s", A, A, "m"),
     Case("SELECT * FROM {t} WHERE \"name\" = 'x'", A, A, "ps"),
@@ -80,9 +81,14 @@ CORPUS: list[Case] = [
     Case("BEGIN READ WRITE", B, B, "p"),
     Case("START TRANSACTION READ WRITE", B, B, "pm"),
     # --- session settings that are harmless, and those that are not
-    Case("SET search_path = public", A, A, "p"),
+    # search_path is fixed at connect: table rules resolve by it (issue #10)
+    Case("SET search_path = public", B, B, "p"),
     Case("SET statement_timeout = 0", A, A, "p"),
-    Case("SET NAMES utf8mb4", A, A, "m"),
+    Case("SET NAMES utf8mb4", A, A, "m"),  # ASCII-safe: same tokens; SQLAlchemy sends it
+    # changes how the server reads SQL text: refused by the kernel (issue #10)
+    Case("SET NAMES gbk", B, B, "m"),
+    Case("SET sql_mode = 'NO_BACKSLASH_ESCAPES'", B, B, "m"),
+    Case("SET standard_conforming_strings = off", B, B, "p"),
     Case("SET autocommit = 1", A, A, "m"),
     Case("USE test", A, A, "m"),
     Case("SET default_transaction_read_only = off", B, B, "p"),
@@ -113,7 +119,9 @@ CORPUS: list[Case] = [
     Case("INSERT INTO {t} (id) VALUES (1) ON DUPLICATE KEY UPDATE name = 'x'", A, B, "m"),
     Case("INSERT OR REPLACE INTO {t} (id, name) VALUES (1, 'x')", A, B, "s"),
     Case("DELETE FROM {t} WHERE id = 1 -- OR 1=1", A, B),
-    Case("CALL some_procedure()", A, B, "pm"),
+    # a procedure's body is opaque: it could read the credential catalogs
+    # agent-safe refuses (issue #10)
+    Case("CALL some_procedure()", B, B, "pm"),
     # --- mass writes: no WHERE, or one that is always true
     Case("DELETE FROM {t}", B, B),
     Case("delete from {t}", B, B),

@@ -175,8 +175,14 @@ class Policy:
             )
         rules = [r for r in self.rules if r.match.matches_identity(ident)]
         decision: Decision | None = None
-        for st in analysis.statements or (Statement.unknown("empty statement", "empty"),):
-            if st.unparsed and st.kind != "empty":
+        # An empty text (a ping, a lone comment) names nothing: no table rule holds it.
+        for st in analysis.statements or (Statement.simple("empty"),):
+            if st.refused:
+                # The kernel's refusals hold under every policy: no rule, default
+                # or on_unparsed can let guardeddb's own state or a tokenizer
+                # setting through.
+                d = Decision("block", "kernel", f"refused by guardeddb: {st.refused}")
+            elif st.unparsed and st.kind != "empty":
                 d = Decision(self.on_unparsed, "on_unparsed", f"not understood: {st.unparsed}")
             else:
                 d = Decision(self.default, None, None)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["DANGEROUS_FUNCTIONS", "PRESETS"]
+__all__ = ["CREDENTIAL_TABLES", "DANGEROUS_FUNCTIONS", "PRESETS"]
 
 #: Functions that reach the server's files, programs, network or other
 #: sessions, run SQL of their own, or change the session's safety settings.
@@ -31,21 +31,86 @@ DANGEROUS_FUNCTIONS = [
     "pg_switch_wal",
     "pg_sleep*",
     "set_config",
+    # PostgreSQL: functions that run SQL text of their own, or dump whole
+    # tables and schemas around table rules
     "query_to_xml*",
-    "query_to_xmlschema",
     "cursor_to_xml*",
+    "table_to_xml*",
+    "schema_to_xml*",
+    "database_to_xml*",
+    "ts_stat",
+    "ts_rewrite",
+    # PostgreSQL: side effects that outlive the statement or the transaction
+    "lo_*",
+    "loread",
+    "lowrite",
+    "pg_logical_*",
+    "pg_notify",
+    "pg_advisory_*",
+    "pg_try_advisory_*",
+    "pg_create_*_replication_slot",
+    "pg_drop_replication_slot",
+    "pg_copy_*_replication_slot",
+    "pg_replication_*",
+    "pg_stat_reset*",
+    "pg_stat_statements_reset",
+    "pg_stat_clear_snapshot",
+    "pg_backup_*",
+    "pg_start_backup",
+    "pg_stop_backup",
+    "pg_create_restore_point",
+    "pg_wal_replay_*",
+    "pg_import_system_collations",
+    "pg_log_backend_memory_contexts",
+    "txid_current",
+    "pg_current_xact_id",
     # MySQL / MariaDB
     "load_file",
     "sleep",
     "benchmark",
     "sys_exec",
     "sys_eval",
+    "get_lock",
+    "release_lock",
+    "release_all_locks",
+    "is_used_lock",
+    "is_free_lock",
+    "master_pos_wait",
+    "source_pos_wait",
+    "master_gtid_wait",
     # SQLite
     "load_extension",
     "readfile",
     "writefile",
     "edit",
     "fts3_tokenizer",
+]
+
+#: Catalogs that hold credentials, privileges of other users or server
+#: files' settings: readable by a superuser DSN, never by an agent.
+CREDENTIAL_TABLES = [
+    "pg_authid",
+    "pg_shadow",
+    "pg_user_mapping",
+    "pg_user_mappings",
+    "pg_largeobject",
+    "pg_largeobject_metadata",
+    "pg_settings",
+    "pg_file_settings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_stat_statements",
+    "mysql.user",
+    "mysql.global_priv",
+    "mysql.db",
+    "mysql.tables_priv",
+    "mysql.columns_priv",
+    "mysql.procs_priv",
+    "mysql.proxies_priv",
+    "mysql.roles_mapping",
+    "mysql.servers",
+    "mysql.plugin",
+    "information_schema.user_privileges",
 ]
 
 _SAFETY_RULES: list[dict[str, Any]] = [
@@ -96,6 +161,12 @@ AGENT_SAFE: dict[str, Any] = {
             "match": {"statements": ["update", "delete"], "where": False},
             "action": "block",
             "message": "UPDATE and DELETE need a WHERE clause that is not always true",
+        },
+        {
+            "id": "no-credential-catalogs",
+            "match": {"tables": CREDENTIAL_TABLES},
+            "action": "block",
+            "message": "catalogs of passwords, privileges and server settings are not allowed",
         },
         *_SAFETY_RULES,
     ],

@@ -7,13 +7,19 @@ import logging
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
-from itertools import pairwise
 
 from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel
 
-from .classify import Statement, classify
+from .classify import (
+    Statement,
+    called_names,
+    classify,
+    expand_commands,
+    kernel_refusal,
+    normalize_tokens,
+)
 from .text import sanitize_and_summarize
 
 __all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for"]
@@ -202,11 +208,22 @@ def _statements(
         return (Statement.unknown("MySQL executable comment (/*! ... */)"),)
     if name in ("postgres", "mysql"):
         tokens = _placeholders(tokens)
+    tokens, differential = normalize_tokens(tokens, sql, name)
+    if differential:
+        return (Statement.unknown(differential),)
     statements = []
     for chunk in _chunks(tokens):
         control = _transaction_control(chunk)
         if control is not None:
             statements.append(control)
+            continue
+        facts, problem = expand_commands(chunk, name)
+        refused = kernel_refusal(facts, name)
+        if refused:
+            statements.append(replace(Statement.unknown(refused), refused=refused))
+            continue
+        if problem:
+            statements.append(Statement.unknown(problem))
             continue
         parsing = _PARSING.set(True)
         try:
@@ -222,35 +239,15 @@ def _statements(
             if tree is None:
                 continue
             try:
-                fact = classify(tree, text, name)
+                fact = classify(tree, text, name, facts)
             except Exception as exc:  # a tree shape the classifier did not expect
                 fact = Statement.unknown(f"not classified: {type(exc).__name__}")
             if fact.tables_unknown and not fact.unparsed:
                 # An opaque command (CALL p(pg_read_file(...))): its arguments
                 # were never parsed, but the names it calls are in its tokens.
-                fact = replace(fact, functions=_called_names(text, dialect))
+                fact = replace(fact, functions=called_names(facts))
             statements.append(fact)
     return tuple(statements)
-
-
-def _called_names(text: str, dialect: Dialect) -> frozenset[str]:
-    """Every name followed by ``(`` in a command's text.
-
-    The tokenizer keeps a command's arguments as one string, so its text is
-    tokenized again past the first word; what cannot be tokenized calls
-    an unknown function, which no ``functions`` rule can rule out.
-    """
-    rest = text.split(None, 1)[1] if len(text.split(None, 1)) > 1 else ""
-    try:
-        chunk = dialect.tokenize(rest)
-    except Exception:  # any tokenizer failure: names cannot be ruled out
-        return frozenset({"?"})
-    return frozenset(
-        tok.text.lower()
-        for tok, nxt in pairwise(chunk)
-        if nxt.token_type is TokenType.L_PAREN
-        and tok.token_type not in (TokenType.STRING, TokenType.NUMBER)
-    )
 
 
 def cache_for(dialect: str) -> dict[str, Analysis]:

@@ -9,13 +9,26 @@ whose root is not a statement, dynamic SQL, ``COPY ... PROGRAM``) is unparsed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from itertools import pairwise
 
-from sqlglot import exp
+from sqlglot import Token, TokenType, exp
 
 from .lineage import Output, identifier, outputs, table_name
+from .settings import OWN_TABLES, SetVerdict, decode_unicode_identifier, judge_set
 
-__all__ = ["CLASSES", "KINDS", "READ_KINDS", "Statement", "classify", "is_tautology"]
+__all__ = [
+    "CLASSES",
+    "KINDS",
+    "READ_KINDS",
+    "SERVER_PATH_SETTINGS",
+    "Statement",
+    "classify",
+    "is_tautology",
+    "kernel_refusal",
+    "normalize_tokens",
+]
 
 #: Statement classes a policy can name.
 CLASSES = frozenset({"read", "write", "ddl", "dcl", "admin", "other"})
@@ -84,15 +97,6 @@ _COMMANDS: dict[str, tuple[str, str]] = {
     "LOCK TABLES": ("lock", "admin"),
     "UNLOCK": ("unlock", "admin"),
     "RENAME": ("rename", "ddl"),
-    "SET ROLE": ("set_role", "dcl"),
-    "SET LOCAL ROLE": ("set_role", "dcl"),
-    "SET SESSION ROLE": ("set_role", "dcl"),
-    "SET SESSION AUTHORIZATION": ("set_session_authorization", "dcl"),
-    "SET LOCAL SESSION AUTHORIZATION": ("set_session_authorization", "dcl"),
-    "RESET ROLE": ("set_role", "dcl"),
-    "RESET SESSION AUTHORIZATION": ("set_session_authorization", "dcl"),
-    "SET SESSION CHARACTERISTICS": ("set", "admin"),
-    "RESET": ("set", "admin"),
     "CREATE ROLE": ("create", "dcl"),
     "CREATE USER": ("create", "dcl"),
     "CREATE GROUP": ("create", "dcl"),
@@ -131,23 +135,6 @@ _COMMANDS: dict[str, tuple[str, str]] = {
 # Dynamic SQL and server-side programs: what runs is not in the text.
 _DYNAMIC = frozenset({"DO", "EXECUTE", "EXEC", "PREPARE", "DEALLOCATE", "EXPLAIN", "LOAD"})
 
-# SET statements that touch privileges or the session's safety net.
-_SET_DCL_WORDS = frozenset({"ROLE", "AUTHORIZATION", "PASSWORD"})
-_SET_ADMIN_WORDS = frozenset(
-    {
-        "TRANSACTION",
-        "CHARACTERISTICS",
-        "DEFAULT_TRANSACTION_READ_ONLY",
-        "TRANSACTION_READ_ONLY",
-        "GLOBAL",
-        "PERSIST",
-        "PERSIST_ONLY",
-        "SESSION_REPLICATION_ROLE",
-        "SQL_LOG_BIN",
-        "SQL_SAFE_UPDATES",
-        "ALLOW_SYSTEM_TABLE_MODS",
-    }
-)
 # SQLite pragmas that only read.
 _READ_PRAGMAS = frozenset(
     {
@@ -188,6 +175,7 @@ class Statement:
     tables_unknown: bool = False  # an opaque command: its tables cannot be listed
     unparsed: str | None = None  # why the statement is not understood
     outputs: tuple[Output, ...] | None = None  # lineage of returned columns, if known
+    refused: str | None = None  # a kernel refusal: blocked under every policy
 
     @staticmethod
     def simple(kind: str, klass: str = "other", tables_unknown: bool = False) -> Statement:
@@ -221,32 +209,80 @@ class Statement:
         )
 
 
-def _command(stmt: exp.Command) -> Statement:
-    words = [str(stmt.this or "").upper()]
-    rest = stmt.expression
-    tail = rest.name if isinstance(rest, exp.Literal) else str(rest or "")
-    words += tail.upper().split()[:3]
+def _command(stmt: exp.Command, tokens: Sequence[Token], dialect: str) -> Statement:
+    words = [w for w in (_word(t) for t in tokens[:5])]
+    if not words:
+        return Statement.unknown("an empty command")
     first = words[0]
     if first in _DYNAMIC:
         return Statement.unknown(f"{first} runs SQL the analyzer cannot see", first.lower())
+    if first == "SHOW" and dialect == "postgres":
+        name = " ".join(t.text.lower() for t in tokens[1:])
+        if name == "all" or name in SERVER_PATH_SETTINGS:
+            return Statement.simple("show", "admin")  # server paths
+        # PostgreSQL's SHOW names a setting, never a table.
+        return Statement.simple("show", "read")
     for n in (4, 3, 2, 1):
-        key = " ".join(w for w in words[:n] if w)
-        if key in _COMMANDS:
+        key = " ".join(words[:n])
+        if "" not in words[:n] and key in _COMMANDS:
             kind, klass = _COMMANDS[key]
             return Statement.simple(kind, klass, tables_unknown=True)
     return Statement.unknown(f"{first} is not a statement guardeddb can classify", first.lower())
 
 
-def _set_class(stmt: exp.Expr, text: str) -> str:
-    upper = text.upper()
-    if "@@GLOBAL" in upper or "@@PERSIST" in upper:
-        return "admin"
-    words = {w.strip("=,;@").upper() for w in upper.replace("=", " ").split()}
-    if words & _SET_DCL_WORDS:
-        return "dcl"
-    if words & _SET_ADMIN_WORDS:
-        return "admin"
-    return "other"
+def _word(tok: Token) -> str:
+    """A token as a keyword; '' for quoted identifiers and literals, which are names."""
+    if tok.token_type in _NOT_WORDS:
+        return ""
+    return tok.text.upper()
+
+
+_NOT_WORDS = frozenset(
+    {
+        TokenType.IDENTIFIER,
+        TokenType.STRING,
+        TokenType.NUMBER,
+        TokenType.NATIONAL_STRING,
+        TokenType.HEX_STRING,
+        TokenType.BIT_STRING,
+        TokenType.BYTE_STRING,
+        TokenType.RAW_STRING,
+        TokenType.HEREDOC_STRING,
+        TokenType.UNICODE_STRING,
+    }
+)
+
+#: PostgreSQL settings that name server files, directories or programs:
+#: reading them (``SHOW``, ``current_setting``) is server administration.
+SERVER_PATH_SETTINGS = frozenset(
+    {
+        "data_directory",
+        "config_file",
+        "hba_file",
+        "ident_file",
+        "external_pid_file",
+        "log_directory",
+        "log_filename",
+        "unix_socket_directories",
+        "ssl_cert_file",
+        "ssl_key_file",
+        "ssl_ca_file",
+        "ssl_crl_file",
+        "ssl_crl_dir",
+        "ssl_dh_params_file",
+        "krb_server_keyfile",
+        "dynamic_library_path",
+        "archive_command",
+        "archive_library",
+        "restore_command",
+        "archive_cleanup_command",
+        "recovery_end_command",
+        "shared_preload_libraries",
+        "local_preload_libraries",
+        "session_preload_libraries",
+        "stats_temp_directory",
+    }
+)
 
 
 def _is_false(node: exp.Expr) -> bool:
@@ -314,23 +350,30 @@ def _constant_expression(node: exp.Expr) -> bool:
     )
 
 
-def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
-    """The facts of one parsed statement (``text`` is its SQL, for keyword checks)."""
+def classify(stmt: exp.Expr, text: str, dialect: str, tokens: Sequence[Token] = ()) -> Statement:
+    """The facts of one parsed statement.
+
+    ``tokens`` are the statement's tokens (comments dropped, identifiers
+    normalized by ``normalize_tokens``): keyword facts (SET targets, PRAGMA
+    shapes, SHOW targets) come from them, never from ``text``.
+    """
+    verdict = judge_set(tokens, dialect)
+    if verdict is not None:
+        return _set_statement(stmt, verdict, dialect)
     if isinstance(stmt, exp.Command):
-        return _command(stmt)
+        return _command(stmt, tokens, dialect)
     root = _ROOT_KINDS.get(type(stmt))
     if root is None:
         # A misparse: sqlglot read a statement it does not know as an alias,
         # a column, a bare expression. Never guess what that does.
         return Statement.unknown(f"not a recognizable statement ({type(stmt).__name__})")
     kind, klass = root
-    fold = dialect != "mysql"
     kinds = {kind}
     classes = {klass}
     if isinstance(stmt, exp.Set):
-        klass = _set_class(stmt, text)
-        classes = {klass}
-    elif isinstance(stmt, exp.Transaction):
+        # judge_set saw no SET keyword, yet sqlglot read a SET: never guess.
+        return Statement.unknown("a SET the analyzer could not read from its tokens", "set")
+    if isinstance(stmt, exp.Transaction):
         # BEGIN READ WRITE would escape a read-only session.
         if any("WRITE" in str(m).upper() for m in stmt.args.get("modes") or ()):
             classes = {"admin"}
@@ -339,18 +382,23 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         if isinstance(target, exp.EQ):  # sqlglot reads name(arg) as name = arg
             target = target.this
         pname = target.name if isinstance(target, exp.Expr) else ""
-        bare = target is stmt.this and "(" not in text  # sqlglot reads name(arg) as name = arg
-        if "=" not in text and (
-            pname.lower() in _READ_PRAGMAS or (bare and pname.lower() in _READ_WHEN_BARE_PRAGMAS)
+        types = {t.token_type for t in tokens}
+        if TokenType.EQ not in types and (
+            pname.lower() in _READ_PRAGMAS
+            or (TokenType.L_PAREN not in types and pname.lower() in _READ_WHEN_BARE_PRAGMAS)
         ):
             classes = {"read"}
     elif isinstance(stmt, exp.Copy):
-        upper = text.upper()
-        if "PROGRAM" in upper.split():
-            return Statement.unknown("COPY ... PROGRAM runs a server-side program", "copy")
-        if "STDIN" not in upper and "STDOUT" not in upper:
+        target = _copy_target(stmt)
+        if target is None:
+            return Statement.unknown(
+                "COPY to or from something other than a file, STDIN or STDOUT "
+                "(PROGRAM runs a server-side program)",
+                "copy",
+            )
+        if target == "file":
             classes = {"admin"}  # reads or writes a file on the database server
-        elif not stmt.args.get("kind"):
+        elif target == "STDOUT":
             classes = {"read"}  # COPY ... TO STDOUT
     elif isinstance(stmt, exp.Merge):
         # WHEN MATCHED THEN DELETE is a delete of every matched row; sqlglot
@@ -362,7 +410,124 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
     elif isinstance(stmt, exp.Select) and stmt.args.get("into") is not None:
         kinds.add("create")  # SELECT ... INTO new_table
         classes.add("ddl")
+    return _facts(stmt, dialect, kind, kinds, classes)
 
+
+def _reads_server_path(call: exp.Expr) -> bool:
+    """``current_setting('data_directory')``, or a name the analyzer cannot read."""
+    args = call.expressions
+    if not args:
+        return False
+    first = args[0]
+    while isinstance(first, exp.Cast):
+        first = first.this
+    if isinstance(first, exp.Placeholder | exp.Parameter):
+        # A bound parameter (SQLAlchemy's reflection sends one): its value is
+        # not in the text. A known limit; the engine's privileges decide.
+        return False
+    if not (isinstance(first, exp.Literal) and first.is_string):
+        return True
+    return str(first.this).lower() in SERVER_PATH_SETTINGS
+
+
+def _target_names(stmt: exp.Expr, fold: bool) -> frozenset[str]:
+    """The names a column of an UPDATE/DELETE's target table may be qualified by."""
+    target = stmt.this
+    while isinstance(target, exp.Schema):
+        target = target.this
+    names: set[str] = set()
+    if isinstance(target, exp.Table):
+        names.add(table_name(target, fold).rsplit(".", 1)[-1].lower())
+        names.add(table_name(target, fold).lower())
+        if target.alias:
+            names.add(target.alias.lower())
+    return frozenset(names)
+
+
+def _restricts(cond: exp.Expr, target: frozenset[str]) -> bool:
+    """Whether a WHERE narrows the rows of the target table.
+
+    A condition that references no column of the target (constants, an
+    uncorrelated ``EXISTS (SELECT 1)``, ``1 = (SELECT 1)``, another table's
+    column) keeps all or none of its rows; ``col IS NOT NULL`` alone is taken
+    for a tautology, since without the catalog a NOT NULL key column cannot
+    be told apart. Unqualified columns outside subqueries count as the
+    target's (they may belong to a joined table: the catalog would tell).
+    """
+    while isinstance(cond, exp.Paren):
+        cond = cond.this
+    if isinstance(cond, exp.And):
+        return _restricts(cond.this, target) or _restricts(cond.expression, target)
+    if isinstance(cond, exp.Or):
+        return _restricts(cond.this, target) and _restricts(cond.expression, target)
+    if (
+        isinstance(cond, exp.Is)
+        and isinstance(cond.expression, exp.Null)
+        and cond.args.get("negate")
+    ):
+        return False  # x IS NOT NULL
+    inner = cond.this if isinstance(cond, exp.Not) else None
+    while isinstance(inner, exp.Paren):
+        inner = inner.this
+    if isinstance(inner, exp.Is) and isinstance(inner.expression, exp.Null):
+        return False  # NOT (x IS NULL)
+    for col in cond.find_all(exp.Column):
+        qual = col.table.lower()
+        nested = _in_query(col, cond)
+        if qual:
+            if qual in target:
+                return True
+        elif not nested:
+            return True
+    return False
+
+
+def _in_query(node: exp.Expr, top: exp.Expr) -> bool:
+    parent = node.parent
+    while parent is not None and parent is not top:
+        if isinstance(parent, exp.Query | exp.Subquery):
+            return True
+        parent = parent.parent
+    return False
+
+
+def _copy_target(stmt: exp.Copy) -> str | None:
+    """STDIN, STDOUT or file, from the tree; None for anything else (PROGRAM)."""
+    files = stmt.args.get("files") or []
+    if len(files) != 1:
+        return None
+    f = files[0]
+    direction_from = bool(stmt.args.get("kind"))
+    if isinstance(f, exp.Literal) and f.is_string:
+        return "file"
+    if isinstance(f, exp.Identifier) and not f.quoted:
+        word = str(f.this).upper()
+        if word == ("STDIN" if direction_from else "STDOUT"):
+            return word
+    return None
+
+
+def _set_statement(stmt: exp.Expr, verdict: SetVerdict, dialect: str) -> Statement:
+    """A SET/RESET/DISCARD: kind and class from the tokens, facts of its
+    values (``SET @x = (SELECT ...)``) from the tree where sqlglot read one."""
+    if verdict.reason:
+        return replace(Statement.unknown(verdict.reason, verdict.kind), refused=verdict.refused)
+    if isinstance(stmt, exp.Set):
+        fact = _facts(stmt, dialect, verdict.kind, {verdict.kind}, {verdict.klass})
+        # The variable being set is no column of any table.
+        fact = replace(fact, columns=frozenset(), tables=fact.tables)
+    else:
+        # An opaque SET (PostgreSQL's values are names and literals only; a
+        # MySQL value that sqlglot could not read may hold anything).
+        fact = Statement.simple(verdict.kind, verdict.klass, tables_unknown=dialect != "postgres")
+    return replace(fact, refused=verdict.refused)
+
+
+def _facts(
+    stmt: exp.Expr, dialect: str, kind: str, kinds: set[str], classes: set[str]
+) -> Statement:
+    """Tables, columns, functions, nested statements and WHERE of a tree."""
+    fold = dialect != "mysql"
     # One walk over the tree, sorting out what the facts need.
     cte_nodes: list[exp.CTE] = []
     table_nodes: list[exp.Table] = []
@@ -376,7 +541,15 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         elif cls is exp.Table:
             table_nodes.append(node)  # type: ignore[arg-type]
         elif cls is exp.Anonymous:
-            functions.add(str(node.name).lower())
+            fname = str(node.name).lower()
+            functions.add(fname)
+            if fname == "current_setting" and _reads_server_path(node):
+                classes.add("admin")
+        elif cls is exp.Lock:
+            # SELECT ... FOR UPDATE / SHARE, LOCK IN SHARE MODE: row locks held
+            # until the transaction ends, which an agent can keep open.
+            kinds.add("lock")
+            classes.add("admin")
         elif cls is exp.CTE:
             cte_nodes.append(node)  # type: ignore[arg-type]
         elif cls is exp.Star:
@@ -426,7 +599,14 @@ def classify(stmt: exp.Expr, text: str, dialect: str) -> Statement:
         columns.update(f"{t}.*" for t in tables)
 
     where = stmt.args.get("where")
-    has_where = isinstance(where, exp.Where) and not is_tautology(where.this)
+    has_where = (
+        isinstance(where, exp.Where)
+        and not is_tautology(where.this)
+        and (
+            not isinstance(stmt, exp.Update | exp.Delete)
+            or _restricts(where.this, _target_names(stmt, fold))
+        )
+    )
     has_limit = bool(stmt.args.get("limit") or stmt.args.get("fetch"))
     return Statement(
         kind,
@@ -446,5 +626,191 @@ KINDS = frozenset(
     {k for k, _ in _ROOT_KINDS.values()}
     | {k for k, _ in _COMMANDS.values()}
     | {d.lower() for d in _DYNAMIC}
-    | {"unknown", "replace", "upsert", "savepoint", "release"}
+    | {"unknown", "replace", "upsert", "savepoint", "release", "set_role"}
+    | {"set_session_authorization", "lock"}
 )
+
+
+def normalize_tokens(tokens: list[Token], sql: str, dialect: str) -> tuple[list[Token], str | None]:
+    """Tokens as the server reads them, or why the server would read them otherwise.
+
+    PostgreSQL ``U&"..."`` identifiers (``UESCAPE`` included) become one
+    identifier token with the escapes decoded, so ``U&"pg\\005fread\\005ffile"``
+    is ``pg_read_file`` to every fact. SQLite reads ``$a(...)``, ``@a::b``
+    and friends as one parameter token where sqlglot sees several tokens:
+    such text is refused rather than guessed at.
+    """
+    if dialect == "sqlite":
+        return tokens, _sqlite_variable_differential(sql)
+    if dialect != "postgres":
+        return tokens, None
+    out: list[Token] = []
+    i, n = 0, len(tokens)
+    while i < n:
+        tok = tokens[i]
+        if (
+            tok.token_type is TokenType.VAR
+            and tok.text.upper() == "U"
+            and i + 2 < n
+            and tokens[i + 1].token_type is TokenType.AMP
+            and tokens[i + 1].start == tok.end + 1
+            and tokens[i + 2].token_type is TokenType.IDENTIFIER
+            and tokens[i + 2].start == tokens[i + 1].end + 1
+        ):
+            ident = tokens[i + 2]
+            end = i + 2
+            escape = "\\"
+            if (
+                i + 4 < n
+                and tokens[i + 3].token_type is TokenType.VAR
+                and tokens[i + 3].text.upper() == "UESCAPE"
+            ):
+                if tokens[i + 4].token_type is not TokenType.STRING or len(tokens[i + 4].text) != 1:
+                    return tokens, "U& identifier with an invalid UESCAPE"
+                escape = tokens[i + 4].text
+                end = i + 4
+            decoded = decode_unicode_identifier(ident.text, escape)
+            if decoded is None:
+                return tokens, "U& identifier with an invalid escape"
+            out.append(
+                Token(
+                    TokenType.IDENTIFIER,
+                    decoded,
+                    line=tok.line,
+                    col=tok.col,
+                    start=tok.start,
+                    end=tokens[end].end,
+                    comments=[c for t in tokens[i : end + 1] for c in t.comments],
+                )
+            )
+            i = end + 1
+            continue
+        if tok.token_type is TokenType.VAR and tok.text.upper() == "UESCAPE":
+            return tokens, "UESCAPE outside a U& identifier the analyzer can read"
+        out.append(tok)
+        i += 1
+    return out, None
+
+
+def _id_char(c: str) -> bool:
+    return c.isalnum() or c in "_$" or ord(c) >= 0x80
+
+
+def _sqlite_variable_differential(sql: str) -> str | None:
+    """Scan ``sql`` the way SQLite's tokenizer does (tokenize.c) and report a
+    parameter token that SQLite extends past where sqlglot ends it.
+
+    SQLite's ``$``, ``@``, ``:`` and ``#`` parameters take a ``::`` name
+    separator and a ``(...)`` suffix up to the first space or ``)``: the
+    text inside is no string, comment or statement boundary to SQLite.
+    """
+    i, n = 0, len(sql)
+    while i < n:
+        c = sql[i]
+        if c == "-" and sql.startswith("--", i):
+            j = sql.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif c == "/" and sql.startswith("/*", i):
+            j = sql.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c in "'\"`":
+            j = i + 1
+            while j < n:
+                if sql[j] == c:
+                    if j + 1 < n and sql[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            i = j + 1
+        elif c == "[":
+            j = sql.find("]", i + 1)
+            i = n if j < 0 else j + 1
+        elif c in "$@:#":
+            j = i + 1
+            named = 0
+            while j < n:
+                d = sql[j]
+                if _id_char(d):
+                    named += 1
+                    j += 1
+                elif d == "(" and named:
+                    return "a SQLite parameter with a (...) suffix, which SQLite reads as one token"
+                elif d == ":" and sql.startswith("::", j):
+                    return "a SQLite parameter with ::, which SQLite reads as one token"
+                else:
+                    break
+            i = max(j, i + 1)
+        elif _id_char(c):
+            j = i + 1
+            while j < n and _id_char(sql[j]):
+                j += 1
+            i = j
+        else:
+            i += 1
+    return None
+
+
+def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
+    """Why this statement is refused under every policy, or None.
+
+    guardeddb's own tables (named as identifiers, or inside a string that a
+    function could run as SQL) and settings that change how the server reads
+    SQL are out of reach whatever the policy says.
+    """
+    for tok in tokens:
+        tt = tok.token_type
+        if tt is TokenType.IDENTIFIER or tt is TokenType.VAR:
+            if tok.text.lower() in OWN_TABLES:
+                return f"{tok.text.lower()} is guardeddb's own state"
+        elif tt in _NOT_WORDS and tt is not TokenType.NUMBER:
+            lowered = tok.text.lower()
+            for own in OWN_TABLES:
+                if own in lowered:
+                    return f"{own} is guardeddb's own state"
+        elif tok.text.lower() in OWN_TABLES:
+            return f"{tok.text.lower()} is guardeddb's own state"
+    verdict = judge_set(tokens, dialect)
+    return verdict.refused if verdict is not None else None
+
+
+def expand_commands(tokens: list[Token], dialect: str) -> tuple[list[Token], str | None]:
+    """The statement's tokens with a command's raw tail tokenized too.
+
+    sqlglot's tokenizer keeps what follows ``RESET``, ``SHOW``, ``VACUUM``,
+    ``CALL``... as one string of raw text, comments and quotes included;
+    facts about those statements need the tail's own tokens.
+    """
+    from sqlglot.dialects.dialect import Dialect
+
+    d = Dialect.get_or_raise(dialect)
+    commands = d.tokenizer_class.COMMANDS
+    out: list[Token] = []
+    for i, tok in enumerate(tokens):
+        prev = tokens[i - 1] if i else None
+        if tok.token_type is TokenType.STRING and prev is not None and prev.token_type in commands:
+            try:
+                tail = d.tokenize(tok.text)
+            except Exception:  # a tail the tokenizer cannot read: no facts from it
+                return tokens, f"{prev.text.upper()} with a tail the analyzer cannot tokenize"
+            tail, problem = normalize_tokens(tail, tok.text, dialect)
+            if problem:
+                return tokens, problem
+            if any(t.token_type is TokenType.SEMICOLON for t in tail):
+                return tokens, f"{prev.text.upper()} with a statement boundary in its tail"
+            out.extend(tail)
+        else:
+            out.append(tok)
+    return out, None
+
+
+def called_names(tokens: Sequence[Token]) -> frozenset[str]:
+    """Every name followed by ``(`` past a command's first word (``CALL p(f(x))``):
+    an opaque command's arguments were never parsed, but what they call is
+    in its tokens."""
+    return frozenset(
+        tok.text.lower()
+        for tok, nxt in pairwise(tokens[1:])
+        if nxt.token_type is TokenType.L_PAREN
+        and (tok.token_type not in _NOT_WORDS or tok.token_type is TokenType.IDENTIFIER)
+    )
