@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from itertools import pairwise
 
 from sqlglot import Token, TokenType, exp
+from sqlglot.dialects.dialect import Dialect
 
 from .lineage import Output, identifier, outputs, table_name
 from .settings import OWN_TABLES, SetVerdict, decode_unicode_identifier, judge_set
@@ -642,7 +644,7 @@ def normalize_tokens(tokens: list[Token], sql: str, dialect: str) -> tuple[list[
     """
     if dialect == "sqlite":
         return tokens, _sqlite_variable_differential(sql)
-    if dialect != "postgres":
+    if dialect != "postgres" or not any(t.token_type is TokenType.AMP for t in tokens):
         return tokens, None
     out: list[Token] = []
     i, n = 0, len(tokens)
@@ -690,6 +692,9 @@ def normalize_tokens(tokens: list[Token], sql: str, dialect: str) -> tuple[list[
         out.append(tok)
         i += 1
     return out, None
+
+
+_OWN_LENGTHS = frozenset(len(t) for t in OWN_TABLES)
 
 
 def _id_char(c: str) -> bool:
@@ -761,17 +766,21 @@ def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
     for tok in tokens:
         tt = tok.token_type
         if tt is TokenType.IDENTIFIER or tt is TokenType.VAR:
-            if tok.text.lower() in OWN_TABLES:
+            if len(tok.text) in _OWN_LENGTHS and tok.text.lower() in OWN_TABLES:
                 return f"{tok.text.lower()} is guardeddb's own state"
         elif tt in _NOT_WORDS and tt is not TokenType.NUMBER:
             lowered = tok.text.lower()
-            for own in OWN_TABLES:
-                if own in lowered:
-                    return f"{own} is guardeddb's own state"
-        elif tok.text.lower() in OWN_TABLES:
-            return f"{tok.text.lower()} is guardeddb's own state"
+            if "guardeddb_" in lowered:
+                for own in OWN_TABLES:
+                    if own in lowered:
+                        return f"{own} is guardeddb's own state"
     verdict = judge_set(tokens, dialect)
     return verdict.refused if verdict is not None else None
+
+
+@lru_cache(maxsize=8)
+def _dialect(name: str) -> Dialect:
+    return Dialect.get_or_raise(name)
 
 
 def expand_commands(tokens: list[Token], dialect: str) -> tuple[list[Token], str | None]:
@@ -781,9 +790,9 @@ def expand_commands(tokens: list[Token], dialect: str) -> tuple[list[Token], str
     ``CALL``... as one string of raw text, comments and quotes included;
     facts about those statements need the tail's own tokens.
     """
-    from sqlglot.dialects.dialect import Dialect
-
-    d = Dialect.get_or_raise(dialect)
+    if not any(t.token_type is TokenType.STRING for t in tokens):
+        return tokens, None
+    d = _dialect(dialect)
     commands = d.tokenizer_class.COMMANDS
     out: list[Token] = []
     for i, tok in enumerate(tokens):
