@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..drivers import unguarded
 from ..identity import Identity
+from ..sql.settings import APPROVALS_TABLE as _TABLE
 
 if TYPE_CHECKING:  # the policy loader imports this module (for parse_ttl)
     from ..policy.decision import Decision
@@ -114,7 +115,7 @@ class ApprovalStore:
                 conn = psycopg.connect(self._path, autocommit=True)
         if not self._ready:
             conn.execute(
-                "CREATE TABLE IF NOT EXISTS guardeddb_approvals ("
+                f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
                 "id VARCHAR(32) PRIMARY KEY, request_hash VARCHAR(64) NOT NULL, "
                 "status VARCHAR(16) NOT NULL, identity TEXT, statement TEXT, rule TEXT, "
                 "reason TEXT, created VARCHAR(40), expires VARCHAR(40), approver TEXT, "
@@ -141,7 +142,7 @@ class ApprovalStore:
         try:
             row = conn.execute(
                 self._sql(
-                    "SELECT id FROM guardeddb_approvals WHERE request_hash = ? "
+                    f"SELECT id FROM {_TABLE} WHERE request_hash = ? "
                     "AND status = 'pending' AND expires > ?"
                 ),
                 (digest, now.isoformat()),
@@ -151,7 +152,7 @@ class ApprovalStore:
             rid = uuid.uuid4().hex[:12]
             conn.execute(
                 self._sql(
-                    "INSERT INTO guardeddb_approvals (id, request_hash, status, identity, "
+                    f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
                     "statement, rule, reason, created, expires, impact) "
                     "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
                 ),
@@ -178,7 +179,7 @@ class ApprovalStore:
         try:
             row = conn.execute(
                 self._sql(
-                    f"SELECT {_COLUMNS} FROM guardeddb_approvals WHERE request_hash = ? "
+                    f"SELECT {_COLUMNS} FROM {_TABLE} WHERE request_hash = ? "
                     "AND status = 'approved' AND expires > ?"
                 ),
                 (digest, now),
@@ -187,7 +188,7 @@ class ApprovalStore:
                 return None
             cur = conn.execute(
                 self._sql(
-                    "UPDATE guardeddb_approvals SET status = 'used', used = ? "
+                    f"UPDATE {_TABLE} SET status = 'used', used = ? "
                     "WHERE id = ? AND status = 'approved'"
                 ),
                 (now, row[0]),
@@ -202,7 +203,7 @@ class ApprovalStore:
         try:
             cur = conn.execute(
                 self._sql(
-                    "UPDATE guardeddb_approvals SET status = ?, approver = ?, note = ?, "
+                    f"UPDATE {_TABLE} SET status = ?, approver = ?, note = ?, "
                     "decided = ? WHERE id = ? AND status = 'pending' AND expires > ?"
                 ),
                 (
@@ -222,7 +223,7 @@ class ApprovalStore:
         conn = self._connect()
         try:
             row = conn.execute(
-                self._sql(f"SELECT {_COLUMNS} FROM guardeddb_approvals WHERE id = ?"), (rid,)
+                self._sql(f"SELECT {_COLUMNS} FROM {_TABLE} WHERE id = ?"), (rid,)
             ).fetchone()
             return ApprovalRequest(*row) if row else None
         finally:
@@ -233,16 +234,11 @@ class ApprovalStore:
         try:
             if status:
                 rows = conn.execute(
-                    self._sql(
-                        f"SELECT {_COLUMNS} FROM guardeddb_approvals WHERE status = ? "
-                        "ORDER BY created"
-                    ),
+                    self._sql(f"SELECT {_COLUMNS} FROM {_TABLE} WHERE status = ? ORDER BY created"),
                     (status,),
                 ).fetchall()
             else:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM guardeddb_approvals ORDER BY created"
-                ).fetchall()
+                rows = conn.execute(f"SELECT {_COLUMNS} FROM {_TABLE} ORDER BY created").fetchall()
             return [ApprovalRequest(*r) for r in rows]
         finally:
             conn.close()

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..drivers import unguarded
+from ..sql.settings import AUDIT_TABLE as _TABLE
 
 __all__ = [
     "GENESIS",
@@ -212,9 +213,9 @@ class PostgresSink:
                 conn = psycopg.connect(self.url, connect_timeout=5)
             with conn.transaction():
                 # Many processes may start at once: one creates the table.
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext('guardeddb_audit'))")
+                conn.execute(f"SELECT pg_advisory_xact_lock(hashtext('{_TABLE}'))")
                 conn.execute(
-                    "CREATE TABLE IF NOT EXISTS guardeddb_audit (stream TEXT NOT NULL, "
+                    f"CREATE TABLE IF NOT EXISTS {_TABLE} (stream TEXT NOT NULL, "
                     "seq BIGINT NOT NULL, hash CHAR(64) NOT NULL, prev_hash CHAR(64) NOT NULL, "
                     "record TEXT NOT NULL, PRIMARY KEY (stream, seq))"
                 )
@@ -238,7 +239,7 @@ class PostgresSink:
                 with conn.transaction():
                     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (self.stream,))
                     last = conn.execute(
-                        "SELECT seq, hash FROM guardeddb_audit WHERE stream = %s "
+                        f"SELECT seq, hash FROM {_TABLE} WHERE stream = %s "
                         "ORDER BY seq DESC LIMIT 1",
                         (self.stream,),
                     ).fetchone()
@@ -247,7 +248,7 @@ class PostgresSink:
                     record["prev_hash"] = last[1] if last else GENESIS
                     record["hash"] = _digest(record["prev_hash"], record)
                     conn.execute(
-                        "INSERT INTO guardeddb_audit (stream, seq, hash, prev_hash, record) "
+                        f"INSERT INTO {_TABLE} (stream, seq, hash, prev_hash, record) "
                         "VALUES (%s, %s, %s, %s, %s)",
                         (
                             self.stream,
@@ -273,7 +274,7 @@ def verify_postgres(url: str, stream: str = "default") -> tuple[int, Problem | N
         conn = psycopg.connect(url)
     with conn:
         rows = conn.execute(
-            "SELECT seq, record FROM guardeddb_audit WHERE stream = %s ORDER BY seq", (stream,)
+            f"SELECT seq, record FROM {_TABLE} WHERE stream = %s ORDER BY seq", (stream,)
         ).fetchall()
     for seq, text in rows:
         record = json.loads(text)
