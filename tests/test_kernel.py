@@ -817,3 +817,71 @@ def test_uuid_is_not_a_setting() -> None:
     name = f"x{uuid.uuid4().hex}"
     _blocked(f"SET {name} = 1", "mysql")
     _blocked(f"SET {name} = 1", "postgres")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT set_config('standard_conforming_strings', 'off', false)",
+        "SELECT SET_CONFIG('Standard_Conforming_Strings', 'off', true)",
+        "SELECT set_config('client_encoding', 'SJIS', false)",
+        "SELECT pg_catalog.set_config('backslash_quote', 'on', false)",
+        "ALTER ROLE postgres SET standard_conforming_strings = off",
+        'ALTER DATABASE test SET "standard_conforming_strings" TO off',
+        "ALTER USER postgres SET backslash_quote = on",
+        "DO $$ BEGIN EXECUTE 'SET standard_conforming_strings = off'; END $$",
+        "DO 'BEGIN PERFORM set_config(''backslash_quote'', ''on'', false); END'",
+    ],
+)
+def test_postgres_tokenizer_settings_are_refused_however_they_are_set(sql: str) -> None:
+    _kernel(sql, "postgres")
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "PREPARE s FROM 'SET sql_mode = 0'",
+        "PREPARE s FROM 'SET @@character_set_client = gbk'",
+        "EXECUTE IMMEDIATE 'SET sql_mode = ''ANSI_QUOTES'''",
+    ],
+)
+def test_mysql_tokenizer_settings_in_dynamic_sql_are_refused(sql: str) -> None:
+    _kernel(sql, "mysql")
+
+
+@pytest.mark.parametrize(
+    ("sql", "klass"),
+    [
+        ("SELECT set_config('role', 'postgres', false)", "dcl"),
+        ("SELECT set_config('default_transaction_read_only', 'off', false)", "admin"),
+        ("SELECT set_config('search_path', 'billing', false)", "admin"),
+        ("SELECT set_config(current_user, 'x', false)", "admin"),
+    ],
+)
+def test_set_config_is_judged_like_set(sql: str, klass: str) -> None:
+    """set_config outside the presets' function list is still judged by the allowlist."""
+    assert klass in analyze(sql, "postgres").classes
+    bare = guardeddb.load_policy(
+        {
+            "version": 1,
+            "extends": [],
+            "rules": [{"id": "r", "match": {"statements": [klass]}, "action": "block"}],
+        }
+    )
+    assert bare.check(sql, AGENT, "postgres").action == "block"
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "RESET /* c */ role",
+        'RESET "role"',
+        "RESET\nSESSION\nAUTHORIZATION",
+        "SHOW /* x */ data_directory",
+        'CALL p(U&"pg\\005fsleep"(1))',
+        "VACUUM /* ; */ guardeddb_audit",
+    ],
+)
+def test_command_tails_are_tokenized(sql: str) -> None:
+    """What follows RESET, SHOW, CALL, VACUUM is judged from its own tokens."""
+    _blocked(sql, "postgres")

@@ -18,7 +18,14 @@ from sqlglot import Token, TokenType, exp
 from sqlglot.dialects.dialect import Dialect
 
 from .lineage import Output, identifier, outputs, table_name
-from .settings import OWN_TABLES, SetVerdict, decode_unicode_identifier, judge_set
+from .settings import (
+    OWN_TABLES,
+    TOKENIZER_SETTINGS,
+    SetVerdict,
+    decode_unicode_identifier,
+    judge_set,
+    judge_variable,
+)
 
 __all__ = [
     "CLASSES",
@@ -415,6 +422,17 @@ def classify(stmt: exp.Expr, text: str, dialect: str, tokens: Sequence[Token] = 
     return _facts(stmt, dialect, kind, kinds, classes)
 
 
+def _set_config(call: exp.Expr, dialect: str) -> SetVerdict:
+    """The verdict of ``set_config(name, ...)``: a computed name is admin."""
+    args = call.expressions
+    first = args[0] if args else None
+    while isinstance(first, exp.Cast):
+        first = first.this
+    if isinstance(first, exp.Literal) and first.is_string:
+        return judge_variable(str(first.this), dialect)
+    return SetVerdict("set", "admin")
+
+
 def _reads_server_path(call: exp.Expr) -> bool:
     """``current_setting('data_directory')``, or a name the analyzer cannot read."""
     args = call.expressions
@@ -530,6 +548,7 @@ def _facts(
 ) -> Statement:
     """Tables, columns, functions, nested statements and WHERE of a tree."""
     fold = dialect != "mysql"
+    refused: str | None = None
     # One walk over the tree, sorting out what the facts need.
     cte_nodes: list[exp.CTE] = []
     table_nodes: list[exp.Table] = []
@@ -547,6 +566,12 @@ def _facts(
             functions.add(fname)
             if fname == "current_setting" and _reads_server_path(node):
                 classes.add("admin")
+            elif fname == "set_config":
+                # set_config(name, value, is_local) is a SET: judged by the allowlist.
+                verdict = _set_config(node, dialect)
+                if verdict.klass != "other":
+                    classes.add(verdict.klass)
+                refused = refused or verdict.refused
         elif cls is exp.Lock:
             # SELECT ... FOR UPDATE / SHARE, LOCK IN SHARE MODE: row locks held
             # until the transaction ends, which an agent can keep open.
@@ -620,6 +645,7 @@ def _facts(
         has_where=has_where,
         has_limit=has_limit,
         outputs=outputs(stmt, fold) if "read" in classes or stmt.args.get("returning") else None,
+        refused=refused,
     )
 
 
@@ -775,7 +801,33 @@ def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
                     if own in lowered:
                         return f"{own} is guardeddb's own state"
     verdict = judge_set(tokens, dialect)
-    return verdict.refused if verdict is not None else None
+    if verdict is not None:
+        return verdict.refused
+    first = _word(tokens[0]) if tokens else ""
+    if first == "ALTER":
+        # ALTER ROLE/USER/DATABASE ... SET standard_conforming_strings = off:
+        # every later session would read SQL otherwise.
+        for tok, nxt in pairwise(tokens):
+            if _word(tok) == "SET":
+                refused = judge_variable(nxt.text, dialect).refused
+                if refused:
+                    return refused
+    elif first in _DYNAMIC or first == "CREATE":
+        # SQL text run later (DO, EXECUTE, PREPARE, a function body): a
+        # tokenizer setting named in it is refused like the SET itself.
+        for tok in tokens:
+            if tok.token_type in _NOT_WORDS and tok.token_type is not TokenType.NUMBER:
+                lowered = tok.text.lower()
+                if any(name in lowered for name in _TOKENIZER_NAMES.get(dialect, ())):
+                    return f"{tok.text[:40]!r} names a setting that changes how SQL is read"
+    return None
+
+
+_TOKENIZER_NAMES = {
+    dialect: tuple(n for n in names if " " not in n and n != "names")
+    + (("character_set_",) if dialect == "mysql" else ())
+    for dialect, names in TOKENIZER_SETTINGS.items()
+}
 
 
 @lru_cache(maxsize=8)
