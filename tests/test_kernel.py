@@ -841,6 +841,8 @@ def test_postgres_tokenizer_settings_are_refused_however_they_are_set(sql: str) 
     "sql",
     [
         "PREPARE s FROM 'SET sql_mode = 0'",
+        "SET @q = 'SET SESSION sql_mode = 0'",
+        "SET @q = CONCAT('SET character_set_', 'client = gbk')",
         "PREPARE s FROM 'SET @@character_set_client = gbk'",
         "EXECUTE IMMEDIATE 'SET sql_mode = ''ANSI_QUOTES'''",
     ],

@@ -801,7 +801,7 @@ def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
                     if own in lowered:
                         return f"{own} is guardeddb's own state"
     verdict = judge_set(tokens, dialect)
-    if verdict is not None:
+    if verdict is not None and verdict.refused:
         return verdict.refused
     first = _word(tokens[0]) if tokens else ""
     if first == "ALTER":
@@ -812,9 +812,10 @@ def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
                 refused = judge_variable(nxt.text, dialect).refused
                 if refused:
                     return refused
-    elif first in _DYNAMIC or first == "CREATE":
-        # SQL text run later (DO, EXECUTE, PREPARE, a function body): a
-        # tokenizer setting named in it is refused like the SET itself.
+    elif first in _DYNAMIC or first in ("CREATE", "SET"):
+        # SQL text run later (DO, EXECUTE, PREPARE, a function body, a user
+        # variable PREPARE will read): a tokenizer setting named in it is
+        # refused like the SET itself.
         for tok in tokens:
             if tok.token_type in _NOT_WORDS and tok.token_type is not TokenType.NUMBER:
                 lowered = tok.text.lower()
