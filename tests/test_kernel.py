@@ -430,6 +430,20 @@ def test_server_paths_are_refused(sql: str) -> None:
     assert preset("agent-safe").check(sql, AGENT, "postgres").action == "block"
 
 
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "SELECT @@datadir",
+        "SELECT @@GLOBAL.secure_file_priv",
+        "select @@session.TMPDIR",
+        "SELECT @@plugin_dir, 1",
+        "SELECT id FROM t WHERE name = @@basedir",
+    ],
+)
+def test_mysql_server_paths_are_refused(sql: str) -> None:
+    _blocked(sql, "mysql")
+
+
 def test_current_setting_of_ordinary_settings_is_allowed() -> None:
     assert _actions("SELECT current_setting('TimeZone')", "postgres") == ("allow", "allow")
 

@@ -30,6 +30,7 @@ from .settings import (
 __all__ = [
     "CLASSES",
     "KINDS",
+    "MYSQL_SERVER_PATH_VARIABLES",
     "READ_KINDS",
     "SERVER_PATH_SETTINGS",
     "Statement",
@@ -258,6 +259,36 @@ _NOT_WORDS = frozenset(
         TokenType.RAW_STRING,
         TokenType.HEREDOC_STRING,
         TokenType.UNICODE_STRING,
+    }
+)
+
+#: MySQL/MariaDB variables that name server files and directories.
+MYSQL_SERVER_PATH_VARIABLES = frozenset(
+    {
+        "datadir",
+        "basedir",
+        "tmpdir",
+        "plugin_dir",
+        "secure_file_priv",
+        "general_log_file",
+        "slow_query_log_file",
+        "log_error",
+        "log_bin_basename",
+        "log_bin_index",
+        "relay_log_basename",
+        "pid_file",
+        "socket",
+        "character_sets_dir",
+        "lc_messages_dir",
+        "innodb_data_home_dir",
+        "innodb_log_group_home_dir",
+        "innodb_undo_directory",
+        "innodb_tmpdir",
+        "aria_log_dir_path",
+        "ssl_key",
+        "ssl_cert",
+        "ssl_ca",
+        "init_file",
     }
 )
 
@@ -572,6 +603,9 @@ def _facts(
                 if verdict.klass != "other":
                     classes.add(verdict.klass)
                 refused = refused or verdict.refused
+        elif cls is exp.SessionParameter:
+            if str(node.name).lower() in MYSQL_SERVER_PATH_VARIABLES:
+                classes.add("admin")  # SELECT @@datadir: where the server's files are
         elif cls is exp.Lock:
             # SELECT ... FOR UPDATE / SHARE, LOCK IN SHARE MODE: row locks held
             # until the transaction ends, which an agent can keep open.
