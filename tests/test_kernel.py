@@ -262,6 +262,8 @@ MY_TOKENIZER_SETS = [
     "SET @@character_set_connection = big5",
     "SET collation_connection = gbk_chinese_ci",
     "SET NAMES DEFAULT",
+    "SET @@nosuchscope.x = 1, sql_mode = 'ANSI_QUOTES'",
+    "SET STATEMENT x = 1 FOR SELECT 1, sql_mode = ''",
 ]
 
 

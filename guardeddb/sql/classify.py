@@ -564,9 +564,9 @@ def _set_statement(stmt: exp.Expr, verdict: SetVerdict, dialect: str) -> Stateme
     if verdict.reason:
         return replace(Statement.unknown(verdict.reason, verdict.kind), refused=verdict.refused)
     if isinstance(stmt, exp.Set):
+        # Columns keep the variable's name too: a column rule can only
+        # over-match on it, while SET @x = (SELECT ssn ...) must stay visible.
         fact = _facts(stmt, dialect, verdict.kind, {verdict.kind}, {verdict.klass})
-        # The variable being set is no column of any table.
-        fact = replace(fact, columns=frozenset(), tables=fact.tables)
     else:
         # An opaque SET (PostgreSQL's values are names and literals only; a
         # MySQL value that sqlglot could not read may hold anything).

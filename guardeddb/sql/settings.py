@@ -182,10 +182,12 @@ _RANK = {"other": 0, "dcl": 1, "admin": 2}
 
 
 def _stricter(a: SetVerdict, b: SetVerdict) -> SetVerdict:
-    if a.reason or a.refused:
-        return a
-    if b.reason or b.refused:
-        return b
+    """A kernel refusal beats not understood, which beats any class."""
+    for attr in ("refused", "reason"):
+        if getattr(a, attr):
+            return a
+        if getattr(b, attr):
+            return b
     return b if _RANK[b.klass] > _RANK[a.klass] else a
 
 
