@@ -471,6 +471,24 @@ def test_sqlite_parameter_token_differentials_are_unparsed(sql: str) -> None:
     assert analyze(sql, "sqlite").unparsed
 
 
+@pytest.mark.parametrize("sql", SQLITE_DIFFERENTIAL)
+def test_sqlite_parameter_token_differentials_are_refused_by_the_kernel(sql: str) -> None:
+    """The analyzer cannot know what SQLite runs: no policy may allow it."""
+    _kernel(sql, "sqlite")
+
+
+@pytest.mark.parametrize(
+    ("sql", "dialect"),
+    [
+        ("DELETE FROM guardeddb_approvals WHERE x = 'unterminated", "postgres"),
+        ("SELECT 'a' FROM guardeddb_audit WHERE x = 'b", "mysql"),
+        ("SELECT 1; UPDATE GUARDEDDB_APPROVALS SET s = 'a", "sqlite"),
+    ],
+)
+def test_untokenizable_text_naming_own_tables_is_refused(sql: str, dialect: str) -> None:
+    _kernel(sql, dialect)
+
+
 @pytest.mark.parametrize(
     "sql",
     [

@@ -19,6 +19,7 @@ from .classify import (
     expand_commands,
     kernel_refusal,
     normalize_tokens,
+    untokenizable,
 )
 from .text import sanitize_and_summarize
 
@@ -202,7 +203,7 @@ def _statements(
     sql: str, tokens: list[Token] | None, dialect: Dialect, name: str
 ) -> tuple[Statement, ...]:
     if tokens is None:
-        return (Statement.unknown("the SQL could not be tokenized"),)
+        return (untokenizable(sql, name),)
     if name == "mysql" and ("/*!" in sql or "/*M!" in sql):
         # MySQL runs the inside of /*! ... */; every parser skips it.
         return (Statement.unknown("MySQL executable comment (/*! ... */)"),)
@@ -210,7 +211,9 @@ def _statements(
         tokens = _placeholders(tokens)
     tokens, differential = normalize_tokens(tokens, sql, name)
     if differential:
-        return (Statement.unknown(differential),)
+        # The server would split or read this text otherwise: no fact holds,
+        # so no policy may let it through.
+        return (replace(Statement.unknown(differential), refused=differential),)
     statements = []
     for chunk in _chunks(tokens):
         control = _transaction_control(chunk)

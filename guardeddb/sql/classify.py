@@ -38,6 +38,7 @@ __all__ = [
     "is_tautology",
     "kernel_refusal",
     "normalize_tokens",
+    "untokenizable",
 ]
 
 #: Statement classes a policy can name.
@@ -814,6 +815,19 @@ def _sqlite_variable_differential(sql: str) -> str | None:
         else:
             i += 1
     return None
+
+
+def untokenizable(sql: str, dialect: str) -> Statement:
+    """Text the tokenizer cannot read: not understood, and refused under every
+    policy when it could name guardeddb's own tables (no boundary or quote
+    in it can be trusted, so only a refusal is safe to derive from it)."""
+    st = Statement.unknown("the SQL could not be tokenized")
+    differential = _sqlite_variable_differential(sql) if dialect == "sqlite" else None
+    if differential:
+        return replace(st, refused=differential)
+    if "guardeddb_" in sql.lower():
+        return replace(st, refused="text that cannot be tokenized names guardeddb's own state")
+    return st
 
 
 def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
