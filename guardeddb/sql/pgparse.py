@@ -108,6 +108,9 @@ _NESTED = {
     "MergeStmt": "merge",
 }
 _STRICT_CLASSES = frozenset({"write", "ddl", "dcl", "admin"})
+# SET ROLE and SET SESSION AUTHORIZATION however spelled: PostgreSQL names
+# the variable so, and a statement switching privileges is never "other".
+_PRIVILEGE_SETTINGS = frozenset({"role", "session_authorization"})
 
 
 def _expected_kinds(node_type: str, node: dict[str, Any]) -> frozenset[str]:
@@ -246,7 +249,7 @@ def _compare_details(
         name = str(node.get("name", "")).lower()
         if node.get("kind") in ("VAR_SET_MULTI", "VAR_RESET_ALL") or not name:
             return None if stmt.classes & {"admin", "dcl"} else "a SET of several settings"
-        needed = _set_classes(name) & _STRICT_CLASSES
+        needed = name in _PRIVILEGE_SETTINGS or _set_classes(name) & _STRICT_CLASSES
         if needed and not (stmt.classes & _STRICT_CLASSES):
             return f"it sets {name}"
     elif node_type == "TransactionStmt":
