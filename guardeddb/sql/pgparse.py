@@ -22,7 +22,6 @@ from __future__ import annotations
 import importlib
 import json
 import re
-from collections.abc import Iterator
 from functools import lru_cache
 from types import ModuleType
 from typing import Any
@@ -136,51 +135,57 @@ def _expected_kinds(node_type: str, node: dict[str, Any]) -> frozenset[str]:
 
 
 class _Facts:
-    """What one PostgreSQL statement tree holds, collected in one walk."""
+    """What one PostgreSQL statement tree holds."""
 
     __slots__ = ("ctes", "functions", "nested", "relations", "select_into")
 
-    def __init__(self, root: dict[str, Any]) -> None:
-        self.nested: set[str] = set()
+    def __init__(self) -> None:
+        self.nested: set[str] = set()  # the root statement's own kind included
         self.relations: set[str] = set()
         self.ctes: set[str] = set()
         self.functions: list[tuple[tuple[str, ...], int, bool]] = []
         self.select_into = False
-        for key, node in _walk(root):
-            if "relname" in node and "relpersistence" in node:  # a RangeVar, boxed or not
-                parts = (node.get(p) for p in ("catalogname", "schemaname", "relname"))
-                name = ".".join(p for p in parts if p)
-                self.relations.add(name)
+
+
+class _Collector:
+    """Collects each statement's facts while ``json.loads`` builds the tree.
+
+    The decoder calls :meth:`hook` on every object, innermost first and in
+    text order, so a statement's nodes all arrive before its ``RawStmt``
+    (the only node with a ``stmt`` field): one pass, no second walk.
+    """
+
+    __slots__ = ("current", "done")
+
+    def __init__(self) -> None:
+        self.current = _Facts()
+        self.done: list[_Facts] = []
+
+    def hook(self, node: dict[str, Any]) -> dict[str, Any]:
+        facts = self.current
+        if "relname" in node and "relpersistence" in node:  # a RangeVar, boxed or not
+            parts = (node.get(p) for p in ("catalogname", "schemaname", "relname"))
+            facts.relations.add(".".join(p for p in parts if p))
+        elif "stmt" in node:  # RawStmt: the statement is complete
+            self.done.append(facts)
+            self.current = _Facts()
+        elif len(node) == 1:  # a boxed node: {"NodeType": {fields}}
+            ((key, inner),) = node.items()
+            if key == "FuncCall":
+                if inner.get("funcformat") != "COERCE_SQL_SYNTAX":
+                    # EXTRACT, OVERLAY, AT TIME ZONE are grammar, not a name.
+                    names = tuple(
+                        n["String"]["sval"] for n in inner.get("funcname", ()) if "String" in n
+                    )
+                    star = bool(inner.get("agg_star"))
+                    facts.functions.append((names, len(inner.get("args", ())), star))
             elif key == "CommonTableExpr":
-                self.ctes.add(node.get("ctename", ""))
-            elif key == "FuncCall":
-                if node.get("funcformat") == "COERCE_SQL_SYNTAX":
-                    continue  # EXTRACT, OVERLAY, AT TIME ZONE: grammar, not a name
-                names = tuple(
-                    n["String"]["sval"] for n in node.get("funcname", ()) if "String" in n
-                )
-                nargs = len(node.get("args", ()))
-                self.functions.append((names, nargs, bool(node.get("agg_star"))))
+                facts.ctes.add(inner.get("ctename", ""))
             elif key in _NESTED:
-                self.nested.add(_NESTED[key])
-            elif key == "SelectStmt" and "intoClause" in node:
-                self.select_into = True
-
-
-def _walk(value: Any) -> Iterator[tuple[str, Any]]:
-    """Every (key, dict) pair below ``value``, depth first, iteratively."""
-    stack = [value]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            for key, child in item.items():
-                if isinstance(child, dict):
-                    yield key, child
-                    stack.append(child)
-                elif isinstance(child, list):
-                    stack.extend(child)
-        elif isinstance(item, list):
-            stack.extend(item)
+                facts.nested.add(_NESTED[key])
+            elif key == "SelectStmt" and "intoClause" in inner:
+                facts.select_into = True
+        return node
 
 
 def second_opinion(text: str, statements: tuple[Statement, ...]) -> str | None:
@@ -192,28 +197,30 @@ def second_opinion(text: str, statements: tuple[Statement, ...]) -> str | None:
     parser = _pglast()
     if parser is None or any(s.unparsed for s in statements):
         return None
+    collector = _Collector()
     try:
-        tree = json.loads(parser.parse_sql_json(_server_text(text)))
+        tree = json.loads(parser.parse_sql_json(_server_text(text)), object_hook=collector.hook)
     except Exception as exc:  # pglast.parser.ParseError, or anything else: no agreement
         return f"it does not parse ({str(exc).splitlines()[0][:200] if str(exc) else exc})"
     raws = tree.get("stmts", [])
-    if len(raws) != len(statements):
+    if len(raws) != len(statements) or len(collector.done) != len(raws):
         return f"{len(raws)} statement(s), not {len(statements)}"
-    for number, (raw, stmt) in enumerate(zip(raws, statements, strict=True), 1):
-        reason = _compare(raw.get("stmt", {}), stmt)
+    for number, (raw, facts, stmt) in enumerate(
+        zip(raws, collector.done, statements, strict=True), 1
+    ):
+        reason = _compare(raw.get("stmt", {}), facts, stmt)
         if reason:
             return reason if len(statements) == 1 else f"statement {number}: {reason}"
     return None
 
 
-def _compare(wrapped: dict[str, Any], stmt: Statement) -> str | None:
+def _compare(wrapped: dict[str, Any], facts: _Facts, stmt: Statement) -> str | None:
     if len(wrapped) != 1:
         return "an empty statement"
     ((node_type, node),) = wrapped.items()
     expected = _expected_kinds(node_type, node)
     if stmt.kind not in expected:
         return f"it reads a {node_type}, guardeddb a {stmt.kind}"
-    facts = _Facts(wrapped)
     reason = _compare_details(node_type, node, facts, stmt)
     if reason:
         return reason
