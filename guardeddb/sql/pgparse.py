@@ -298,6 +298,11 @@ def _classes_of(sql: str) -> frozenset[str]:
     return frozenset().union(*(s.classes for s in found)) if found else frozenset({"admin"})
 
 
+# Functions PostgreSQL's grammar calls for an operator (x SIMILAR TO y,
+# x LIKE y ESCAPE z) as an ordinary pg_catalog call: sqlglot sees the operator.
+_GRAMMAR_CALLS = frozenset({("pg_catalog", "similar_to_escape"), ("pg_catalog", "like_escape")})
+
+
 def _function_seen(
     names: tuple[str, ...], nargs: int, star: bool, functions: frozenset[str]
 ) -> bool:
@@ -305,31 +310,37 @@ def _function_seen(
     if not names:
         return False
     last = names[-1].lower()
-    if last in functions or ".".join(names).lower() in functions:
+    if last in functions or ".".join(names).lower() in functions or names in _GRAMMAR_CALLS:
         return True
-    return bool(_sqlglot_names(last, nargs, star) & functions)
+    mapped, operator = _sqlglot_names(last, nargs, star)
+    return operator or bool(mapped & functions)
 
 
 @lru_cache(maxsize=2048)
-def _sqlglot_names(name: str, nargs: int, star: bool) -> frozenset[str]:
-    """The names guardeddb gives a plain call of ``name`` (now() is current_timestamp)."""
+def _sqlglot_names(name: str, nargs: int, star: bool) -> tuple[frozenset[str], bool]:
+    """The names guardeddb gives a plain call of ``name`` (now() is current_timestamp),
+    and whether sqlglot reads that call as an operator (mod(a, b) is a % b)."""
     if not _IDENT.fullmatch(name):
-        return frozenset()
+        return frozenset(), False
     args = "*" if star else ", ".join(["NULL"] * nargs)
     from sqlglot import exp
 
     from .analysis import _dialect
 
+    dialect = _dialect("postgres")
     try:
-        tree = _dialect("postgres").parse(f"SELECT {name}({args})")[0]
+        tree = dialect.parse(f"SELECT {name}({args})")[0]
     except Exception:  # sqlglot cannot read the plain call either: nothing maps
-        return frozenset()
+        return frozenset(), False
     if tree is None:
-        return frozenset()
+        return frozenset(), False
     out: set[str] = set()
     for node in tree.walk():
         if isinstance(node, exp.Anonymous):
             out.add(str(node.name).lower())
         elif isinstance(node, exp.Func):
             out.add(node.sql_name().lower())
-    return frozenset(out)
+    # A builtin sqlglot knows by name and turns into an operator, not a call:
+    # guardeddb lists no function for it, wherever it is written.
+    operator = not out and name.upper() in dialect.parser_class.FUNCTIONS
+    return frozenset(out), operator
