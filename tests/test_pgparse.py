@@ -216,6 +216,7 @@ def test_what_postgresql_reads_differently_is_refused(text: str, reason: str) ->
         "SELECT mod(5, 2), abs(-1) FROM customers WHERE name SIMILAR TO 'a%%' OR name LIKE %s",
         "INSERT INTO t (id) VALUES (%s) ON CONFLICT (id) DO UPDATE SET id = EXCLUDED.id",
         "SELECT count(*) FILTER (WHERE x > 1), row_number() OVER (ORDER BY x) FROM t",
+        "SELECT lower(name) FROM customers; SELECT upper(email) FROM orders; SELECT 1",
         "SELECT pg_catalog.lower(name) FROM pg_catalog.pg_class c, s.t",
         "WITH c AS (SELECT 1 AS id) SELECT * FROM c JOIN customers USING (id)",
         "SELECT $$;DROP TABLE t;$$, $a$b$a$",
@@ -233,6 +234,18 @@ def test_where_both_parsers_agree_nothing_changes(text: str) -> None:
     count as disagreements: legitimate traffic is not refused."""
     assert pgparse.second_opinion(text, _fresh(text).statements) is None
     assert _fresh(text).unparsed is None
+
+
+def test_each_statement_is_compared_with_its_own_facts() -> None:
+    """Facts are attributed statement by statement: a function or relation of
+    the second statement does not excuse the first."""
+    statements = _fresh("SELECT lower(name) FROM customers; SELECT 1").statements
+    swapped = (statements[1], statements[0])
+    reason = pgparse.second_opinion("SELECT 1; SELECT lower(name) FROM customers", statements)
+    # Statement 1 (SELECT 1) needs nothing; statement 2 reads what guardeddb
+    # put on its statement 1, not its statement 2.
+    assert reason is not None and reason.startswith("statement 2:"), reason
+    assert pgparse.second_opinion("SELECT 1; SELECT lower(name) FROM customers", swapped) is None
 
 
 def test_the_whole_guardrail_corpus_agrees() -> None:
