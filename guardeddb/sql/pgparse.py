@@ -295,7 +295,9 @@ def _classes_of(sql: str) -> frozenset[str]:
     except Exception:  # not tokenizable: treat as the strictest
         return frozenset({"admin"})
     found = _statements(sql, tokens, d, "postgres")
-    return frozenset().union(*(s.classes for s in found)) if found else frozenset({"admin"})
+    if not found or any(s.unparsed for s in found):
+        return frozenset({"admin"})  # not even the plain form is understood
+    return frozenset().union(*(s.classes for s in found))
 
 
 # Functions PostgreSQL's grammar calls for an operator (x SIMILAR TO y,
