@@ -4,7 +4,10 @@ Every statement is new (a literal differs), so no cache helps: this is what
 an application pays the first time it sends a statement. Interleaved rounds,
 medians, one process.
 
-    python benchmarks/bench_analysis.py [--rounds N] [--statements N]
+    python benchmarks/bench_analysis.py [--rounds N] [--statements N] [--without-pglast]
+
+With pglast installed (the ``pgparse`` extra) PostgreSQL analyses include its
+second opinion; ``--without-pglast`` measures them without it.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from collections.abc import Callable
 
 import sqlglot
 
-from guardeddb.sql import analysis
+from guardeddb.sql import analysis, pgparse
 
 SHAPES = {
     "point select": "SELECT id, name, email FROM users WHERE id = {i}",
@@ -41,8 +44,17 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11)
     parser.add_argument("--statements", type=int, default=500)
     parser.add_argument("--dialect", default="postgres")
+    parser.add_argument(
+        "--without-pglast", action="store_true", help="no PostgreSQL second opinion"
+    )
     args = parser.parse_args()
-    print(f"unique statements, {args.rounds} rounds x {args.statements} per shape ({args.dialect})")
+    if args.without_pglast:
+        pgparse._parser = None  # as if the pgparse extra were not installed
+    second = "with" if pgparse.available() and args.dialect == "postgres" else "without"
+    print(
+        f"unique statements, {args.rounds} rounds x {args.statements} per shape"
+        f" ({args.dialect}, {second} pglast's second opinion)"
+    )
     print(f"  {'shape':16} {'sqlglot.parse us':>17} {'guardeddb us':>13} {'ratio':>7}")
     for name, shape in SHAPES.items():
         parse_us: list[float] = []

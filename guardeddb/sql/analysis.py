@@ -21,6 +21,7 @@ from .classify import (
     normalize_tokens,
     untokenizable,
 )
+from .pgparse import second_opinion
 from .text import sanitize_and_summarize
 
 __all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for"]
@@ -281,6 +282,9 @@ def analyze(text: str, dialect: str) -> Analysis:
     d = _dialect(dialect)
     sanitized, summary, tokens = sanitize_and_summarize(text, d)
     statements = _statements(text, tokens, d, dialect)
+    if dialect == "postgres" and (disagreement := second_opinion(text, statements)):
+        why = f"the PostgreSQL parser disagrees: {disagreement}"
+        statements = tuple(Statement.unknown(why) for _ in statements or (None,))
     shape = " ".join(sanitized.split()).lower()
     fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     result = Analysis(text, dialect, sanitized, summary, fingerprint, statements)
