@@ -564,3 +564,147 @@ def test_cli_output_escapes_control_and_bidi_characters(
     for ch in ("\x1b", "\r", "\u202e", "\u2028", "\x07", "\x9b"):
         assert ch not in out
     assert "\\x1b[2J" in out and "\\u202e" in out
+
+
+# --- 3. Small contracts (findings 11, 12, 14) -------------------------------
+
+
+def test_a_lone_surrogate_in_an_identity_is_escaped_not_raised(tmp_path: Path) -> None:
+    """Finding 11: an identity with a lone surrogate is recorded (escaped) in
+    the JSONL trail, and the trail verifies; no UnicodeEncodeError."""
+    path = tmp_path / "audit.jsonl"
+    conn = guardeddb.connect("sqlite://", policy=_permissive_audit(jsonl=str(path)))
+    with guardeddb.identity(user="eve\ud800", agent="bot\udfff"):
+        assert conn.execute("SELECT 1").fetchall() == [(1,)]
+    conn.close()
+    first = json.loads(path.read_text().splitlines()[0])
+    assert first["identity"]["user"] == "eve\ud800"
+    assert "\\ud800" in path.read_text()
+    assert guardeddb.audit.check(path).problems == []
+
+
+@pytest.mark.pg
+def test_a_lone_surrogate_reaches_the_postgresql_sink(pg_backend: Any) -> None:
+    """The same identity through the PostgreSQL sink: written and verified."""
+    stream = f"faults-{uuid.uuid4().hex[:8]}"
+    conn = guardeddb.connect(
+        "sqlite://", policy=_permissive_audit(postgresql=PG_DSN, stream=stream)
+    )
+    try:
+        with guardeddb.identity(user="eve\ud800"):
+            conn.execute("SELECT 1").fetchall()
+        conn.close()
+        report = guardeddb.audit.check_postgres(PG_DSN, stream)
+        assert report.problems == [] and report.records == 2
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as raw:
+            raw.execute("DELETE FROM guardeddb_audit WHERE stream = %s", (stream,))
+            raw.execute("DELETE FROM guardeddb_audit_head WHERE stream = %s", (stream,))
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"user": "x" * 1025},
+        {"agent": "a" * 5_000_000},
+        {"session": "s" * 2000},
+        {"roles": ["r" * 2000]},
+        {"roles": [f"r{i}" for i in range(300)]},
+        {"user": "u", "attributes": {"iss": "i" * 2000}},
+    ],
+    ids=["user", "agent-5MB", "session", "role", "roles", "attribute"],
+)
+def test_identity_fields_are_bounded(kwargs: dict[str, Any]) -> None:
+    """Finding 14: a 5 MB agent name is refused at construction, with the limit."""
+    with pytest.raises(ValueError, match=r"at most|longer than|more than"):
+        guardeddb.Identity(**kwargs)
+
+
+@pytest.mark.parametrize("field", ["user", "agent", "session"])
+@pytest.mark.parametrize("value", ["", "   "])
+def test_an_empty_string_is_no_identity(field: str, value: str) -> None:
+    """Finding 14: ``Identity(user="")`` raises ValueError (pass None for nobody),
+    so ``require_identity: true`` can never be satisfied by an empty name."""
+    with pytest.raises(ValueError, match="empty"):
+        guardeddb.Identity(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="empty"):
+        guardeddb.Identity(user="u", roles=frozenset([""]))
+
+
+def test_verified_true_in_code_is_refused(tmp_path: Path) -> None:
+    """Finding 12: ``verified=True`` written in code raises; nothing but
+    Identity.from_jwt makes a verified identity, so a policy requiring one
+    refuses every hand-made identity."""
+    with pytest.raises(ValueError, match="from_jwt"):
+        guardeddb.Identity(user="mallory", verified=True)
+    with pytest.raises(ValueError, match="from_jwt"):
+        guardeddb.Identity(user="mallory", verified=1)  # type: ignore[arg-type]
+    db = tmp_path / "db.sqlite"
+    conn = guardeddb.connect(
+        f"sqlite:///{db}", policy={"version": 1, "require_identity": "verified"}
+    )
+    with guardeddb.identity(user="mallory"), pytest.raises(guardeddb.QueryBlocked):
+        conn.execute("CREATE TABLE t (a)")
+    conn.close()
+    import sqlite3
+
+    with sqlite3.connect(db) as raw:
+        assert raw.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+
+
+def test_identity_equality_and_hash_cover_attributes() -> None:
+    """Finding 13/14: two tokens' identities differing only in issuer are different."""
+    a = guardeddb.Identity(user="u", attributes={"iss": "https://a"})
+    b = guardeddb.Identity(user="u", attributes={"iss": "https://b"})
+    assert a != b and hash(a) != hash(b)
+    assert a == guardeddb.Identity(user="u", attributes={"iss": "https://a"})
+    assert hash(a) == hash(guardeddb.Identity(user="u", attributes={"iss": "https://a"}))
+    assert len({a, b}) == 2
+
+
+def _pickled(exc: BaseException) -> Any:
+    import pickle
+
+    return pickle.loads(pickle.dumps(exc))
+
+
+@pytest.mark.parametrize("driver", ["sqlite3", "psycopg", "pymysql", None])
+def test_errors_survive_pickling_with_their_fields(driver: str | None) -> None:
+    """Finding 12: QueryBlocked, ApprovalRequired, AuditUnavailable (plain and
+    mixed with each driver's ProgrammingError), PolicyError and IdentityError
+    come back from pickle with their class and fields."""
+    from guardeddb.errors import IdentityError, for_driver
+
+    pe = None
+    if driver is not None:
+        pe = __import__(driver).ProgrammingError
+    decision = guardeddb.Decision("block", "no-ddl", "no DDL here")
+    blocked = for_driver(guardeddb.QueryBlocked, pe)(decision)
+    held = for_driver(guardeddb.ApprovalRequired, pe)(decision, "req-1")
+    down = for_driver(guardeddb.AuditUnavailable, pe)(decision, "audit down")
+    for exc in (blocked, held, down):
+        back = _pickled(exc)
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert back.decision == decision
+        if pe is not None:
+            assert isinstance(back, pe)
+    assert _pickled(held).request_id == "req-1"
+    policy_error = PolicyError("bad", source="p.yaml", line=3, key="mode")
+    back = _pickled(policy_error)
+    assert (back.source, back.line, back.key, str(back)) == ("p.yaml", 3, "mode", str(policy_error))
+    ident = _pickled(IdentityError("expired token", reason="expired"))
+    assert ident.reason == "expired" and str(ident) == "expired token"
+
+
+@pytest.mark.pg
+def test_a_real_blocked_query_pickles(pg_backend: Any) -> None:
+    """The QueryBlocked a guarded psycopg cursor raised, pickled and back."""
+    conn = guardeddb.connect(PG_DSN, policy={"version": 1, "extends": ["readonly"]})
+    try:
+        with pytest.raises(psycopg.ProgrammingError) as caught:
+            conn.execute("CREATE TABLE never_created (a int)")
+    finally:
+        conn.close()
+    back = _pickled(caught.value)
+    assert isinstance(back, guardeddb.QueryBlocked) and isinstance(back, psycopg.ProgrammingError)
+    assert back.decision == caught.value.decision  # type: ignore[attr-defined]
