@@ -311,7 +311,9 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     for key, n in changes.most_common():
         was, now, rule = key
-        print(f"  {n:6}  {was} -> {now}  by {rule}   e.g. {examples[key][:120]}")
+        print(
+            f"  {n:6}  {_safe(was)} -> {now}  by {_safe(rule)}   e.g. {_safe(examples[key][:120])}"
+        )
     return 0
 
 

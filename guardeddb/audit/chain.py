@@ -154,19 +154,29 @@ class JsonlSink:
         self._tail = None
 
     def _open(self) -> int:
-        """The trail's descriptor; reopened when the path now names another
-        file (rotated, deleted, its directory replaced)."""
-        if self._fd is not None:
-            try:
-                same = os.path.samestat(os.stat(self.path), os.fstat(self._fd))
-            except OSError:
-                same = False
-            if not same:
-                self._drop()
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o640)
             self._tail = None
         return self._fd
+
+    def _locked(self) -> tuple[int, int]:
+        """The trail's descriptor, locked, and its size; reopened first when
+        the path now names another file (rotated, deleted, its directory
+        replaced), so no record goes into a file nobody will read."""
+        for _ in range(3):
+            fd = self._open()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            st = os.fstat(fd)
+            try:
+                same = os.path.samestat(os.stat(self.path), st)
+            except OSError:
+                same = False
+            if same:
+                return fd, st.st_size
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            self._drop()
+        raise OSError(f"{self.path} keeps being replaced")
 
     def write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Append one record, chained to the last one; returns it as written.
@@ -183,15 +193,16 @@ class JsonlSink:
                 raise
 
     def _read_head(self) -> tuple[int, str] | None:
-        if self._head is None:
-            self._head = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT, 0o640)
-        return _parse_head(os.pread(self._head, _HEAD_LEN, 0))
+        try:
+            if self._head is None:
+                self._head = os.open(head_path(self.path), os.O_RDWR | os.O_CREAT, 0o640)
+            return _parse_head(os.pread(self._head, _HEAD_LEN, 0))
+        except OSError:  # no anchor here (a read-only directory): the trail still works
+            return None
 
     def _write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
-        fd = self._open()
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fd, size = self._locked()
         try:
-            size = os.fstat(fd).st_size
             tail = self._tail
             if tail is not None and tail[0] == size:
                 seq, prev = tail[1], tail[2]  # nobody appended since our last record
@@ -212,7 +223,7 @@ class JsonlSink:
             record["prev_hash"] = prev
             record["hash"] = _digest(prev, record)
             prefix = b""
-            if size:
+            if size and (tail is None or tail[0] != size):  # ours ends with a newline
                 prefix = b"" if os.pread(fd, 1, size - 1) == b"\n" else b"\n"
             data = prefix + _encode(json.dumps(record, ensure_ascii=False, default=str)) + b"\n"
             try:
