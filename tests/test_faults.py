@@ -708,3 +708,40 @@ def test_a_real_blocked_query_pickles(pg_backend: Any) -> None:
     back = _pickled(caught.value)
     assert isinstance(back, guardeddb.QueryBlocked) and isinstance(back, psycopg.ProgrammingError)
     assert back.decision == caught.value.decision  # type: ignore[attr-defined]
+
+
+def test_cli_approvals_list_escapes_a_forged_statement(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Finding 15: a held statement with a quoted identifier full of ESC and CR
+    is listed escaped: it cannot overwrite the approver's screen."""
+    from guardeddb.approvals import ApprovalStore
+    from guardeddb.cli import main
+
+    store_url = f"sqlite:///{tmp_path}/approvals.db"
+    store = ApprovalStore(store_url)
+    store.hold(None, "h", 'DELETE FROM "t\x1b[1A\r\u202eapproved"', "r\x1b", "why")
+    assert main(["approvals", "--store", store_url, "list"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\r" not in out and "\u202e" not in out
+    assert "\\x1b[1A" in out
+
+
+def test_a_replaced_trail_is_reopened_not_written_into_the_void(tmp_path: Path) -> None:
+    """Finding 3: when the trail's directory is removed and made again, the
+    next record goes to the new file at the path, not to the deleted inode."""
+    import shutil
+
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    path = folder / "audit.jsonl"
+    sink = guardeddb.audit.JsonlSink(path)
+    sink.write({"i": 1})
+    shutil.rmtree(folder)
+    with pytest.raises(OSError):
+        sink.write({"i": 2})  # nowhere to write: the caller is told
+    folder.mkdir()
+    assert sink.write({"i": 3})["seq"] == 1  # a new trail in the new file
+    sink.close()
+    assert [json.loads(line)["i"] for line in path.read_text().splitlines()] == [3]
+    assert sink.failures == 1
