@@ -5,6 +5,20 @@ Each record holds the SHA-256 of the previous one (``prev_hash``) and its own
 deleting or reordering any record, or tearing the last line, is detected by
 ``verify``. The chain is per file: many threads and processes append to one
 file under an exclusive lock, each reading the last record before writing.
+
+A chain alone cannot show that its *last* records were deleted: what is left
+still verifies. So each append also overwrites a head anchor outside the
+trail, the last record's seq and hash: ``FILE.head`` beside a JSONL trail,
+a row per stream in ``guardeddb_audit_head`` for PostgreSQL. ``check``
+reports a trail that ends before its anchor, and a writer that finds the
+trail shorter than its anchor chains from the anchor, so the gap stays
+visible. The anchor protects against cutting records from the end (or
+truncating the file) by someone who does not also rewrite the anchor; it
+does not protect against someone who can rewrite both (keep the anchor where
+the trail's writers cannot: a PostgreSQL stream whose head table only a
+definer function may update, or copy the head elsewhere), and with
+``fsync: never`` a crash may leave the anchor a few records behind (records
+after it are then unanchored, not reported).
 """
 
 from __future__ import annotations
