@@ -16,9 +16,11 @@ visible. The anchor protects against cutting records from the end (or
 truncating the file) by someone who does not also rewrite the anchor; it
 does not protect against someone who can rewrite both (keep the anchor where
 the trail's writers cannot: a PostgreSQL stream whose head table only a
-definer function may update, or copy the head elsewhere), and with
-``fsync: never`` a crash may leave the anchor a few records behind (records
-after it are then unanchored, not reported).
+definer function may update, or copy the head elsewhere). With ``fsync:
+always`` the record is on disk before the anchor names it, so a crash can
+leave the anchor behind the trail (the records after it unanchored), never
+ahead; with ``fsync: never`` the OS may keep the anchor and lose the trail's
+tail, which ``check`` then reports as records cut from the end.
 """
 
 from __future__ import annotations
