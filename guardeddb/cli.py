@@ -311,7 +311,9 @@ def _replay(args: argparse.Namespace) -> int:
         return 0
     for key, n in changes.most_common():
         was, now, rule = key
-        print(f"  {n:6}  {was} -> {now}  by {rule}   e.g. {examples[key][:120]}")
+        print(
+            f"  {n:6}  {_safe(was)} -> {now}  by {_safe(rule)}   e.g. {_safe(examples[key][:120])}"
+        )
     return 0
 
 
@@ -329,27 +331,51 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _audit(args: argparse.Namespace) -> int:
-    """Verify an audit file's hash chain, or show its records as a table."""
-    from .audit import verify
+_UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
 
+
+def _safe(value: Any) -> str:
+    """``value`` as text a terminal prints as it is: control, format (bidi
+    overrides, zero-width) and separator characters escaped, so a recorded
+    name or statement cannot move the cursor or forge a line."""
+    import unicodedata
+
+    text = str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if unicodedata.category(ch) in _UNSAFE:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    """Verify an audit trail's hash chain (reporting every problem), or show its records."""
     if args.audit_command == "verify":
+        from .audit import check, check_postgres
+
         try:
             if args.file.startswith(("postgresql://", "postgres://")):
-                from .audit import verify_postgres
-
-                good, problem = verify_postgres(args.file, args.stream)
+                report = check_postgres(args.file, args.stream)
             else:
-                good, problem = verify(args.file)
+                report = check(args.file)
         except Exception as exc:  # a missing file, an unreachable database
-            print(f"error: {exc}", file=sys.stderr)
+            print(f"error: {_safe(exc)}", file=sys.stderr)
             return 2
-        if problem is not None:
+        name = _safe(args.file.split("@")[-1])
+        for problem in report.problems:
+            print(f"{name}:{problem.line}: {_safe(problem.reason)}")
+        if report.problems:
             print(
-                f"{args.file}:{problem.line}: {problem.reason} ({good} records verified before it)"
+                f"{name}: {len(report.problems)} problems; {report.verified} of "
+                f"{report.records} records verified"
             )
             return 1
-        print(f"{args.file}: {good} records, chain intact")
+        print(f"{name}: {report.verified} records, chain intact")
         return 0
     rows = []
     for rec in _audit_records(args.file):
@@ -375,8 +401,8 @@ def _audit(args: argparse.Namespace) -> int:
             what = f"result rows={rec.get('rows')} masked={rec.get('masked_values')}"
             what += f" error={rec['error']}" if rec.get("error") else ""
         print(
-            f"{rec.get('seq', '?'):>5}  {rec.get('ts', '')[:19]}  {who:40}  {what:40}  "
-            f"{rec.get('statement') or ''}"
+            f"{_safe(rec.get('seq', '?')):>5}  {_safe(str(rec.get('ts', ''))[:19])}  "
+            f"{_safe(who):40}  {_safe(what):40}  {_safe(rec.get('statement') or '')}"
         )
     return 0
 
@@ -416,14 +442,17 @@ def _approvals(args: argparse.Namespace) -> int:
     store = ApprovalStore(str(url), parse_ttl(ttl))
     if args.approvals_command == "list":
         for req in store.list(args.status):
-            print(f"{req.id}  {req.status:8}  {req.created[:19]}  rule={req.rule}  {req.statement}")
+            print(
+                f"{_safe(req.id)}  {_safe(req.status):8}  {_safe(req.created[:19])}  "
+                f"rule={_safe(req.rule)}  {_safe(req.statement)}"
+            )
         return 0
     if args.approvals_command == "show":
         found = store.get(args.id)
         if found is None:
             print(f"error: no request {args.id}", file=sys.stderr)
             return 1
-        print(json.dumps(found.__dict__, indent=2))
+        print(json.dumps(found.__dict__, indent=2, default=str))  # JSON escapes control characters
         return 0
     approve = args.approvals_command == "approve"
     if not _decide(store, policy, args.id, approve, args.by, args.note):

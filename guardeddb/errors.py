@@ -15,6 +15,10 @@ Raised from a guarded cursor, ``QueryBlocked`` and its subclasses are
 *also* instances of that driver's ``ProgrammingError`` (see
 ``for_driver``), so ``except psycopg.Error:`` handlers and SQLAlchemy's
 DBAPI error wrapping keep working unchanged.
+
+Every error pickles with its fields (``.decision``, ``.request_id``,
+``.source``/``.line``/``.key``, ``.reason``), the driver-mixed classes too,
+so it crosses a process pool or a task queue intact.
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ class PolicyError(Error, ValueError):
         line: int | None = None,
         key: str | None = None,
     ) -> None:
+        self.message = message
         self.source = source
         self.line = line
         self.key = key
@@ -63,6 +68,9 @@ class PolicyError(Error, ValueError):
         if key:
             where = f"{where}: {key}" if where else key
         super().__init__(f"{where}: {message}" if where else message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_policy_error, (type(self), self.message, self.source, self.line, self.key))
 
 
 class IdentityError(Error):
@@ -82,6 +90,9 @@ class IdentityError(Error):
         self.reason = reason
         super().__init__(message)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_identity_error, (type(self), str(self), self.reason))
+
 
 class QueryBlocked(Error):
     """The guardrails refused a query before it reached the database."""
@@ -95,6 +106,14 @@ class QueryBlocked(Error):
             why = f": {decision.message}" if decision.message else ""
             message = f"query blocked{rule}{why}"
         super().__init__(message)
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self.decision, str(self))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A driver-mixed class is made at run time: rebuild it from its parts.
+        base, driver = getattr(type(self), "_guardeddb_parts", (type(self), None))
+        return (_rebuild, (base, driver, self._args()))
 
 
 class ApprovalRequired(QueryBlocked):
@@ -110,6 +129,9 @@ class ApprovalRequired(QueryBlocked):
             if decision.message:
                 message += f": {decision.message}"
         super().__init__(decision, message)
+
+    def _args(self) -> tuple[Any, ...]:
+        return (self.decision, self.request_id, str(self))
 
 
 class AuditUnavailable(QueryBlocked):
@@ -131,6 +153,28 @@ def for_driver(cls: type[QueryBlocked], programming_error: type[BaseException] |
     key = (cls, programming_error)
     mixed = _DRIVER_CLASSES.get(key)
     if mixed is None:
-        mixed = type(cls.__name__, (cls, programming_error), {"__module__": "guardeddb"})
+        mixed = type(
+            cls.__name__,
+            (cls, programming_error),
+            {"__module__": "guardeddb", "_guardeddb_parts": (cls, programming_error)},
+        )
         _DRIVER_CLASSES[key] = mixed
     return mixed
+
+
+def _rebuild(
+    cls: type[QueryBlocked], programming_error: type[BaseException] | None, args: tuple[Any, ...]
+) -> QueryBlocked:
+    """Unpickle a QueryBlocked (or a subclass), mixed with its driver's error again."""
+    target: type[QueryBlocked] = for_driver(cls, programming_error)
+    return target(*args)
+
+
+def _policy_error(
+    cls: type[PolicyError], message: str, source: str | None, line: int | None, key: str | None
+) -> PolicyError:
+    return cls(message, source=source, line=line, key=key)
+
+
+def _identity_error(cls: type[IdentityError], message: str, reason: str) -> IdentityError:
+    return cls(message, reason=reason)

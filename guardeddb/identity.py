@@ -29,20 +29,52 @@ __all__ = [
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
+#: Bounds on what an identity may hold: it goes into every span, audit
+#: record and approval key, so a 5 MB agent name is refused here, once.
+MAX_FIELD = 1024  # characters of user, agent, session, each role, attribute key or text value
+MAX_ROLES = 256
+MAX_ATTRIBUTES = 64
+
+# Set only while Identity.from_jwt builds the identity a token proved: the
+# one way to construct ``verified=True`` (per thread and task, as a contextvar).
+_minting: contextvars.ContextVar[bool] = contextvars.ContextVar("guardeddb_minting", default=False)
+
+
+def _text(name: str, value: Any, *, optional: bool = True) -> None:
+    """A field's value is None (when optional) or a non-empty bounded string."""
+    if value is None and optional:
+        return
+    if not isinstance(value, str):
+        raise TypeError(f"Identity {name} must be a string, not {type(value).__name__}")
+    if not value.strip():
+        raise ValueError(
+            f"Identity {name} is empty: an empty string is no identity (pass None instead)"
+        )
+    if len(value) > MAX_FIELD:
+        raise ValueError(
+            f"Identity {name} is {len(value)} characters long; at most {MAX_FIELD} are accepted"
+        )
+
 
 @dataclass(frozen=True, eq=True)
 class Identity:
     """The caller of a query: a user, the agent acting for them, their roles.
 
     Frozen and hashable so that decisions and span attributes can be cached
-    per identity; ``attributes`` is free-form context kept out of the hash.
+    per identity; equality and the hash cover every field, ``attributes``
+    (a token's issuer) included. Each text field is None or a non-empty
+    string of at most ``MAX_FIELD`` characters: ``Identity(user="")`` raises
+    ValueError rather than meaning "nobody" to one check and "someone" to
+    another. ``verified=True`` comes only from ``Identity.from_jwt``; passing
+    it in code raises ValueError, so ``require_identity: verified`` means a
+    token was checked.
     """
 
     user: str | None = None
     agent: str | None = None
     roles: frozenset[str] = frozenset()
     session: str | None = None
-    attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, hash=False, compare=False)
+    attributes: Mapping[str, Any] = field(default_factory=lambda: _EMPTY, hash=False)
     verified: bool = False  # True only for identities built from a signed token
 
     __module__ = "guardeddb"
@@ -56,14 +88,35 @@ class Identity:
         # Accept any iterable of roles (a list from YAML, a set from code) but
         # store a frozenset so the identity stays hashable; a lone string is
         # one role, not a set of characters.
+        if self.verified is not False and not (self.verified is True and _minting.get()):
+            raise ValueError(
+                "verified=True is set only by Identity.from_jwt, from a token it checked"
+            )
+        for name in ("user", "agent", "session"):
+            _text(name, getattr(self, name))
         roles: Iterable[str] = self.roles
         if isinstance(roles, str):
             roles = (roles,)
-        object.__setattr__(self, "roles", frozenset(roles))
-        object.__setattr__(self, "attributes", MappingProxyType(dict(self.attributes)))
+        roles = frozenset(roles)
+        if len(roles) > MAX_ROLES:
+            raise ValueError(f"Identity has {len(roles)} roles; at most {MAX_ROLES} are accepted")
+        for role in roles:
+            _text("role", role, optional=False)
+        attributes = dict(self.attributes)
+        if len(attributes) > MAX_ATTRIBUTES:
+            raise ValueError(f"Identity has more than {MAX_ATTRIBUTES} attributes")
+        for key, value in attributes.items():
+            _text("attribute name", key, optional=False)
+            if isinstance(value, str) and len(value) > MAX_FIELD:
+                raise ValueError(f"Identity attribute {key!r} is longer than {MAX_FIELD}")
+        object.__setattr__(self, "roles", roles)
+        object.__setattr__(self, "attributes", MappingProxyType(attributes))
         object.__setattr__(self, "_span_attributes", self._build_span_attributes())
+        shown = tuple(sorted((k, repr(v)) for k, v in attributes.items()))
         object.__setattr__(
-            self, "_hash", hash((self.user, self.agent, self.roles, self.session, self.verified))
+            self,
+            "_hash",
+            hash((self.user, self.agent, self.roles, self.session, shown, self.verified)),
         )
 
     def _build_span_attributes(self) -> Mapping[str, Any]:
@@ -111,18 +164,22 @@ class Identity:
             raise ModuleNotFoundError(
                 "Identity.from_jwt needs PyJWT: pip install 'guardeddb[jwt]'", name="jwt"
             ) from exc
-        return _jwt.verify(
-            cls,
-            token,
-            jwks=jwks,
-            issuer=issuer,
-            audience=audience,
-            user_claim=user_claim,
-            roles_claim=roles_claim,
-            agent_claim=agent_claim,
-            algorithms=algorithms,
-            leeway=leeway,
-        )
+        minting = _minting.set(True)
+        try:
+            return _jwt.verify(
+                cls,
+                token,
+                jwks=jwks,
+                issuer=issuer,
+                audience=audience,
+                user_claim=user_claim,
+                roles_claim=roles_claim,
+                agent_claim=agent_claim,
+                algorithms=algorithms,
+                leeway=leeway,
+            )
+        finally:
+            _minting.reset(minting)
 
     @property
     def span_attributes(self) -> Mapping[str, Any]:

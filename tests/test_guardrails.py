@@ -391,7 +391,14 @@ def test_on_unparsed_and_require_identity() -> None:
     assert strict.check("SELECT 1", Identity(user="a")).action == "allow"
     verified = _policy(require_identity="verified")
     assert verified.check("SELECT 1", Identity(user="a")).action == "block"
-    assert verified.check("SELECT 1", Identity(user="a", verified=True)).action == "allow"
+    from guardeddb.identity import _minting
+
+    minting = _minting.set(True)  # what Identity.from_jwt does
+    try:
+        proved = Identity(user="a", verified=True)
+    finally:
+        _minting.reset(minting)
+    assert verified.check("SELECT 1", proved).action == "allow"
 
 
 def test_extends_presets_user_rules_first() -> None:

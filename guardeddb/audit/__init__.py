@@ -20,13 +20,25 @@ from ..drivers import ConnectionFacts, Driver
 from ..identity import Identity
 from ..policy.decision import Decision
 from ..sql.analysis import Analysis
-from .chain import JsonlSink, PostgresSink, Problem, verify, verify_postgres
+from .chain import (
+    JsonlSink,
+    PostgresSink,
+    Problem,
+    Report,
+    check,
+    check_postgres,
+    verify,
+    verify_postgres,
+)
 
 __all__ = [
     "AuditTrail",
     "JsonlSink",
     "PostgresSink",
     "Problem",
+    "Report",
+    "check",
+    "check_postgres",
     "sink_for",
     "verify",
     "verify_postgres",
@@ -106,7 +118,7 @@ class AuditTrail:
         """Write a record; False when it could not be written."""
         try:
             self.sink.write(fields)
-        except OSError as exc:
+        except Exception as exc:  # a full disk, a lost server, a value JSON refuses: no record
             self.failures += 1
             _log.error("guardeddb: audit record not written to %s: %s", self.sink.path, exc)
             return False
@@ -186,5 +198,9 @@ class AuditTrail:
         )
 
     def close(self) -> None:
-        """Release the sink (a PostgreSQL sink's connection)."""
-        self.sink.close()
+        """Release the sink (a PostgreSQL sink's connection); never raises,
+        so ``close()`` of a connection whose trail failed still closes it."""
+        try:
+            self.sink.close()
+        except Exception as exc:
+            _log.error("guardeddb: closing audit sink %s: %s", self.sink.path, exc)

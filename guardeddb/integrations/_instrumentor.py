@@ -3,9 +3,10 @@
 Registered under the ``opentelemetry_instrumentor`` entry point group. It
 guards whichever of sqlite3, psycopg and PyMySQL are importable. The policy
 comes from ``instrument(policy=...)`` or the ``GUARDEDDB_POLICY`` variable (a
-YAML path), else the agent-safe preset. A policy that fails to load does not
+YAML path), else the agent-safe preset. A policy that fails to load, for any reason, does not
 leave the process unguarded: the drivers stay patched and refuse to connect,
-because ``opentelemetry-instrument`` logs and swallows an instrumentor's errors.
+because ``opentelemetry-instrument`` logs and swallows an instrumentor's errors
+(raising would leave the raw drivers in place).
 """
 
 from __future__ import annotations
@@ -47,21 +48,23 @@ class GuardeddbInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # an untyp
         source = kwargs.get("policy")
         if source is None:
             source = os.environ.get(POLICY_ENV) or None
-        refusal: PolicyError | None = None
         try:
-            policy = load_policy(source)
-        except PolicyError as exc:
-            _log.error("guardeddb: %s; instrumented drivers will refuse to connect", exc)
-            policy, refusal = None, exc
-        options = _Options(
-            policy,
-            kwargs.get("identity"),
-            kwargs.get("tracer_provider"),
-            kwargs.get("meter_provider"),
-            kwargs.get("approver"),
-            float(kwargs.get("approver_timeout", 30.0)),
-            refusal,
-        )
+            options = _Options(
+                load_policy(source),
+                kwargs.get("identity"),
+                kwargs.get("tracer_provider"),
+                kwargs.get("meter_provider"),
+                kwargs.get("approver"),
+                float(kwargs.get("approver_timeout", 30.0)),
+            )
+        except Exception as exc:  # whatever went wrong, never run unguarded
+            refusal = (
+                exc
+                if isinstance(exc, PolicyError)
+                else PolicyError(f"cannot load policy: {type(exc).__name__}: {exc}")
+            )
+            _log.error("guardeddb: %s; instrumented drivers will refuse to connect", refusal)
+            options = _Options(None, None, None, None, None, 30.0, refusal)
         done = []
         for name in TARGETS:
             try:

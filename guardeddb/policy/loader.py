@@ -89,22 +89,134 @@ def _dotted(path: Path_) -> str:
     return out
 
 
-def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    """YAML to Python, remembering the line of every key and item."""
-    loader = yaml.SafeLoader(text)
+#: Limits checked while the YAML is composed, before anything is expanded:
+#: a policy is a few kilobytes, and a file that needs more is an attack.
+MAX_BYTES = 1 << 20  # the file's size
+MAX_DEPTH = 64  # nesting of mappings and lists, aliases expanded
+MAX_ALIASES = 100  # ``*name`` references
+MAX_NODES = 100_000  # values in the document, aliases expanded
+MAX_TTL = 366 * 86400  # an approval TTL: a held query waits a year at most
+_SAFE_TAGS = frozenset(
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map")
+)
+
+
+class _Refused(Exception):
+    """A limit or a tag the bounded loader refused, at a YAML mark."""
+
+    def __init__(self, message: str, mark: Any) -> None:
+        super().__init__(message)
+        self.line = mark.line + 1 if mark is not None else None
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader composing under limits.
+
+    Counts nesting depth before descending (no RecursionError), aliases as
+    they are met, and each node's expanded size and depth as it is built, so
+    a billion-laughs file is refused after a few hundred nodes, never
+    expanded; an alias to a node still being composed (a cycle) is refused;
+    only the standard scalar, list and mapping tags are accepted.
+    """
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+        self._aliases = 0
+        self._open: list[str] = []  # anchors of the nodes being composed
+        self._sizes: dict[int, tuple[int, int]] = {}  # id(node) -> (nodes, depth), expanded
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]  # PyYAML is untyped
+        if isinstance(event, yaml.AliasEvent):
+            self._aliases += 1
+            if self._aliases > MAX_ALIASES:
+                raise _Refused(f"more than {MAX_ALIASES} aliases", event.start_mark)
+            if event.anchor in self._open:
+                raise _Refused(f"alias *{event.anchor} refers to itself", event.start_mark)
+            return super().compose_node(parent, index)
+        self._depth += 1
+        if self._depth > MAX_DEPTH:
+            raise _Refused(f"nested deeper than {MAX_DEPTH} levels", event.start_mark)
+        anchor = getattr(event, "anchor", None)
+        if anchor is not None:
+            self._open.append(anchor)
+        node: Any = super().compose_node(parent, index)
+        if anchor is not None:
+            self._open.pop()
+        self._depth -= 1
+        if node.tag not in _SAFE_TAGS:
+            raise _Refused(f"tag {node.tag!r} is not allowed in a policy", node.start_mark)
+        children: list[Any] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [n for pair in node.value for n in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = node.value
+        sizes = [self._sizes[id(c)] for c in children]
+        count = 1 + sum(s[0] for s in sizes)
+        depth = 1 + max((s[1] for s in sizes), default=0)
+        if count > MAX_NODES:
+            raise _Refused(
+                f"more than {MAX_NODES} values once aliases are expanded", node.start_mark
+            )
+        if depth > MAX_DEPTH:
+            raise _Refused(
+                f"nested deeper than {MAX_DEPTH} levels once aliases are expanded", node.start_mark
+            )
+        self._sizes[id(node)] = (count, depth)
+        return node
+
+
+def _decode(data: bytes, source: str) -> str:
+    """UTF-8 text without NUL bytes, or a PolicyError at the offending line."""
+    if len(data) > MAX_BYTES:
+        raise PolicyError(f"policy file larger than {MAX_BYTES} bytes", source=source, line=1)
+    nul = data.find(b"\0")
+    if nul >= 0:
+        line = data.count(b"\n", 0, nul) + 1
+        raise PolicyError("NUL byte in policy file", source=source, line=line)
     try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise PolicyError(f"not UTF-8 text: {exc.reason}", source=source, line=line) from None
+
+
+def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
+    """YAML to Python, remembering the line of every key and item.
+
+    Any failure, whatever raised it, is a PolicyError naming the file and a line.
+    """
+    loader: _BoundedLoader | None = None
+    try:
+        loader = _BoundedLoader(text)  # the reader checks the characters here
         node = loader.get_single_node()
+    except _Refused as exc:
+        raise PolicyError(str(exc), source=source, line=exc.line) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None
+        if line is None and isinstance(exc, yaml.reader.ReaderError):
+            line = text.count("\n", 0, exc.position) + 1
         problem = getattr(exc, "problem", None) or str(exc)
-        raise PolicyError(f"invalid YAML: {problem}", source=source, line=line) from None
+        raise PolicyError(f"invalid YAML: {problem}", source=source, line=line or 1) from None
+    except Exception as exc:  # a bug or a limit of PyYAML: still the policy's fault
+        try:
+            line = loader.get_mark().line + 1 if loader is not None else 1
+        except Exception:  # the reader itself is what failed
+            line = 1
+        raise PolicyError(
+            f"invalid YAML: {type(exc).__name__}: {exc}", source=source, line=line
+        ) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     lines: dict[Path_, int] = {}
     constructor = yaml.constructor.SafeConstructor()
+    current = [1]  # the line of the node being converted, for unexpected errors
 
     def walk(n: yaml.Node, path: Path_) -> Any:
+        current[0] = n.start_mark.line + 1
         lines.setdefault(path, n.start_mark.line + 1)
         if isinstance(n, yaml.MappingNode):
             out: dict[str, Any] = {}
@@ -133,7 +245,13 @@ def _compose(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
 
     if node is None:
         return {}, lines
-    return walk(node, ()), lines
+    try:
+        return walk(node, ()), lines
+    except PolicyError:
+        raise
+    except Exception as exc:  # a value PyYAML cannot build (an int of 5,000 digits, ...)
+        problem = getattr(exc, "problem", None) or f"{type(exc).__name__}: {exc}"
+        raise PolicyError(f"invalid value: {problem}", source=source, line=current[0]) from None
 
 
 def _keys(ctx: _Context, value: Any, path: Path_, allowed: set[str], what: str) -> dict[str, Any]:
@@ -395,9 +513,11 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
         raise ctx.error(("approvals", "store"), "must be sqlite:///FILE or postgresql://...")
     if "ttl" in raw:
         try:
-            parse_ttl(raw["ttl"])
-        except ValueError as exc:
+            seconds = parse_ttl(raw["ttl"])
+        except (ValueError, OverflowError) as exc:
             raise ctx.error(("approvals", "ttl"), str(exc)) from None
+        if seconds > MAX_TTL:
+            raise ctx.error(("approvals", "ttl"), f"at most 366d, not {raw['ttl']!r}")
     return dict(raw)
 
 
@@ -468,14 +588,30 @@ def load_policy(source: PolicySource | None = None) -> Policy:
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PolicyError(f"cannot read policy: {exc}", source=str(path)) from None
-        raw, lines = _compose(text, str(path))
-        return _build(raw, _Context(str(path), lines))
+            with path.open("rb") as f:
+                data = f.read(MAX_BYTES + 1)  # bounded: /dev/zero or a FIFO cannot fill memory
+        except (OSError, ValueError) as exc:
+            raise PolicyError(f"cannot read policy: {exc}", source=str(path), line=1) from None
+        raw, lines = _compose(_decode(data, str(path)), str(path))
+        return _checked(raw, _Context(str(path), lines))
     if isinstance(source, Mapping):
-        return _build(dict(source), _Context("<dict>", {}))
+        return _checked(dict(source), _Context("<dict>", {}))
     raise TypeError(f"a policy is a Policy, a YAML path or a dict, not {type(source).__name__}")
+
+
+def _checked(raw: Any, ctx: _Context) -> Policy:
+    """_build, with any failure it did not foresee turned into a PolicyError:
+    a caller that handles PolicyError (the instrumentor) must never meet another."""
+    try:
+        return _build(raw, ctx)
+    except PolicyError:
+        raise
+    except Exception as exc:
+        raise PolicyError(
+            f"cannot load policy: {type(exc).__name__}: {exc}",
+            source=ctx.source,
+            line=min(ctx.lines.values(), default=1),
+        ) from None
 
 
 @functools.cache

@@ -36,7 +36,8 @@ __all__ = [
 #: reach of every guarded connection, under every policy.
 APPROVALS_TABLE = "guardeddb_approvals"
 AUDIT_TABLE = "guardeddb_audit"
-OWN_TABLES = frozenset({APPROVALS_TABLE, AUDIT_TABLE})
+AUDIT_HEAD_TABLE = "guardeddb_audit_head"
+OWN_TABLES = frozenset({APPROVALS_TABLE, AUDIT_TABLE, AUDIT_HEAD_TABLE})
 
 #: Session variables an agent may set, per dialect (lower case). Reviewed:
 #: none changes privileges, read-only mode, name resolution or tokenizing.
