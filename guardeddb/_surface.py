@@ -111,7 +111,7 @@ _PSYCOPG_CONNECTION = {
     **_names(
         FORWARD,
         "closed broken cancel cancel_safe fileno xid pipeline transaction deferrable "
-        "read_only add_notice_handler remove_notice_handler set_autocommit "
+        "read_only add_notice_handler remove_notice_handler set_autocommit lock "
         "set_isolation_level set_deferrable connect",
     ),
     **_names(
