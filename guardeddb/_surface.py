@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Callable, Mapping
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from .errors import AttributeRefused
@@ -305,11 +306,43 @@ def _psycopg_type_lookup() -> bool:
     return False
 
 
-def assignable(proxy: Any, name: str) -> bool:
-    """Whether ``proxy.name = value`` goes to the driver object (trusted
-    underscore names, and names the table marks settable)."""
-    kind = type(proxy)._self_surface.get(name)
-    return kind is SETTABLE or (kind is None and name[:1] == "_")
+def descriptors(table: dict[str, str], bases: tuple[type, ...]) -> dict[str, property]:
+    """Class attributes of a composed proxy for the names of ``table`` its
+    bases do not define: a ``forward`` name is read from the driver (one C
+    call, no ``__getattr__`` round) and cannot be assigned; a ``refuse`` name,
+    or a ``guard`` name without a guarded method, is refused both ways.
+    ``settable`` names get none: wrapt forwards their reads (through
+    ``__getattr__``) and their assignments to the driver.
+
+    Assigning a name in no table lands on the driver object as a new
+    attribute: every attribute a driver reads is public in ``dir()`` of its
+    objects and so classified (``tests/test_surface.py``), or private (trusted).
+    """
+    out: dict[str, property] = {}
+    for name, kind in table.items():
+        if kind is SETTABLE or any(name in vars(b) for c in bases for b in c.__mro__):
+            continue
+        if kind is FORWARD:
+            out[name] = property(attrgetter(f"__wrapped__.{name}"), _read_only(name))
+        else:
+            out[name] = property(_refused(name, kind), _refused(name, kind))
+    return out
+
+
+def _read_only(name: str) -> Callable[[Any, Any], None]:
+    def assign(proxy: Any, value: Any) -> None:
+        raise refusal(type(proxy), type(proxy.__wrapped__), name, FORWARD)
+
+    return assign
+
+
+def _refused(name: str, kind: str) -> Callable[..., Any]:
+    def refuse(proxy: Any, *value: Any) -> Any:
+        if not value and kind is not GUARD and _psycopg_type_lookup():
+            return getattr(proxy.__wrapped__, name)
+        raise refusal(type(proxy), type(proxy.__wrapped__), name, kind)
+
+    return refuse
 
 
 def masking_now(guard: _Guard) -> bool:

@@ -448,36 +448,10 @@ def query_text(query: Any, raw: Any) -> str:
     return str(query)
 
 
-_proxy_setattr = wrapt.BaseObjectProxy.__setattr__
-_proxy_delattr = wrapt.BaseObjectProxy.__delattr__
-
-
 def _surface_get(self: Any, name: str) -> Any:
     """A driver attribute the proxy class does not define: forwarded only if
     the surface table allows it (called by wrapt after the class lookup)."""
     return _surface.get(self, name)
-
-
-def _surface_set(self: Any, name: str, value: Any) -> None:
-    """Proxy state and the proxy's own properties stay on the proxy; a driver
-    attribute is assigned only if the surface table marks it settable."""
-    if name[:6] == "_self_" or hasattr(type(self), name):
-        _proxy_setattr(self, name, value)
-    elif _surface.assignable(self, name):
-        setattr(self.__wrapped__, name, value)
-    else:
-        raise _surface.refusal(
-            type(self), type(self.__wrapped__), name, type(self)._self_surface.get(name)
-        )
-
-
-def _surface_del(self: Any, name: str) -> None:
-    if name[:6] == "_self_" or hasattr(type(self), name) or _surface.assignable(self, name):
-        _proxy_delattr(self, name)
-    else:
-        raise _surface.refusal(
-            type(self), type(self.__wrapped__), name, type(self)._self_surface.get(name)
-        )
 
 
 class CursorBase(wrapt.BaseObjectProxy[Any]):
@@ -504,8 +478,6 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         def __setattr__(self, name: str, value: Any) -> None: ...
     else:
         __getattr__ = _surface_get
-        __setattr__ = _surface_set
-        __delattr__ = _surface_del
 
     def _self_track(self, op: Operation, raw: Any) -> None:
         """The statement ran: its span stays open while rows are left to fetch."""
@@ -882,8 +854,6 @@ class ConnectionBase(wrapt.BaseObjectProxy[Any]):
         def __setattr__(self, name: str, value: Any) -> None: ...
     else:
         __getattr__ = _surface_get
-        __setattr__ = _surface_set
-        __delattr__ = _surface_del
 
     def _self_guarded(self, raw: Any, base: type[CursorBase], mixins: Any) -> Any:
         """The driver's cursor ``raw`` wrapped in ``base`` and the mixins its type needs."""
@@ -1294,11 +1264,13 @@ def _compose(base: type[Any], raw_type: type[Any], mixins: Any) -> type[Any]:
             for name, m in mixins
             if (hasattr(raw_type, name) if isinstance(name, str) else name(raw_type))
         )
-        cls = type(
-            base.__name__,
-            (*bases, base),
-            {"__module__": "guardeddb", "_self_surface": _surface.surface_for(raw_type)},
-        )
+        table = _surface.surface_for(raw_type)
+        namespace = {
+            "__module__": "guardeddb",
+            "_self_surface": table,
+            **_surface.descriptors(table, (*bases, base)),
+        }
+        cls = type(base.__name__, (*bases, base), namespace)
         _CLASSES[key] = cls
     return cls
 
