@@ -19,6 +19,10 @@ Every public attribute of every proxied driver class is in one of these tables:
 - ``refuse``: changes the session or returns raw results around the guard
   (psycopg ``pgconn``/``pgresult``, PyMySQL ``kill``/``show_warnings``...).
 
+Assignments follow the same table: a ``settable`` name is assigned on the
+driver object, a ``forward`` or ``refuse`` one is refused (the composed proxy
+class carries a property per classified name, see ``descriptors``).
+
 A public name in no table is refused too, with an error naming it: a driver
 release that adds an attribute gets it reviewed before it is handed out
 (``tests/test_surface.py`` fails on it). Refusals raise

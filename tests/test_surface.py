@@ -171,28 +171,42 @@ def test_sqlite_callbacks_never_see_masked_cells() -> None:
 
 
 @pytest.mark.pg
-def test_psycopg_raw_apis_are_refused(pg_backend: Backend) -> None:
-    """pgconn, pgresult, notifies and the read_only setter do not reach the driver."""
+def test_psycopg_raw_apis_cannot_read_a_masked_column(pg_backend: Backend) -> None:
+    """pgresult, pgconn (also through conn.info), adapters (a loader would see
+    raw cells) and the read_only setter do not reach the driver; the masked
+    column comes back masked and only masked."""
+    table = f"gdb_people_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_DSN, autocommit=True) as setup:
+        setup.execute(f"CREATE TABLE {table} (id int, ssn text)")
+        setup.execute(f"INSERT INTO {table} VALUES (1, '123-45-6789')")
     conn = guardeddb.wrap(psycopg.connect(PG_DSN, autocommit=True), policy=MASKED_POLICY)
-    cur = conn.cursor()
-    cur.execute("SELECT '123-45-6789' AS ssn")
-    with pytest.raises(guardeddb.AttributeRefused, match="pgresult"):
-        cur.pgresult  # noqa: B018
-    assert cur.fetchall() == [("[REDACTED]",)] or cur.rownumber is not None
-    for name in ("pgconn", "notifies", "add_notify_handler", "tpc_begin", "wait"):
-        assert not hasattr(conn, name), name
-    with pytest.raises(guardeddb.AttributeRefused, match="pgconn"):
-        conn.info.pgconn  # noqa: B018
-    assert conn.info.transaction_status is not None
-    assert conn.connection is conn
-    assert cur.connection is conn
-    with pytest.raises(guardeddb.AttributeRefused, match="read_only"):
-        conn.read_only = False
-    with pytest.raises(guardeddb.AttributeRefused, match="read_only"):
-        conn.set_read_only(False)
-    conn.read_only = True
-    assert conn.__wrapped__.read_only is True
-    conn.close()
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT ssn FROM {table}")
+        with pytest.raises(guardeddb.AttributeRefused, match="pgresult"):
+            cur.pgresult  # noqa: B018
+        assert "123-45-6789" not in str(cur.fetchall())
+        for obj, name in ((conn, "pgconn"), (conn.info, "pgconn"), (conn, "adapters")):
+            with pytest.raises(guardeddb.AttributeRefused, match=name):
+                getattr(obj, name)
+        assert not hasattr(cur, "adapters")
+        for name in ("notifies", "add_notify_handler", "tpc_begin", "wait"):
+            assert not hasattr(conn, name), name
+        assert conn.info.transaction_status is not None
+        assert conn.connection is conn
+        assert cur.connection is conn
+        with pytest.raises(guardeddb.AttributeRefused, match="read_only"):
+            conn.read_only = False
+        with pytest.raises(guardeddb.AttributeRefused, match="read_only"):
+            conn.set_read_only(False)
+        conn.read_only = True
+        assert conn.__wrapped__.read_only is True
+        with guardeddb.identity(user="auditor", roles={"compliance"}):
+            assert conn.adapters is conn.__wrapped__.adapters  # no masking, no refusal
+    finally:
+        conn.close()
+        with psycopg.connect(PG_DSN, autocommit=True) as setup:
+            setup.execute(f"DROP TABLE IF EXISTS {table}")
 
 
 @pytest.mark.pg
