@@ -21,6 +21,7 @@ from .connection import GuardedConnection, GuardedCursor, guard_connection
 from .connection_async import GuardedAsyncConnection, GuardedAsyncCursor, guard_connection_async
 from .errors import (
     ApprovalRequired,
+    AttributeRefused,
     AuditUnavailable,
     Error,
     IdentityError,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ApprovalRequired",
+    "AttributeRefused",
     "AuditUnavailable",
     "Decision",
     "Error",

@@ -8,6 +8,9 @@ that no path hands back an unguarded cursor: ``conn.cursor()``,
 
 Each driver type gets its own proxy class, composed once from the methods
 that type really has, so ``hasattr`` answers as it does on the raw object.
+Only the public attributes ``_surface.py`` classifies are handed out or
+assigned; the rest are refused (``guardeddb.AttributeRefused``), and that
+module states the trust boundary.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from . import _surface
 from ._steps import Call, Commit, Sql, Steps
 from ._steps import run as run_steps
 from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
@@ -444,6 +448,12 @@ def query_text(query: Any, raw: Any) -> str:
     return str(query)
 
 
+def _surface_get(self: Any, name: str) -> Any:
+    """A driver attribute the proxy class does not define: forwarded only if
+    the surface table allows it (called by wrapt after the class lookup)."""
+    return _surface.get(self, name)
+
+
 class CursorBase(wrapt.BaseObjectProxy[Any]):
     """What every guarded cursor does around the driver's calls, whether it
     calls them (``GuardedCursor``) or awaits them (``GuardedAsyncCursor``):
@@ -460,10 +470,14 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         # True when a custom row factory masks values before building rows.
         self._self_factory_masks = False
 
+    # The driver's own attributes: only those the surface table allows.
+    _self_surface: dict[str, str] = {}  # noqa: RUF012 (each composed class has its own)
     if TYPE_CHECKING:
         # The driver's own attributes, as far as a type checker can know them.
         def __getattr__(self, name: str) -> Any: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
+    else:
+        __getattr__ = _surface_get
 
     def _self_track(self, op: Operation, raw: Any) -> None:
         """The statement ran: its span stays open while rows are left to fetch."""
@@ -833,10 +847,13 @@ class ConnectionBase(wrapt.BaseObjectProxy[Any]):
         super().__init__(wrapped)
         self._self_guard = guard
 
+    _self_surface: dict[str, str] = {}  # noqa: RUF012 (each composed class has its own)
     if TYPE_CHECKING:
-
+        # The driver's own attributes, as far as a type checker can know them.
         def __getattr__(self, name: str) -> Any: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
+    else:
+        __getattr__ = _surface_get
 
     def _self_guarded(self, raw: Any, base: type[CursorBase], mixins: Any) -> Any:
         """The driver's cursor ``raw`` wrapped in ``base`` and the mixins its type needs."""
@@ -920,7 +937,12 @@ class _ConnQuery:
 
     def query(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
         raw = self.__wrapped__
-        return self._self_guard.run(raw, raw.query, sql, (sql, *args), kwargs)
+        guard: _Guard = self._self_guard
+        analysis = guard.analyze(sql, raw)
+        decision = _surface.placement(guard, analysis, "pymysql", {"none"})
+        if decision is not None:
+            raise _refused_placement(guard, analysis, decision)
+        return guard.run(raw, raw.query, sql, (sql, *args), kwargs)
 
 
 def _quoted(name: Any) -> str:
@@ -968,7 +990,231 @@ class _BlobOpen:
         return self._self_guard.run(raw, raw.blobopen, sql, (table, column, row), kwargs)
 
 
+class _ConnectionItself:
+    """psycopg's ``conn.connection`` (its AdaptContext protocol): the guarded one."""
+
+    @property
+    def connection(self: Any) -> Any:
+        return self
+
+
+class _InfoView:
+    @property
+    def info(self: Any) -> Any:
+        """psycopg's ``conn.info``, without the raw ``pgconn`` it carries."""
+        return _surface.info_view(self.__wrapped__.info)
+
+
+class _ReadOnly:
+    """psycopg's ``read_only`` may only tighten: ``False`` would make psycopg
+    open every transaction READ WRITE, over the read-only session guardeddb set."""
+
+    @property
+    def read_only(self: Any) -> Any:
+        return self.__wrapped__.read_only
+
+    @read_only.setter
+    def read_only(self: Any, value: Any) -> None:
+        self.__wrapped__.read_only = _read_only_value(self, value)
+
+    def set_read_only(self: Any, value: Any) -> Any:
+        return self.__wrapped__.set_read_only(_read_only_value(self, value))
+
+
+def _read_only_value(conn: Any, value: Any) -> Any:
+    if value is True or value is None:
+        return value
+    raise _surface.refusal(type(conn), type(conn.__wrapped__), "read_only", _surface.REFUSE)
+
+
+class _Adapters:
+    @property
+    def adapters(self: Any) -> Any:
+        """psycopg's adapters: its loaders see raw cells, so not while masking applies."""
+        if _surface.masking_now(self._self_guard) and not _surface._psycopg_type_lookup():
+            # an AttributeError: wrapt then asks __getattr__, which says why
+            raise AttributeError("adapters")
+        return self.__wrapped__.adapters
+
+
+def _callback_mixin(name: str, what: str) -> type:
+    """A sqlite3 ``create_*`` method whose callable refuses to run while masking applies."""
+
+    def method(self: Any, cb_name: str, narg_or_cb: Any, *rest: Any, **kwargs: Any) -> Any:
+        shim = _surface.shim
+        guard = self._self_guard
+        if name == "create_collation":
+            args: tuple[Any, ...] = (cb_name, shim(guard, narg_or_cb, what))
+        else:
+            args = (cb_name, narg_or_cb, shim(guard, rest[0], what), *rest[1:])
+        return getattr(self.__wrapped__, name)(*args, **kwargs)
+
+    method.__name__ = name
+    method.__doc__ = f"The driver's {name}(); the {what} refuses to run while masking applies."
+    return type(f"_Callback_{name}", (), {name: method})
+
+
+class _TextFactory:
+    @property
+    def text_factory(self: Any) -> Any:
+        return self.__wrapped__.text_factory
+
+    @text_factory.setter
+    def text_factory(self: Any, factory: Any) -> None:
+        """sqlite3's ``text_factory`` sees every raw text cell: only ``str``
+        while the connection masks."""
+        if factory is not str and self._self_guard.masking is not None:
+            raise _surface.refusal(
+                type(self), type(self.__wrapped__), "text_factory", _surface.REFUSE
+            )
+        self.__wrapped__.text_factory = factory
+
+
+class _TraceCallback:
+    def set_trace_callback(self: Any, callback: Any) -> Any:
+        """sqlite3's trace callback sees every statement: not while the connection masks."""
+        if callback is not None and self._self_guard.masking is not None:
+            raise _surface.AttributeRefused(
+                "guardeddb refuses sqlite3 set_trace_callback while the connection masks: "
+                "the callback would see statements around masking",
+                name="set_trace_callback",
+            )
+        return self.__wrapped__.set_trace_callback(callback)
+
+
+class _SelectDb:
+    def select_db(self: Any, db: str) -> Any:
+        """PyMySQL's ``select_db``: judged as ``USE db``."""
+        hook = getattr(type(self), "_self_select_db", None)
+        if hook is not None:  # the session tracking's own version, when present
+            return hook(self, db)
+        # TODO(session tracking): USE is judged as a statement here; the helper
+        # that tracks the current database provides _self_select_db.
+        raw = self.__wrapped__
+        use = "USE `" + str(db).replace("`", "``") + "`"
+        return self._self_guard.run(raw, raw.select_db, use, (db,), {})
+
+
+_SAFE_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4"})
+
+
+class _Charset:
+    """PyMySQL's ``set_character_set``/``set_charset``: a charset changes how
+    the server tokenizes (and how values are escaped): only UTF-8 ones."""
+
+    def set_character_set(self: Any, charset: str, collation: str | None = None) -> Any:
+        _check_charset(self, charset)
+        return self.__wrapped__.set_character_set(charset, collation)
+
+    def set_charset(self: Any, charset: str) -> Any:
+        _check_charset(self, charset)
+        return self.__wrapped__.set_charset(charset)
+
+
+def _check_charset(conn: Any, charset: str) -> None:
+    if str(charset).lower() not in _SAFE_CHARSETS:
+        raise conn._self_guard.blocked(
+            Decision(
+                "block",
+                "session-charset",
+                f"character set {charset!r} changes how the server reads SQL; "
+                "only utf8 and utf8mb4 are allowed",
+            )
+        )
+
+
+class _Unbuffered:
+    """PyMySQL's unbuffered reads, masked and counted like ``fetchone``."""
+
+    def read_next(self: Any) -> Any:
+        return self.fetchone()
+
+    def fetchall_unbuffered(self: Any) -> Iterator[Any]:
+        return iter(self.fetchone, None)
+
+
+_NO_ARGS: Any = ()
+
+
+class _ClientParams:
+    """Drivers that fill parameters in client-side (PyMySQL, psycopg's
+    ClientCursor): refused unless every placeholder they substitute sits
+    where the analysis saw a value (``_surface.placement``)."""
+
+    _self_style = "pymysql"
+
+    def execute(self: Any, query: Any, params: Any = _NO_PARAMS, *args: Any, **kwargs: Any) -> Any:
+        p = kwargs.get("args", kwargs.get("params")) if params is _NO_PARAMS else params
+        self._self_placed(query, {_surface.shape(p)})
+        return super().execute(query, params, *args, **kwargs)  # type: ignore[misc]
+
+    def executemany(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs, shapes = _param_sets(args, kwargs)
+        if shapes:
+            self._self_placed(query, shapes)
+        return super().executemany(query, *args, **kwargs)  # type: ignore[misc]
+
+    def _self_placed(self: Any, query: Any, shapes: set[str]) -> None:
+        guard: _Guard = self._self_guard
+        analysis = guard.cache.get(query) if type(query) is str else None
+        if analysis is None:
+            analysis = guard.analyze(query, self.__wrapped__)
+        decision = _surface.placement(guard, analysis, self._self_style, shapes)
+        if decision is not None:
+            raise _refused_placement(guard, analysis, decision)
+
+
+def _param_sets(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], set[str]]:
+    """executemany's parameter sets, listed once (a generator is read here
+    and handed on as a list), with the shapes the driver will bind."""
+    key = next((k for k in ("args", "params_seq", "parameters") if k in kwargs), None)
+    seq = args[0] if args else kwargs.get(key) if key else None
+    if seq is None:
+        return args, kwargs, set()
+    if not isinstance(seq, list | tuple):
+        seq = list(seq)
+        if args:
+            args = (seq, *args[1:])
+        else:
+            kwargs = {**kwargs, key: seq}  # type: ignore[dict-item]
+    return args, kwargs, {_surface.shape(p) for p in seq}
+
+
+def _refused_placement(guard: _Guard, analysis: Analysis, decision: Decision) -> QueryBlocked:
+    """The refusal of a misplaced placeholder: recorded like any blocked query."""
+    ident = _current.get() or guard.identity
+    exc = guard.blocked(decision)
+    op = guard.telemetry.start(analysis, ident, decision)
+    audit = guard.audit
+    if audit is not None:
+        audit.decision(
+            analysis, ident, decision, False, op.trace_ids() if op is not None else None, None
+        )
+    if op is not None:
+        op.failed(exc)
+    return exc
+
+
+def _pymysql_cursor(raw_type: type) -> bool:
+    return raw_type.__module__.startswith("pymysql")
+
+
+def _psycopg_client_cursor(raw_type: type) -> bool:
+    mod = sys.modules.get("psycopg.client_cursor")
+    return mod is not None and issubclass(raw_type, mod.ClientCursorMixin)
+
+
+class _PsycopgClientParams(_ClientParams):
+    _self_style = "psycopg"
+
+
 _CURSOR_MIXINS = (
+    (_pymysql_cursor, _ClientParams),
+    (_psycopg_client_cursor, _PsycopgClientParams),
+    ("read_next", _Unbuffered),
+    ("adapters", _Adapters),
     ("executescript", _ExecuteScript),
     ("nextset", _NextSet),
     ("results", _Results),
@@ -990,17 +1236,41 @@ _CONNECTION_MIXINS = (
     ("backup", _judged_as("backup", _COPY_DB)),
     ("serialize", _judged_as("serialize", _COPY_DB)),
     ("deserialize", _judged_as("deserialize", _COPY_DB)),
+    ("create_function", _callback_mixin("create_function", "function")),
+    ("create_aggregate", _callback_mixin("create_aggregate", "aggregate")),
+    ("create_window_function", _callback_mixin("create_window_function", "window function")),
+    ("create_collation", _callback_mixin("create_collation", "collation")),
+    ("text_factory", _TextFactory),
+    ("set_trace_callback", _TraceCallback),
+    ("select_db", _SelectDb),
+    ("set_character_set", _Charset),
+    ("connection", _ConnectionItself),
+    ("info", _InfoView),
+    ("read_only", _ReadOnly),
+    ("adapters", _Adapters),
 )
 _CLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 
 
 def _compose(base: type[Any], raw_type: type[Any], mixins: Any) -> type[Any]:
-    """The proxy class for ``raw_type``: ``base`` plus the mixins it has methods for."""
+    """The proxy class for ``raw_type``: ``base`` plus the mixins it has methods
+    for (a mixin keyed by a predicate instead of a name: those it accepts),
+    with the table of the driver attributes it may hand out (``_surface``)."""
     key = (base, raw_type)
     cls = _CLASSES.get(key)
     if cls is None:
-        bases = tuple(m for name, m in mixins if hasattr(raw_type, name))
-        cls = type(base.__name__, (*bases, base), {"__module__": "guardeddb"})
+        bases = tuple(
+            m
+            for name, m in mixins
+            if (hasattr(raw_type, name) if isinstance(name, str) else name(raw_type))
+        )
+        table = _surface.surface_for(raw_type)
+        namespace = {
+            "__module__": "guardeddb",
+            "_self_surface": table,
+            **_surface.descriptors(table, (*bases, base)),
+        }
+        cls = type(base.__name__, (*bases, base), namespace)
         _CLASSES[key] = cls
     return cls
 

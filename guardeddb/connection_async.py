@@ -20,13 +20,21 @@ import contextlib
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
+from . import _surface
 from ._steps import Steps, run_async
 from .connection import (
     ConnectionBase,
     CursorBase,
+    _Adapters,
     _compose,
+    _ConnectionItself,
     _Guard,
+    _InfoView,
     _NextSet,
+    _param_sets,
+    _psycopg_client_cursor,
+    _PsycopgClientParams,
+    _ReadOnly,
     _RowFactory,
     _Settled,
     batch_size,
@@ -223,13 +231,37 @@ class _Copy:
             op.end()
 
 
+class _AsyncClientParams(_PsycopgClientParams):
+    """psycopg's AsyncClientCursor: placement proven before anything is awaited."""
+
+    async def execute(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        self._self_placed(query, {_surface.shape(query_params(args, kwargs))})
+        return await GuardedAsyncCursor.execute(self, query, *args, **kwargs)
+
+    async def executemany(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        args, kwargs, shapes = _param_sets(args, kwargs)
+        if shapes:
+            self._self_placed(query, shapes)
+        return await GuardedAsyncCursor.executemany(self, query, *args, **kwargs)
+
+
 _CURSOR_MIXINS = (
+    (_psycopg_client_cursor, _AsyncClientParams),
+    ("adapters", _Adapters),
     ("nextset", _NextSet),
     ("results", _Results),
     ("set_result", _SetResult),
     ("stream", _Stream),
     ("copy", _Copy),
     ("row_factory", _RowFactory),
+)
+
+
+_CONNECTION_MIXINS = (
+    ("connection", _ConnectionItself),
+    ("info", _InfoView),
+    ("read_only", _ReadOnly),
+    ("adapters", _Adapters),
 )
 
 
@@ -285,7 +317,7 @@ def guard_connection_async(
     approver: Approver | None = None,
 ) -> GuardedAsyncConnection:
     """Wrap a raw ``AsyncConnection``; used by ``connect_async`` and ``wrap``."""
-    cls = _compose(GuardedAsyncConnection, type(raw), ())
+    cls = _compose(GuardedAsyncConnection, type(raw), _CONNECTION_MIXINS)
     conn: GuardedAsyncConnection = cls(
         raw, _Guard(raw, driver, facts, telemetry, identity, policy, approver)
     )

@@ -7,6 +7,8 @@
           +-- PolicyError           a policy that cannot be loaded (file, line, key)
           +-- IdentityError         a token that does not prove who the caller is; carries .reason
           +-- MaskingError          rows that cannot be masked, refused (masking/plan.py)
+          +-- AttributeRefused      a driver attribute outside the allowlisted surface
+                                    (also an AttributeError: hasattr() answers False)
           +-- QueryBlocked          a query the guardrails refused; carries .decision
                +-- ApprovalRequired held for a human; carries .request_id
                +-- AuditUnavailable no audit record could be written, so no query
@@ -30,6 +32,7 @@ if TYPE_CHECKING:  # the policy package imports errors; only the type is needed 
 
 __all__ = [
     "ApprovalRequired",
+    "AttributeRefused",
     "AuditUnavailable",
     "Error",
     "IdentityError",
@@ -92,6 +95,20 @@ class IdentityError(Error):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_identity_error, (type(self), str(self), self.reason))
+
+
+class AttributeRefused(Error, AttributeError):
+    """A public driver attribute the guarded proxy does not hand out (``_surface.py``).
+
+    Also an ``AttributeError``, so feature probes (``hasattr``, ``getattr(x,
+    name, default)``) see the attribute as absent and take their fallback:
+    refusing fails closed without breaking libraries that probe.
+    """
+
+    __module__ = "guardeddb"
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message, name=name)
 
 
 class QueryBlocked(Error):

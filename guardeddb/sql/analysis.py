@@ -61,6 +61,9 @@ class Analysis:
     summary: str  # db.query.summary; '' when nothing could be named
     fingerprint: str  # stable id of the statement's shape
     statements: tuple[Statement, ...]
+    #: (offset, text) of each ``%s``/``%(name)s`` read as a value, outside
+    #: comments and strings: where client-side binding may substitute (_surface.py)
+    placeholders: tuple[tuple[int, str], ...] = ()
 
     @property
     def unparsed(self) -> str | None:
@@ -200,6 +203,17 @@ def _placeholders(tokens: list[Token]) -> list[Token]:
     return out
 
 
+def _marks(text: str, tokens: list[Token] | None) -> tuple[tuple[int, str], ...]:
+    """Where the analysis read a ``%s``/``%(name)s`` placeholder: (offset, text)."""
+    if tokens is None:
+        return ()
+    return tuple(
+        (t.start, text[t.start : t.end + 1])
+        for t in _placeholders(tokens)
+        if t.token_type is TokenType.PLACEHOLDER and text[t.start] == "%"
+    )
+
+
 def _statements(
     sql: str, tokens: list[Token] | None, dialect: Dialect, name: str
 ) -> tuple[Statement, ...]:
@@ -287,7 +301,8 @@ def analyze(text: str, dialect: str) -> Analysis:
         statements = tuple(Statement.unknown(why) for _ in statements or (None,))
     shape = " ".join(sanitized.split()).lower()
     fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    result = Analysis(text, dialect, sanitized, summary, fingerprint, statements)
+    marks = _marks(text, tokens) if "%" in text and dialect in ("postgres", "mysql") else ()
+    result = Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks)
     if len(text) > MAX_CACHED_TEXT:
         return result  # one-off giants (bulk loads) would pin megabytes
     if len(cache) >= CACHE_SIZE:
