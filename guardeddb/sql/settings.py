@@ -22,6 +22,7 @@ from sqlglot import Token, TokenType
 
 __all__ = [
     "APPROVALS_TABLE",
+    "AUDIT_HEAD_TABLE",
     "AUDIT_TABLE",
     "OWN_TABLES",
     "SETTABLE",
