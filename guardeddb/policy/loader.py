@@ -303,6 +303,7 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
             raise ctx.error(rpath, "a masking rule needs 'columns' and 'operator'")
         columns = _globs(ctx, rule["columns"], (*rpath, "columns"))
         op = rule["operator"]
+        keyed = None
         opath = (*rpath, "operator")
         if callable(op):
             operator, name = op, getattr(op, "__name__", "callable")
@@ -322,7 +323,9 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
                 raise ctx.error((*rpath, "value"), "operator fixed needs a 'value'")
             operator, name = operators.fixed(rule["value"]), "fixed"
         elif op == "hash":
-            operator, name = operators.hash_with(operators.hash_key(key, env)), "hash"
+            hkey = operators.hash_key(key, env)
+            operator, name = operators.hash_with(hkey), "hash"
+            keyed = functools.cache(functools.partial(operators.hash_with, hkey))
         elif isinstance(op, str) and op in operators.OPERATORS:
             operator, name = operators.OPERATORS[op], op
         else:
@@ -341,7 +344,7 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
         )
         if extra:
             raise ctx.error((*rpath, sorted(extra)[0]), f"not a parameter of operator {name}")
-        rules.append(ColumnRule(columns, operator, name))
+        rules.append(ColumnRule(columns, operator, name, keyed))
     scanner = None
     detectors = raw.get("detectors")
     if detectors is not None:
