@@ -502,7 +502,8 @@ def test_masking_detectors_extend_unless_explicitly_empty() -> None:
     )
     assert extended.masker is not None and extended.masker.scanner is not None
     assert set(extended.masker.scanner.names) == set(DETECTORS)
-    for off in ([], False):
+    offs: list[object] = [[], False]
+    for off in offs:
         policy = guardeddb.load_policy(
             {
                 "version": 1,
