@@ -466,3 +466,57 @@ def test_detectors_scan_hostile_megabytes_in_linear_time(hostile: str) -> None:
     start = time.perf_counter()
     Scanner(DETECTORS).scan(hostile)
     assert time.perf_counter() - start < 5
+
+
+# --- masking sections merge with the presets they extend
+
+
+def test_masking_rules_add_to_the_presets_detectors() -> None:
+    """extends: [agent-safe] plus one masking rule keeps every preset detector:
+    a user section adds its rules first, it does not replace the preset's."""
+    policy = guardeddb.load_policy(
+        {
+            "version": 1,
+            "extends": ["agent-safe"],
+            "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact"}]},
+        }
+    )
+    assert policy.masker is not None and policy.masker.scanner is not None
+    assert set(policy.masker.scanner.names) == set(DETECTORS)
+    assert [r.patterns for r in policy.masker.rules] == [("*.ssn",)]
+    assert policy.masking["detectors"] == list(DETECTORS)
+    conn = guardeddb.connect("sqlite:///:memory:", policy=policy)
+    conn.__wrapped__.execute("CREATE TABLE t (ssn TEXT, notes TEXT)")
+    conn.__wrapped__.execute("INSERT INTO t VALUES ('123-45-6789', 'mail ada@example.com')")
+    with guardeddb.identity(AGENT):
+        assert conn.execute("SELECT ssn, notes FROM t").fetchall() == [
+            ("[REDACTED]", "mail a***@example.com")
+        ]
+    conn.close()
+
+
+def test_masking_detectors_extend_unless_explicitly_empty() -> None:
+    """detectors: [...] extends the preset's list; [] (or false) turns them off."""
+    extended = guardeddb.load_policy(
+        {"version": 1, "extends": ["readonly"], "masking": {"detectors": ["email"]}}
+    )
+    assert extended.masker is not None and extended.masker.scanner is not None
+    assert set(extended.masker.scanner.names) == set(DETECTORS)
+    offs: list[object] = [[], False]
+    for off in offs:
+        policy = guardeddb.load_policy(
+            {
+                "version": 1,
+                "extends": ["agent-safe"],
+                "masking": {
+                    "detectors": off,
+                    "rules": [{"columns": ["*.ssn"], "operator": "redact"}],
+                },
+            }
+        )
+        assert policy.masker is not None and policy.masker.scanner is None
+        assert len(policy.masker.rules) == 1
+    none = guardeddb.load_policy(
+        {"version": 1, "extends": ["agent-safe"], "masking": {"detectors": []}}
+    )
+    assert none.masker is None

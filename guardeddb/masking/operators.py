@@ -107,9 +107,16 @@ def last4(value: Any) -> Any:
     return "*" * (len(digits) - 4) + digits[-4:]
 
 
-def hash_with(key: bytes) -> Operator:
+def hash_with(key: bytes, column: str | None = None) -> Operator:
     """A keyed HMAC-SHA256 pseudonym: stable for one key, so joins and counts
-    still work; without the key it cannot be reversed or recomputed."""
+    still work; without the key it cannot be reversed or recomputed.
+
+    With ``column``, the key is first bound to that column's name, so a
+    pseudonym of one column never equals another's (or a literal's) for the
+    same value: no lookup table can be built from other outputs.
+    """
+    if column is not None:
+        key = hmac.new(key, b"column:" + column.lower().encode(), hashlib.sha256).digest()
 
     def op(value: Any) -> Any:
         if value is None:

@@ -10,14 +10,14 @@ rebuild is refused rather than returned unmasked.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..errors import Error
 from ..identity import Identity
 from ..sql.analysis import Analysis
-from ..sql.lineage import Output
+from ..sql.lineage import Lineage, Output
 from ..sql.patterns import column_matches
 from .detectors import DETECTORS, Scanner
 from .operators import Operator, redact
@@ -38,11 +38,17 @@ class MaskingError(Error):
 
 @dataclass(frozen=True, slots=True)
 class ColumnRule:
-    """Mask columns matching ``patterns`` (``*.email``, ``customers.ssn``, ``ssn``)."""
+    """Mask columns matching ``patterns`` (``*.email``, ``customers.ssn``, ``ssn``).
+
+    ``keyed``, when set, gives the operator for one column by name: ``hash``
+    keys its pseudonyms per column, so no other column's (or literal's)
+    pseudonym can be matched against this one's.
+    """
 
     patterns: tuple[str, ...]
     operator: Operator
     name: str
+    keyed: Callable[[str], Operator] | None = None
 
 
 class MaskPlan:
@@ -161,25 +167,38 @@ class MaskRun:
         return out
 
 
-def _align(outs: tuple[Output, ...] | None, names: Sequence[str]) -> list[set[str]] | None:
-    """The sources of each described column, or None when lineage does not fit."""
-    if outs is None:
+def _align(outs: Sequence[Output] | None, names: Sequence[str]) -> list[Output] | None:
+    """One output per described column (stars expanded by the description's
+    names), or None when the lineage does not fit the description."""
+    if outs is None or (isinstance(outs, Lineage) and not outs.known):
         return None
     stars = [o for o in outs if o.star]
     fixed = len(outs) - len(stars)
     if not stars:
-        return [set(o.sources) for o in outs] if len(outs) == len(names) else None
+        return list(outs) if len(outs) == len(names) else None
     if len(stars) > 1 or len(names) < fixed:
         return None
     width = len(names) - fixed
-    out: list[set[str]] = []
+    out: list[Output] = []
     for o in outs:
         if o.star:
             for name in names[len(out) : len(out) + width]:
-                out.append({f"{t}.{name}" for t in o.star})
+                sources = o.sources | {f"{t}.{name}" for t in o.star}
+                out.append(Output(name, sources, (), o.bare and "?" not in o.star))
         else:
-            out.append(set(o.sources))
+            out.append(o)
     return out
+
+
+def _reads(analysis: Analysis) -> frozenset[str] | None:
+    """Every column the statements read anywhere; None when that is unknown."""
+    reads: set[str] = set()
+    for stmt in analysis.statements:
+        if stmt.unparsed is not None:
+            return None
+        outs = stmt.outputs
+        reads |= outs.reads if isinstance(outs, Lineage) else stmt.columns
+    return frozenset(reads)
 
 
 class Masking:
@@ -198,6 +217,7 @@ class Masking:
         self.unmask_users = frozenset(unmask_users)
         self.active = bool(self.rules or self.scanner)
         self._plans: dict[tuple[Analysis, tuple[str, ...]], MaskPlan | None] = {}
+        self._matched: dict[str, ColumnRule | None] = {}
 
     def applies_to(self, ident: Identity | None) -> bool:
         """Whether ``ident``'s results are masked (False for unmask identities)."""
@@ -211,25 +231,53 @@ class Masking:
         """Whether ``ident`` sees raw values where others see masked ones."""
         return self.active and not self.applies_to(ident)
 
-    def _rule_for(self, sources: set[str]) -> Operator | None:
-        """The operator for a column derived from ``sources``.
+    def _rule(self, source: str) -> ColumnRule | None:
+        """The first rule naming ``source`` (``table.column``), remembered."""
+        if source in self._matched:
+            return self._matched[source]
+        found = next(
+            (r for r in self.rules if any(column_matches(p, source, None) for p in r.patterns)),
+            None,
+        )
+        if len(self._matched) >= _PLAN_CACHE_SIZE:
+            self._matched.clear()
+        self._matched[source] = found
+        return found
 
-        One masked source: its rule's operator (``lower(email)`` is still an
-        email). A whole row, or several masked sources (``json_object(email,
-        ssn)``), is a composite no single operator understands: redacted whole.
+    def _operator(
+        self, sources: frozenset[str], bare: bool, unknown: bool, reads_masked: bool
+    ) -> Operator | None:
+        """The operator for one output; None when no rule applies to it.
+
+        Only a bare output (one column passed through unchanged) gets its
+        rule's operator: ``email``, ``last4``, ``partial`` and ``hash`` of
+        an expression would reveal whatever part the query chose. Anything
+        else touching a masked column, a whole row, several masked columns,
+        or lineage lost in a statement that reads a masked column anywhere,
+        is redacted whole.
         """
-        found: dict[str, Operator] = {}
+        matched: dict[str, ColumnRule] = {}
         for src in sources:
-            for rule in self.rules:
-                if any(column_matches(p, src, None) for p in rule.patterns):
-                    found[src] = redact if src.endswith(".*") else rule.operator
-                    break
-        if not found:
+            rule = self._rule(src)
+            if rule is not None:
+                matched[src] = rule
+        if unknown and (matched or reads_masked):
+            return redact
+        if not matched:
             return None
-        ops = set(found.values())
+        if not bare or any(s.endswith(".*") for s in matched):
+            return redact
+        rules = {id(r): r for r in matched.values()}
         # "?.email" and "customers.email" are one column seen two ways.
-        names = {s.rsplit(".", 1)[-1].lower() for s in found}
-        return ops.pop() if len(ops) == 1 and len(names) == 1 else redact
+        names = {s.rsplit(".", 1)[-1].lower() for s in matched}
+        if len(rules) != 1 or len(names) != 1:
+            return redact
+        rule = next(iter(rules.values()))
+        if rule.keyed is not None:
+            if len(matched) != len(sources):
+                return redact  # a pseudonym of a column the rule does not name
+            return rule.keyed(names.pop())
+        return rule.operator
 
     def plan(self, analysis: Analysis, names: tuple[str, ...]) -> MaskPlan | None:
         """The plan for a result with columns ``names``; None when nothing is masked."""
@@ -238,14 +286,22 @@ class Masking:
             return self._plans[key]
         outs = analysis.statements[0].outputs if len(analysis.statements) == 1 else None
         aligned = _align(outs, names)
+        reads = _reads(analysis)
+        reads_masked = bool(self.rules) and (
+            reads is None or any(self._rule(c) is not None for c in reads)
+        )
         ops: list[tuple[int, Operator]] = []
         scan: list[int] = []
         for i, name in enumerate(names):
-            sources = aligned[i] if aligned is not None else {f"?.{name}"}
-            unknown = aligned is None or any(s.startswith("?.") for s in sources)
-            if unknown:
-                sources = sources | {f"?.{name}"}  # also judge it by its own name
-            op = self._rule_for(sources)
+            if aligned is None:
+                sources, bare, unknown = frozenset({f"?.{name}"}), False, True
+            else:
+                o = aligned[i]
+                sources, bare = o.sources, o.bare
+                unknown = any(s.startswith("?.") for s in sources)
+                if unknown:
+                    sources = sources | {f"?.{name}"}  # also judge it by its own name
+            op = self._operator(sources, bare, unknown, reads_masked)
             if op is not None:
                 ops.append((i, op))
             elif self.scanner is not None or unknown:

@@ -421,6 +421,7 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
             raise ctx.error(rpath, "a masking rule needs 'columns' and 'operator'")
         columns = _globs(ctx, rule["columns"], (*rpath, "columns"))
         op = rule["operator"]
+        keyed = None
         opath = (*rpath, "operator")
         if callable(op):
             operator, name = op, getattr(op, "__name__", "callable")
@@ -440,7 +441,9 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
                 raise ctx.error((*rpath, "value"), "operator fixed needs a 'value'")
             operator, name = operators.fixed(rule["value"]), "fixed"
         elif op == "hash":
-            operator, name = operators.hash_with(operators.hash_key(key, env)), "hash"
+            hkey = operators.hash_key(key, env)
+            operator, name = operators.hash_with(hkey), "hash"
+            keyed = functools.cache(functools.partial(operators.hash_with, hkey))
         elif isinstance(op, str) and op in operators.OPERATORS:
             operator, name = operators.OPERATORS[op], op
         else:
@@ -459,7 +462,7 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
         )
         if extra:
             raise ctx.error((*rpath, sorted(extra)[0]), f"not a parameter of operator {name}")
-        rules.append(ColumnRule(columns, operator, name))
+        rules.append(ColumnRule(columns, operator, name, keyed))
     scanner = None
     detectors = raw.get("detectors")
     if detectors is not None:
@@ -480,6 +483,52 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
     roles = _strings(ctx, unmask["roles"], (*path, "unmask", "roles")) if "roles" in unmask else []
     users = _strings(ctx, unmask["users"], (*path, "unmask", "users")) if "users" in unmask else []
     return Masking(rules, scanner, roles, users)
+
+
+def _merge_masking(
+    raw: dict[str, Any] | None, masker: Masking | None, bases: list[Policy]
+) -> tuple[dict[str, Any] | None, Masking | None]:
+    """A policy's masking section on top of its presets': its rules first,
+    then theirs; its detectors added to theirs unless it says ``[]`` (or
+    false); its unmask and hash key when it gives them.
+
+    Replacing the presets' section instead would let one added rule turn
+    every preset detector off without a word.
+    """
+    raw = dict(raw or {})
+    rules = list(masker.rules) if masker is not None else []
+    merged = dict(raw)
+    merged_rules = list(raw.get("rules", []))
+    names: list[str] = []
+    roles: set[str] = set(masker.unmask_roles) if masker is not None else set()
+    users: set[str] = set(masker.unmask_users) if masker is not None else set()
+    for base in bases:
+        rules.extend(base.masker.rules if base.masker is not None else ())
+        base_rules = base.masking.get("rules")
+        if isinstance(base_rules, list):
+            merged_rules.extend(base_rules)
+        if base.masker is not None and base.masker.scanner is not None:
+            names.extend(base.masker.scanner.names)
+        for key in ("unmask", "hash_key", "hash_key_env"):
+            if key not in raw and key in base.masking:
+                merged[key] = base.masking[key]
+        if "unmask" not in raw and base.masker is not None:
+            roles |= base.masker.unmask_roles
+            users |= base.masker.unmask_users
+    own = raw.get("detectors")
+    if own is False or own == []:
+        names = []
+    elif masker is not None and masker.scanner is not None:
+        names.extend(masker.scanner.names)
+    names = list(dict.fromkeys(names))
+    if merged_rules:
+        merged["rules"] = merged_rules
+    if "detectors" not in raw or names:
+        merged["detectors"] = names if names else []
+    if not rules and not names and not roles and not users:
+        return (merged or None), None
+    scanner = Scanner(names) if names else None
+    return merged, Masking(rules, scanner, sorted(roles), sorted(users))
 
 
 def _audit(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
@@ -554,8 +603,8 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
         seen.update(r.id for r in base.rules)
     masking_raw = _section(ctx, top, "masking", _MASKING_KEYS) if "masking" in top else None
     masker = _masking(ctx, masking_raw) if masking_raw is not None else None
-    if masking_raw is None and bases:
-        masking_raw, masker = bases[0].masking, bases[0].masker
+    if bases:
+        masking_raw, masker = _merge_masking(masking_raw, masker, bases)
     return Policy(
         version=1,
         mode=_choice(ctx, inherit("mode", "enforce"), ("mode",), ("enforce", "report")),

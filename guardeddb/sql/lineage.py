@@ -1,21 +1,29 @@
 """Lineage of output columns: which source columns each returned column comes from.
 
-Masking follows it: an output derived from a masked column (an alias,
-``lower(email)``, ``concat(...)``, ``string_agg``, a subquery, a CTE, a
-UNION branch) is masked too, and a whole-row reference (``SELECT u FROM
-users u``, ``row_to_json(u)``, ``to_jsonb(u.*)``) counts as every column of
-that table (``users.*``). A star is kept as a star over its tables: the
-cursor's description names its columns. Where a query cannot be followed,
-the answer is None and masking falls back to column names and detectors.
+Masking follows it. An output records every source column it may carry
+(``"table.column"``; ``"table.*"`` for a whole row; ``"?.name"`` where the
+table cannot be told) and whether it is *bare*: exactly one column passed
+through unchanged (aliased, through derived tables, CTEs, UNION branches
+that are all bare). Only a bare output may get an operator that reveals part
+of a value; anything else computed from a masked column is redacted whole.
+
+Lineage is complete or admits it is not: CTE and alias column lists rename
+by position, table functions (``json_each``, ``JSON_TABLE``, ``unnest``),
+LATERAL and VALUES are followed, and what cannot be followed carries a
+``"?."`` source. Beside the outputs, :class:`Lineage` lists every column the
+statement reads anywhere (``reads``), so masking can redact an output of
+unknown lineage whenever the statement touches a masked column at all.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from sqlglot import exp
 
-__all__ = ["Output", "identifier", "outputs", "table_name"]
+__all__ = ["Lineage", "Output", "identifier", "outputs", "table_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,10 +32,37 @@ class Output:
 
     name: str | None  # the column's output name, when the SQL says it
     sources: frozenset[str]  # "table.column"; "table.*" is the whole row; "?." an unknown table
-    star: tuple[str, ...] = ()  # a star over these tables: as many columns as they have
+    star: tuple[str, ...] = ()  # a star over these tables ("?": unknown): as many columns
+    bare: bool = False  # one column passed through unchanged (sources: where it may come from)
 
 
-_Source = tuple[str, "str | list[Output] | None"]  # ("table", name) | ("derived", outputs)
+class Lineage(tuple[Output, ...]):
+    """The outputs of one statement, whether they could be followed at all
+    (``known``), and every column the statement reads anywhere (``reads``)."""
+
+    known: bool
+    reads: frozenset[str]
+
+    def __new__(
+        cls, outs: tuple[Output, ...] | list[Output], known: bool, reads: frozenset[str]
+    ) -> Lineage:
+        self = super().__new__(cls, outs)
+        self.known = known
+        self.reads = reads
+        return self
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Lineage)
+            and tuple.__eq__(self, other)
+            and (self.known, self.reads) == (other.known, other.reads)
+        )
+
+    def __ne__(self, other: object) -> bool:
+        return not self == other
+
+    def __hash__(self) -> int:
+        return hash((tuple(self), self.known, self.reads))
 
 
 def identifier(node: exp.Expr | str | None, fold: bool) -> str:
@@ -52,67 +87,188 @@ def _unwrap(q: exp.Expr) -> exp.Expr:
     return q
 
 
+def _with(q: exp.Expr) -> Any:
+    return q.args.get("with_") or q.args.get("with")  # renamed in sqlglot 30
+
+
+def _alias_columns(node: exp.Expr) -> list[str] | None:
+    alias = node.args.get("alias")
+    if isinstance(alias, exp.TableAlias) and alias.columns:
+        return [identifier(c, True) for c in alias.columns]
+    return None
+
+
+class _Src:
+    """One FROM item as seen by column references: a table, a derived table
+    with known outputs, or an opaque one (a table function, a renamed table)
+    whose columns may carry ``carries``."""
+
+    __slots__ = ("carries", "kind", "outs", "table")
+
+    def __init__(
+        self,
+        kind: str,
+        table: str = "",
+        outs: list[Output] | None = None,
+        carries: frozenset[str] = frozenset(),
+    ) -> None:
+        self.kind = kind  # table | derived | opaque
+        self.table = table
+        self.outs = outs
+        self.carries = carries
+
+    def column(self, name: str) -> tuple[set[str], bool]:
+        """The sources of column ``name`` of this item, and whether it is bare;
+        an empty set when the item certainly has no such column."""
+        if self.kind == "table":
+            return {f"{self.table}.{name}"}, True
+        if self.kind == "opaque" or self.outs is None:
+            return set(self.carries) | {f"?.{name}"}, False
+        found: set[str] = set()
+        bare = True
+        certain = True
+        low = name.lower()
+        for o in self.outs:
+            if o.star:
+                found.update(f"{t}.{name}" for t in o.star)
+                found.update(o.sources)
+                bare = bare and not o.sources and "?" not in o.star
+                certain = False
+            elif (o.name or "").lower() == low:
+                found.update(o.sources)
+                bare = bare and o.bare
+            elif o.name is None:
+                certain = False
+        if not found and not certain:
+            return {f"?.{name}"}, False
+        return found, bare and bool(found)
+
+    def whole_row(self) -> set[str]:
+        """Every column a whole-row reference to this item carries."""
+        if self.kind == "table":
+            return {f"{self.table}.*"}
+        if self.kind == "opaque" or self.outs is None:
+            return set(self.carries) | {"?.*"}
+        found: set[str] = set()
+        for o in self.outs:
+            found.update(o.sources)
+            found.update(f"{t}.*" for t in o.star)
+        return found
+
+    def star(self) -> list[Output]:
+        if self.kind == "table":
+            return [Output(None, frozenset(), (self.table,), True)]
+        if self.kind == "opaque" or self.outs is None:
+            return [Output(None, self.carries, ("?",))]
+        return list(self.outs)
+
+
+class _Scope:
+    """The FROM items of one SELECT by alias, inside its enclosing scopes."""
+
+    __slots__ = ("items", "parent")
+
+    def __init__(self, parent: _Scope | None) -> None:
+        self.items: dict[str, _Src] = {}
+        self.parent = parent
+
+    def chain(self) -> Iterator[_Scope]:
+        s: _Scope | None = self
+        while s is not None:
+            yield s
+            s = s.parent
+
+
+def _rename(outs: list[Output] | None, names: list[str]) -> list[Output] | None:
+    """Outputs renamed by a column list (``WITH x(a, b)``, ``AS s(a, b)``), by position."""
+    if outs is None:
+        return None
+    if any(o.star for o in outs):
+        # Positions unknown: every renamed column may be any of them.
+        carried = frozenset().union(*(o.sources | {f"{t}.*" for t in o.star} for o in outs))
+        return [Output(n, carried | {f"?.{n}"}) for n in names] + [Output(None, carried, ("?",))]
+    renamed = [Output(n, o.sources, (), o.bare) for n, o in zip(names, outs, strict=False)]
+    return renamed + outs[len(names) :]
+
+
 class _Resolver:
     def __init__(self, fold: bool) -> None:
         self.fold = fold
 
-    def query(self, q: exp.Expr, ctes: dict[str, list[Output] | None]) -> list[Output] | None:
+    def query(
+        self, q: exp.Expr, ctes: dict[str, list[Output] | None], outer: _Scope | None
+    ) -> list[Output] | None:
         q = _unwrap(q)
-        with_ = q.args.get("with_") or q.args.get("with")  # renamed in sqlglot 30
+        with_ = _with(q)
         if isinstance(with_, exp.With):
             ctes = dict(ctes)
             for cte in with_.expressions:
-                ctes[identifier(cte.args["alias"].this, self.fold).lower()] = self.query(
-                    cte.this, ctes
-                )
+                name = identifier(cte.args["alias"].this, self.fold).lower()
+                if with_.args.get("recursive"):
+                    ctes[name] = None  # its self-reference: not followed
+                outs = self.query(cte.this, ctes, outer)
+                cols = _alias_columns(cte)
+                ctes[name] = _rename(outs, cols) if cols else outs
         if isinstance(q, exp.SetOperation):
-            left = self.query(q.this, ctes)
-            right = self.query(q.expression, ctes)
+            left = self.query(q.this, ctes, outer)
+            right = self.query(q.expression, ctes, outer)
             if left is None or right is None:
                 return None
             if len(left) != len(right) or any(o.star for o in left + right):
-                # Branches of different shapes: every output may come from anything.
-                merged = frozenset().union(*(o.sources for o in left + right))
-                stars = tuple(t for o in left + right for t in o.star)
-                return (
-                    [Output(None, merged | {f"{t}.*" for t in stars})]
-                    if stars
-                    else [Output(o.name, merged) for o in left]
+                # Branches of unknown widths: every output may be anything of either.
+                carried = frozenset().union(
+                    *(o.sources | {f"{t}.*" for t in o.star} for o in left + right)
                 )
-            return [Output(a.name, a.sources | b.sources) for a, b in zip(left, right, strict=True)]
-        if isinstance(q, exp.Values):
+                return [Output(None, carried, ("?",))]
             return [
-                Output(None, frozenset())
-                for _ in (q.expressions[0].expressions if q.expressions else [])
+                Output(a.name, a.sources | b.sources, (), a.bare and b.bare)
+                for a, b in zip(left, right, strict=True)
             ]
+        if isinstance(q, exp.Values):
+            return self.values(q, ctes, outer)
         if not isinstance(q, exp.Select):
             return None
-        scope = self.scope(q, ctes)
-        if scope is None:
-            return None
+        scope = self.scope(q, ctes, outer)
         out: list[Output] = []
         for proj in q.expressions:
             if isinstance(proj, exp.Star):
-                expanded = self.star(list(scope.values()))
-                if expanded is None:
+                for item in scope.items.values():
+                    out.extend(item.star())
+                if not scope.items:
                     return None
-                out.extend(expanded)
             elif isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star):
-                src = scope.get(proj.table.lower())
-                expanded = self.star([src] if src else [])
-                if expanded is None:
+                src = self.find(proj.table.lower(), scope)
+                if src is None:
                     return None
-                out.extend(expanded)
+                out.extend(src.star())
             else:
-                name = proj.alias_or_name or None
-                out.append(Output(name, self.sources(proj, scope, ctes)))
-        return out
+                sources, bare = self.expr(proj, scope, ctes)
+                out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
+        return _merge_stars(out)
+
+    def values(
+        self, q: exp.Values, ctes: dict[str, list[Output] | None], scope: _Scope | None
+    ) -> list[Output]:
+        rows = [r.expressions if isinstance(r, exp.Tuple) else [r] for r in q.expressions]
+        width = max((len(r) for r in rows), default=0)
+        at: list[set[str]] = [set() for _ in range(width)]
+        for row in rows:
+            for i, e in enumerate(row):
+                at[i] |= self.sources(e, scope, ctes)
+        return [Output(None, frozenset(s)) for s in at]
+
+    def find(self, qual: str, scope: _Scope) -> _Src | None:
+        for s in scope.chain():
+            if qual in s.items:
+                return s.items[qual]
+        return None
 
     def scope(
-        self, q: exp.Select, ctes: dict[str, list[Output] | None]
-    ) -> dict[str, _Source] | None:
-        """The tables and derived tables a SELECT reads, by alias."""
-        scope: dict[str, _Source] = {}
+        self, q: exp.Select, ctes: dict[str, list[Output] | None], outer: _Scope | None
+    ) -> _Scope:
+        """The FROM items of a SELECT by alias; LATERAL items and table
+        functions see the items before them, derived tables only ``outer``."""
+        scope = _Scope(outer)
         from_ = q.args.get("from_") or q.args.get("from")  # renamed in sqlglot 30
         items: list[exp.Expr] = []
         if isinstance(from_, exp.From):
@@ -120,116 +276,183 @@ class _Resolver:
             items.extend(from_.expressions or [])
         for join in q.args.get("joins") or []:
             items.append(join.this)
-        for item in items:
+        for n, item in enumerate(items):
             alias = item.alias_or_name.lower() if hasattr(item, "alias_or_name") else ""
+            cols = _alias_columns(item)
+            src: _Src
             if isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier):
                 name = table_name(item, self.fold)
                 if not item.args.get("db") and name.lower() in ctes:
-                    scope[alias or name.lower()] = ("derived", ctes[name.lower()])
+                    outs = ctes[name.lower()]
+                    src = _Src("derived", outs=_rename(outs, cols) if cols else outs)
+                elif cols:
+                    # customers AS c(i, n, e): positions need the catalog.
+                    src = _Src("opaque", carries=frozenset({f"{name}.*"}))
                 else:
-                    scope[alias or name.lower()] = ("table", name)
+                    src = _Src("table", table=name)
+                alias = alias or name.rsplit(".", 1)[-1].lower()
             elif isinstance(item, exp.Subquery):
-                scope[alias] = ("derived", self.query(item.this, ctes))
+                outs = self.query(item.this, ctes, outer)
+                src = _Src("derived", outs=_rename(outs, cols) if cols else outs)
+            elif isinstance(item, exp.Lateral) and isinstance(item.this, exp.Subquery):
+                outs = self.query(item.this, ctes, scope)
+                src = _Src("derived", outs=_rename(outs, cols) if cols else outs)
+            elif isinstance(item, exp.Values):
+                outs = self.values(item, ctes, outer)
+                src = _Src("derived", outs=_rename(outs, cols) if cols else outs)
             else:
-                scope[alias or "?"] = ("derived", None)  # a table function, LATERAL, UNNEST
+                # A table function, UNNEST, JSON_TABLE, LATERAL f(...): opaque,
+                # carrying whatever its arguments read.
+                src = _Src("opaque", carries=frozenset(self.sources(item, scope, ctes)))
+            scope.items[alias or f"?{n}"] = src
         return scope
 
-    def star(self, sources: list[_Source]) -> list[Output] | None:
-        out: list[Output] = []
-        for kind, value in sources:
-            if kind == "table":
-                assert isinstance(value, str)
-                if out and out[-1].star:
-                    last = out.pop()  # a star over several tables is one stretch
-                    out.append(Output(None, last.sources, (*last.star, value)))
-                else:
-                    out.append(Output(None, frozenset(), (value,)))
-            elif value is None:
-                return None
-            else:
-                assert isinstance(value, list)
-                out.extend(value)
-        return out
+    def expr(
+        self, proj: exp.Expr, scope: _Scope, ctes: dict[str, list[Output] | None]
+    ) -> tuple[set[str], bool]:
+        """The sources of a projection, and whether it is one bare column."""
+        node = proj
+        while isinstance(node, exp.Alias | exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Column) and not isinstance(node.this, exp.Star):
+            return self.column(node, scope)
+        return self.sources(proj, scope, ctes), False
 
-    def column(self, col: exp.Column, scope: dict[str, _Source]) -> set[str]:
-        name = "*" if isinstance(col.this, exp.Star) else identifier(col.this, self.fold)
+    def column(self, col: exp.Column, scope: _Scope) -> tuple[set[str], bool]:
+        if isinstance(col.this, exp.Star):
+            src = self.find(col.table.lower(), scope) if col.table else None
+            if src is not None:
+                return src.whole_row(), False
+            whole: set[str] = {"?.*"} if col.table else set()
+            for s in scope.chain():
+                for item in s.items.values():
+                    whole |= item.whole_row()
+            return whole or {"?.*"}, False
+        name = identifier(col.this, self.fold)
         qual = col.table.lower()
         if qual:
-            picked = [scope[qual]] if qual in scope else []
-        else:
-            picked = list(scope.values())
-            if name != "*" and name.lower() in scope:
-                # SELECT u FROM users u: the whole row (or a column named u).
-                picked_row = scope[name.lower()]
-                whole = _whole_row(picked_row)
-                return whole | set().union(*(self._from(s, name) for s in picked))
-        if not picked:
-            return {f"?.{name}"}  # an outer query's table, or one not understood
-        return set().union(*(self._from(s, name) for s in picked))
-
-    def _from(self, source: _Source, name: str) -> set[str]:
-        kind, value = source
-        return {f"{value}.{name}"} if kind == "table" else self._derived(source, name)
-
-    def _derived(self, source: _Source, name: str) -> set[str]:
-        _, value = source
-        if value is None:
-            return {f"?.{name}"}
-        assert isinstance(value, list)
-        found: set[str] = set()
-        for o in value:
-            if o.star:
-                found.update(f"{t}.{name}" for t in o.star)
-            elif name == "*" or (o.name or "").lower() == name.lower():
-                found.update(o.sources)
-        return found or {f"?.{name}"}
+            owner = self.find(qual, scope)
+            if owner is None:
+                return {f"?.{name}"}, False
+            found, bare = owner.column(name)
+            return (found, bare) if found else ({f"?.{name}"}, False)
+        found = set()
+        bare = True
+        row = self.find(name.lower(), scope)
+        if row is not None:
+            # SELECT u FROM users u: the whole row (or a column named u).
+            found |= row.whole_row()
+            bare = False
+        # An unqualified name may come from any item in scope, or (correlated)
+        # from an enclosing query's.
+        for s in scope.chain():
+            for item in s.items.values():
+                got, b = item.column(name)
+                found |= got
+                bare = bare and (b or not got)
+        if not found:
+            return {f"?.{name}"}, False
+        return found, bare
 
     def sources(
-        self, expr: exp.Expr, scope: dict[str, _Source], ctes: dict[str, list[Output] | None]
-    ) -> frozenset[str]:
+        self, expr: exp.Expr, scope: _Scope | None, ctes: dict[str, list[Output] | None]
+    ) -> set[str]:
+        """Every source column anything in ``expr`` reads (subqueries included)."""
+        here = scope if scope is not None else _Scope(None)
         found: set[str] = set()
-        for node in expr.walk():
-            if isinstance(node, exp.Subquery | exp.Select) and node is not expr:
-                inner = self.query(node, ctes)
+        stack: list[exp.Expr] = [expr]
+        while stack:
+            node = stack.pop()
+            if node is not expr and isinstance(node, exp.Subquery | exp.Select | exp.SetOperation):
+                inner = self.query(node, ctes, here)
                 if inner is None:
                     found.add("?.*")
                 else:
                     for o in inner:
                         found.update(o.sources)
                         found.update(f"{t}.*" for t in o.star)
-            elif isinstance(node, exp.Column) and not _in_subquery(node, expr):
-                found.update(self.column(node, scope))
-        return frozenset(found)
+                continue
+            if isinstance(node, exp.Column):
+                found |= self.column(node, here)[0]
+                continue
+            if isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count):
+                for s in here.chain():
+                    for item in s.items.values():
+                        found |= item.whole_row()
+            stack.extend(node.iter_expressions())
+        return found
 
 
-def _whole_row(source: _Source) -> set[str]:
-    """Every column a whole-row reference to ``source`` carries."""
-    kind, value = source
-    if kind == "table":
-        return {f"{value}.*"}
-    if value is None:
-        return {"?.*"}
-    assert isinstance(value, list)
-    found: set[str] = set()
-    for o in value:
-        found.update(o.sources)
-        found.update(f"{t}.*" for t in o.star)
-    return found
+def _merge_stars(out: list[Output]) -> list[Output]:
+    """Adjacent stars are one stretch of columns (``SELECT * FROM a, b``)."""
+    merged: list[Output] = []
+    for o in out:
+        if o.star and merged and merged[-1].star:
+            last = merged.pop()
+            o = Output(None, last.sources | o.sources, (*last.star, *o.star), last.bare and o.bare)
+        merged.append(o)
+    return merged
 
 
-def _in_subquery(node: exp.Expr, top: exp.Expr) -> bool:
-    if node is top:
-        return False
-    parent = node.parent
-    while parent is not None and parent is not top:
-        if isinstance(parent, exp.Select | exp.Subquery):
-            return True
-        parent = parent.parent
-    return False
+def _reads(stmt: exp.Expr, fold: bool) -> frozenset[str]:
+    """Every column ``stmt`` reads anywhere, over-approximated: a qualified
+    column by its table, an unqualified one by every table (and ``?``), a
+    star or whole-row reference as ``table.*``, a renamed table whole."""
+    tables: dict[str, str] = {}
+    derived: set[str] = set()
+    opaque = False
+    for node in stmt.walk():
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+            name = table_name(node, fold)
+            alias = node.alias_or_name.lower()
+            tables[alias] = name
+            tables.setdefault(name.rsplit(".", 1)[-1].lower(), name)
+        elif isinstance(node, exp.CTE | exp.Subquery | exp.Lateral | exp.Values | exp.Unnest):
+            derived.add(node.alias_or_name.lower())
+            opaque = True
+        elif isinstance(node, exp.Table):
+            opaque = True
+    ctes = {identifier(c.args["alias"].this, fold).lower() for c in stmt.find_all(exp.CTE)}
+    for name in ctes:
+        tables.pop(name, None)
+    every = set(tables.values())
+    reads: set[str] = set()
+    for node in stmt.walk():
+        if isinstance(node, exp.Column):
+            qual = node.table.lower()
+            if isinstance(node.this, exp.Star):
+                if qual in tables:
+                    reads.add(f"{tables[qual]}.*")
+                elif qual not in derived and qual not in ctes:
+                    reads.add("?.*")
+                continue
+            name = identifier(node.this, fold)
+            if qual:
+                reads.add(f"{tables[qual]}.{name}" if qual in tables else f"?.{name}")
+                continue
+            reads.update(f"{t}.{name}" for t in every)
+            if opaque or not every:
+                reads.add(f"?.{name}")
+            if name.lower() in tables:
+                reads.add(f"{tables[name.lower()]}.*")  # a whole-row reference
+        elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count | exp.Column):
+            reads.update(f"{t}.*" for t in every)
+        elif (
+            isinstance(node, exp.Table)
+            and isinstance(node.this, exp.Identifier)
+            and _alias_columns(node)
+            and table_name(node, fold) in every
+        ):
+            reads.add(f"{table_name(node, fold)}.*")
+    return frozenset(reads)
 
 
-def outputs(stmt: exp.Expr, fold: bool) -> tuple[Output, ...] | None:
-    """The lineage of each column ``stmt`` returns; None when it cannot be followed."""
+def outputs(stmt: exp.Expr, fold: bool) -> Lineage:
+    """The lineage of each column ``stmt`` returns, and what it reads."""
+    try:
+        reads = _reads(stmt, fold)
+    except Exception:  # cannot even list the columns: everything may be read
+        return Lineage((), False, frozenset({"?.*"}))
     resolver = _Resolver(fold)
     try:
         if isinstance(stmt, exp.Insert | exp.Update | exp.Delete) and stmt.args.get("returning"):
@@ -237,21 +460,21 @@ def outputs(stmt: exp.Expr, fold: bool) -> tuple[Output, ...] | None:
             while isinstance(table, exp.Schema):
                 table = table.this
             if not isinstance(table, exp.Table):
-                return None
+                return Lineage((), False, reads)
             name = table_name(table, fold)
-            scope: dict[str, _Source] = {table.alias_or_name.lower(): ("table", name)}
+            scope = _Scope(None)
+            scope.items[table.alias_or_name.lower()] = _Src("table", table=name)
             out: list[Output] = []
             for proj in stmt.args["returning"].expressions:
                 if isinstance(proj, exp.Star) or (
                     isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star)
                 ):
-                    out.append(Output(None, frozenset(), (name,)))
+                    out.append(Output(None, frozenset(), (name,), True))
                 else:
-                    out.append(
-                        Output(proj.alias_or_name or None, resolver.sources(proj, scope, {}))
-                    )
-            return tuple(out)
-        result = resolver.query(stmt, {})
-    except Exception:  # lineage that cannot be followed: masking falls back
-        return None
-    return None if result is None else tuple(result)
+                    sources, bare = resolver.expr(proj, scope, {})
+                    out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
+            return Lineage(out, True, reads)
+        result = resolver.query(stmt, {}, None)
+    except Exception:  # lineage that cannot be followed: masking redacts
+        return Lineage((), False, reads)
+    return Lineage((), False, reads) if result is None else Lineage(result, True, reads)
