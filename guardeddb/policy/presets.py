@@ -114,6 +114,12 @@ CREDENTIAL_TABLES = [
 ]
 
 _SAFETY_RULES: list[dict[str, Any]] = [
+        {
+            "id": "no-credential-catalogs",
+            "match": {"tables": CREDENTIAL_TABLES},
+            "action": "block",
+            "message": "catalogs of passwords, privileges and server settings are not allowed",
+        },
     {
         "id": "no-stacked-statements",
         "match": {"multiple_statements": True},
@@ -161,12 +167,6 @@ AGENT_SAFE: dict[str, Any] = {
             "match": {"statements": ["update", "delete"], "where": False},
             "action": "block",
             "message": "UPDATE and DELETE need a WHERE clause that is not always true",
-        },
-        {
-            "id": "no-credential-catalogs",
-            "match": {"tables": CREDENTIAL_TABLES},
-            "action": "block",
-            "message": "catalogs of passwords, privileges and server settings are not allowed",
         },
         *_SAFETY_RULES,
     ],

@@ -70,6 +70,7 @@ _KINDS: dict[str, frozenset[str]] = {
     "MergeStmt": frozenset({"merge"}),
     "CopyStmt": frozenset({"copy"}),
     "VariableShowStmt": frozenset({"show"}),
+    "ConstraintsSetStmt": frozenset({"set"}),
     "CallStmt": frozenset({"call"}),
     "TruncateStmt": frozenset({"truncate"}),
     "CommentStmt": frozenset({"comment"}),
@@ -254,9 +255,25 @@ def _compare_details(
             return "COPY ... FROM writes"
     elif node_type == "VariableSetStmt":
         name = str(node.get("name", "")).lower()
+        if node.get("kind") == "VAR_SET_MULTI" and name in ("transaction", "session characteristics"):
+            # SET TRANSACTION / SESSION CHARACTERISTICS: only READ WRITE (or
+            # an option guardeddb does not know) needs a strict class.
+            for opt in node.get("args", ()):
+                elem = opt.get("DefElem", {})
+                defname = elem.get("defname")
+                ival = elem.get("arg", {}).get("A_Const", {}).get("ival", {}).get("ival", 0)
+                if defname == "transaction_isolation" or (
+                    defname == "transaction_read_only" and ival
+                ):
+                    continue
+                if not (stmt.classes & _STRICT_CLASSES):
+                    return f"it sets the transaction's {defname}"
+            return None
         if node.get("kind") in ("VAR_SET_MULTI", "VAR_RESET_ALL") or not name:
             return None if stmt.classes & {"admin", "dcl"} else "a SET of several settings"
-        needed = name in _PRIVILEGE_SETTINGS or _set_classes(name) & _STRICT_CLASSES
+        needed = name in _PRIVILEGE_SETTINGS or (
+            _set_classes(name, _plain_value(node.get("args", ()))) & _STRICT_CLASSES
+        )
         if needed and not (stmt.classes & _STRICT_CLASSES):
             return f"it sets {name}"
     elif node_type == "TransactionStmt":
@@ -274,16 +291,30 @@ def _compare_details(
 _IDENT = re.compile(r"[a-z_][a-z0-9_$]*")
 
 
+def _plain_value(args: Any) -> str:
+    """PostgreSQL's reading of a SET's value, written plainly: one string or
+    number constant, or DEFAULT for anything else (the strictest reading)."""
+    if len(args) != 1:
+        return "DEFAULT"
+    const = args[0].get("A_Const", {}) if isinstance(args[0], dict) else {}
+    if "sval" in const:
+        text = str(const["sval"].get("sval", ""))
+        return "'" + text.replace("'", "''") + "'" if "\\" not in text else "DEFAULT"
+    if "ival" in const:
+        return str(int(const["ival"].get("ival", 0)))
+    return "DEFAULT"
+
+
 @lru_cache(maxsize=1024)
-def _set_classes(name: str) -> frozenset[str]:
-    """The classes guardeddb gives ``SET name TO DEFAULT`` written plainly.
+def _set_classes(name: str, value: str = "DEFAULT") -> frozenset[str]:
+    """The classes guardeddb gives ``SET name TO value`` written plainly.
 
     The written form must not get a weaker class than the plain one: that
     is how a quoted or commented variable name would slip past.
     """
     if not all(_IDENT.fullmatch(part) for part in name.split(".")):
         return frozenset({"admin"})
-    return _classes_of(f"SET {name} TO DEFAULT")
+    return _classes_of(f"SET {name} TO {value}")
 
 
 def _classes_of(sql: str) -> frozenset[str]:
@@ -295,7 +326,7 @@ def _classes_of(sql: str) -> frozenset[str]:
     except Exception:  # not tokenizable: treat as the strictest
         return frozenset({"admin"})
     found = _statements(sql, tokens, d, "postgres")
-    if not found or any(s.unparsed for s in found):
+    if not found or any(s.unparsed or s.refused for s in found):
         return frozenset({"admin"})  # not even the plain form is understood
     return frozenset().union(*(s.classes for s in found))
 
