@@ -15,6 +15,7 @@ code: a dry run interrupted mid-way still rolls back to its savepoint.
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Generator
 from typing import Any, NamedTuple, TypeVar
 
@@ -94,6 +95,8 @@ async def run_async(conn: Any, steps: Steps[T]) -> T:
                     result = cur.rowcount
                 elif type(step) is Call:
                     result = await asyncio.to_thread(step.fn, *step.args)
+                    if inspect.isawaitable(result):  # work on the asyncio connection itself
+                        result = await result
                 else:
                     result = await conn.commit()
             except BaseException as exc:  # a cancellation too: the steps clean up

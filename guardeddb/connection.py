@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from . import _surface
+from ._enforce import Engine, engine_for, use_database
 from ._steps import Call, Commit, Sql, Steps
 from ._steps import run as run_steps
 from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
@@ -70,6 +71,7 @@ class _Guard:
         "dialect",
         "driver",
         "enforce",
+        "engine",
         "facts",
         "identity",
         "masking",
@@ -103,7 +105,10 @@ class _Guard:
         self.masking: Masking | None = masking if masking is not None and masking.active else None
         # (analysis, identity) -> what begin() needs to know, see decide()
         self.decisions: dict[tuple[Analysis, Identity | None], _Verdict] = {}
-        self.read_only = False  # what guardeddb last told the server
+        # what guardeddb last told the server; None: it may have been changed since
+        self.read_only: bool | None = False
+        self.engine: Engine = engine_for(driver, raw, policy.limits)
+        self.engine.decisions = self.decisions
         self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
         self.audit = _audit_trail(policy, driver, facts)
         cfg = policy.approvals
@@ -169,12 +174,16 @@ class _Guard:
             analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
         verdict = self.decisions.get((analysis, ident))
+        engine = self.engine
+        if verdict is not None and verdict[1] and engine.session_changed(self.raw):
+            self.read_only = None  # re-asserted by settle before this statement runs
         rows = request_id = None
         if verdict is None or verdict[1] is not self.read_only or verdict[0].action == "review":
+            engine.arm(analysis, False)  # a dry run is held to the analysis too
             verdict, rows, request_id = drive(
                 self.raw, self.settle(analysis, ident, verdict, query, raw, params)
             )
-        decision, _, masked, unmasked = verdict
+        decision, read_only, masked, unmasked = verdict
         audit = self.audit
         op = self.telemetry.start(
             analysis, ident, decision, batch, None if audit is None else (audit, analysis, ident)
@@ -213,6 +222,7 @@ class _Guard:
                 if op is not None:
                     op.failed(exc)
                 raise exc
+        engine.arm(analysis, read_only)  # what the engine holds this statement to
         return op, (analysis if masked else None)
 
     def settle(
@@ -232,6 +242,14 @@ class _Guard:
         and the approval request a held query waits for.
         """
         impact = None
+        engine = self.engine
+        if engine.starting:
+            yield from self.session_start()
+        if engine.facts_stale:
+            self.facts = use_database(
+                self.facts, (yield Call(engine.current_database, (self.raw,)))
+            )
+            engine.facts_stale = False
         if verdict is None:
             if _changes_rows(analysis) and (self.policy.uses_impact or self.approvals):
                 impact = _Impact()
@@ -242,8 +260,17 @@ class _Guard:
                 except _Unmeasured:  # a rule needs the count: measure, then decide again
                     assert impact is not None
                     yield from impact.measure(self.driver, self.raw, query_text(query, raw), params)
+            if verdict[1] and verdict[0].action != "block" and analysis.functions:
+                # read-only identities call only functions known not to write
+                checked = yield from engine.functions_decision(self.raw, analysis, verdict[0])
+                if checked is not verdict[0]:
+                    verdict = (checked, *verdict[1:])
+                    if (analysis, ident) in self.decisions:
+                        self.decisions[(analysis, ident)] = verdict
         decision, read_only, masked, unmasked = verdict
-        if read_only is not self.read_only:
+        if read_only and self.read_only is None:
+            yield from self.reassert(analysis, ident)
+        elif read_only is not self.read_only:
             yield from self.switch_session(read_only, analysis, ident)
         request_id = None
         if (
@@ -345,13 +372,53 @@ class _Guard:
             if op is not None:
                 op.failed(exc)
             raise exc
-        for sql in statements:
-            yield Sql(sql)
+        with self.engine.own_steps():
+            for sql in statements:
+                yield Sql(sql)
         if self.driver.in_transaction(raw):
             # psycopg opened a transaction for the SET: close it, so the next
             # statement starts a transaction with the new characteristics.
             yield Commit()
         self.read_only = read_only
+        self.engine.stale = False
+
+    def reassert(self, analysis: Analysis, ident: Identity | None) -> Steps[None]:
+        """The read-only session may have been changed (a statement that was
+        not a plain read, a reconnect): put it back, or refuse if it cannot be."""
+        opened = not self.driver.in_transaction(self.raw)
+        held = yield from self.engine.reassert(self.driver, self.raw)
+        if not held:
+            decision = Decision(
+                "block",
+                "read-only-session",
+                "the session is no longer read-only inside this transaction; roll back",
+            )
+            exc = self.blocked(decision)
+            op = self.telemetry.start(analysis, ident, decision)
+            if op is not None:
+                op.failed(exc)
+            raise exc
+        if opened and self.driver.in_transaction(self.raw):
+            yield Commit()
+        self.read_only = True
+
+    def session_start(self) -> Steps[None]:
+        """The policy's limits, set on the session once, by guardeddb itself."""
+        self.engine.starting = False
+        statements = self.engine.session_start(self.driver)
+        if not statements:
+            return
+        opened = not self.driver.in_transaction(self.raw)
+        for sql in statements:
+            yield Sql(sql)
+        if opened and self.driver.in_transaction(self.raw):
+            yield Commit()
+
+    def engine_refusal(self, exc: BaseException) -> QueryBlocked | None:
+        """The engine denied what the statement tried (the SQLite authorizer,
+        a timeout): guardeddb's QueryBlocked, or None for any other error."""
+        decision = self.engine.refusal(exc)
+        return None if decision is None else self.blocked(decision)
 
     def fail(self, op: Operation, exc: BaseException) -> None:
         op.failed(exc, self.driver.status_code(exc))
@@ -367,11 +434,20 @@ class _Guard:
         """Guard ``query`` and make one call that returns no rows to count."""
         op, _ = self.begin(query, raw)
         if op is None:
-            return method(*args, **kwargs)
+            try:
+                return method(*args, **kwargs)
+            except BaseException as exc:
+                blocked = self.engine_refusal(exc)
+                if blocked is not None:
+                    raise blocked from exc
+                raise
         try:
             result = method(*args, **kwargs)
         except BaseException as exc:
-            self.fail(op, exc)
+            blocked = self.engine_refusal(exc)
+            self.fail(op, exc if blocked is None else blocked)
+            if blocked is not None:
+                raise blocked from exc
             raise
         op.executed()
         op.end()
@@ -601,14 +677,16 @@ class GuardedCursor(CursorBase):
         self._self_done()
         raw = self.__wrapped__
         op, self._self_mask = self._self_guard.begin(query, raw, batch, args[1:] or None)
-        if op is None:
+        try:
             result = method(*args, **kwargs)
-        else:
-            try:
-                result = method(*args, **kwargs)
-            except BaseException as exc:
-                self._self_guard.fail(op, exc)
-                raise
+        except BaseException as exc:
+            blocked = self._self_guard.engine_refusal(exc)
+            if op is not None:
+                self._self_guard.fail(op, exc if blocked is None else blocked)
+            if blocked is not None:
+                raise blocked from exc
+            raise
+        if op is not None:
             self._self_track(op, raw)
         return self if result is raw else result
 
@@ -636,8 +714,11 @@ class GuardedCursor(CursorBase):
             else:
                 result = raw.execute(query, params)
         except BaseException as exc:
+            blocked = self._self_guard.engine_refusal(exc)
             if op is not None:
-                self._self_guard.fail(op, exc)
+                self._self_guard.fail(op, exc if blocked is None else blocked)
+            if blocked is not None:
+                raise blocked from exc
             raise
         if op is not None:
             self._self_track(op, raw)
@@ -945,6 +1026,16 @@ class _ConnQuery:
         return guard.run(raw, raw.query, sql, (sql, *args), kwargs)
 
 
+class _SelectDb:
+    """PyMySQL's ``select_db()`` is judged as ``USE db``; the guard then
+    resolves unqualified table names in the new database."""
+
+    def select_db(self: Any, db: str) -> Any:
+        raw = self.__wrapped__
+        name = "`" + str(db).replace("`", "``") + "`"
+        return self._self_guard.run(raw, raw.select_db, f"USE {name}", (db,), {})
+
+
 def _quoted(name: Any) -> str:
     return '"' + str(name).replace('"', '""') + '"'
 
@@ -1082,19 +1173,6 @@ class _TraceCallback:
         return self.__wrapped__.set_trace_callback(callback)
 
 
-class _SelectDb:
-    def select_db(self: Any, db: str) -> Any:
-        """PyMySQL's ``select_db``: judged as ``USE db``."""
-        hook = getattr(type(self), "_self_select_db", None)
-        if hook is not None:  # the session tracking's own version, when present
-            return hook(self, db)
-        # TODO(session tracking): USE is judged as a statement here; the helper
-        # that tracks the current database provides _self_select_db.
-        raw = self.__wrapped__
-        use = "USE `" + str(db).replace("`", "``") + "`"
-        return self._self_guard.run(raw, raw.select_db, use, (db,), {})
-
-
 _SAFE_CHARSETS = frozenset({"utf8", "utf8mb3", "utf8mb4"})
 
 
@@ -1229,6 +1307,7 @@ _CONNECTION_MIXINS = (
     ("executemany", _ConnExecuteMany),
     ("executescript", _ConnExecuteScript),
     ("query", _ConnQuery),
+    ("select_db", _SelectDb),
     ("load_extension", _judged_as("load_extension", _LOAD_EXT)),
     ("enable_load_extension", _EnableLoadExtension),
     ("blobopen", _BlobOpen),
@@ -1242,7 +1321,6 @@ _CONNECTION_MIXINS = (
     ("create_collation", _callback_mixin("create_collation", "collation")),
     ("text_factory", _TextFactory),
     ("set_trace_callback", _TraceCallback),
-    ("select_db", _SelectDb),
     ("set_character_set", _Charset),
     ("connection", _ConnectionItself),
     ("info", _InfoView),

@@ -192,14 +192,14 @@ def facts(driver: Driver, conn: Any) -> ConnectionFacts:
             info = conn.info
             host = info.host
             address = None if host.startswith("/") else host
-            # The default search_path: "$user", public (and pg_catalog, always).
-            schemas = frozenset({"public", "pg_catalog", info.user})
+            schemas = _pg_search_path(conn)
             return ConnectionFacts(info.dbname or None, address, int(info.port), schemas)
         if driver.module == "pymysql":
             db = conn.db.decode() if isinstance(conn.db, bytes) else conn.db
             host = conn.host if not getattr(conn, "unix_socket", None) else None
-            # USE can change the current database: only the one at connect is known.
-            return ConnectionFacts(db or None, host, int(conn.port), None)
+            # The current database; the guard tracks USE and select_db() from here.
+            schemas = frozenset({db.lower()}) if db else None
+            return ConnectionFacts(db or None, host, int(conn.port), schemas)
         if driver.module == "sqlite3":
             rows = conn.execute("PRAGMA database_list").fetchall()
             path = next((r[2] for r in rows if r[1] == "main"), "")
@@ -207,6 +207,31 @@ def facts(driver: Driver, conn: Any) -> ConnectionFacts:
     except Exception:  # facts are for telemetry; never fail a connection over them
         pass
     return ConnectionFacts(None, None, None)
+
+
+def _pg_search_path(conn: Any) -> frozenset[str] | None:
+    """The schemas unqualified names resolve in, as the server says
+    (``current_schemas``: the search_path that exists, pg_catalog and
+    pg_temp included); None (any schema) when it cannot be read."""
+    if is_async(conn):
+        # No query from synchronous code; "$user", public and pg_catalog are
+        # PostgreSQL's default search_path.
+        return frozenset({"public", "pg_catalog", conn.info.user})
+    from psycopg.pq import TransactionStatus
+
+    idle = conn.info.transaction_status == TransactionStatus.IDLE
+    try:
+        with conn.cursor() as cur:
+            cur.execute("SELECT current_schemas(true)")
+            row = cur.fetchone()
+    except Exception:
+        row = None
+    if idle and conn.info.transaction_status != TransactionStatus.IDLE:
+        conn.rollback()  # the transaction this query opened, and nothing else
+    if not row or not row[0]:
+        return None
+    names = {str(s).lower() for s in row[0]}
+    return frozenset(names | {"pg_catalog"})
 
 
 def _sqlite_connect(url: str, kwargs: dict[str, Any]) -> Any:

@@ -199,14 +199,18 @@ def test_read_only_identity_gets_a_read_only_session(backend: Backend, table: st
 def test_postgres_side_effecting_function_fails_for_read_only_identity(
     pg_backend: Backend,
 ) -> None:
-    """SELECT nextval(...) passes the guardrails as a read but the database refuses it."""
+    """SELECT nextval(...) is a read to the analyzer: the volatile function is
+    refused for a read-only identity, and the database refuses it too."""
     import psycopg
 
     setup = psycopg.connect(pg_backend.url, autocommit=True)
     setup.execute("CREATE SEQUENCE IF NOT EXISTS gdb_seq")
     conn = guardeddb.connect(pg_backend.url, policy=preset("readonly"))
-    with guardeddb.identity(AGENT), pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+    with guardeddb.identity(AGENT), pytest.raises(QueryBlocked, match="nextval"):
         conn.cursor().execute("SELECT nextval('gdb_seq')")
+    with guardeddb.identity(AGENT), pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        conn.__wrapped__.cursor().execute("SELECT nextval('gdb_seq')")
+    conn.rollback()
     conn.close()
     setup.execute("DROP SEQUENCE gdb_seq")
     setup.close()
@@ -328,8 +332,8 @@ def test_unqualified_tables_resolve_to_the_connections_schemas(backend: Backend)
     conn = guardeddb.connect(backend.url, policy=policy)
     guard = conn._self_guard
     decision = guard.decide(analyze("SELECT * FROM invoices", guard.dialect), None)[0]
-    # PostgreSQL and SQLite know their default schemas; MySQL's can change with USE.
-    assert decision.action == ("block" if backend.name == "mysql" else "allow")
+    # Each knows its default schemas (MySQL: the current database, tracked through USE).
+    assert decision.action == "allow"
     conn.close()
 
 

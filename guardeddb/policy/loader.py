@@ -42,6 +42,7 @@ _TOP_KEYS = {
     "masking",
     "audit",
     "approvals",
+    "limits",
 }
 _RULE_KEYS = {"id", "match", "action", "message"}
 _MATCH_KEYS = {
@@ -570,6 +571,44 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
+_LIMIT_KEYS = {"statement_timeout"}
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+#: What the presets limit unless a policy says otherwise (engine-enforced).
+PRESET_LIMITS: dict[str, dict[str, float]] = {
+    "agent-safe": {"statement_timeout": 30.0},
+    "readonly": {"statement_timeout": 30.0},
+}
+
+
+def _limits(
+    ctx: _Context, top: Mapping[str, Any], bases: list[Policy], name: str | None
+) -> dict[str, float]:
+    """The ``limits:`` section: durations in seconds, over what the presets
+    extended (and a preset's own defaults) set; a key given here wins."""
+    merged: dict[str, float] = dict(PRESET_LIMITS.get(name or "", {}))
+    for base in reversed(bases):
+        merged.update(base.limits)
+    if "limits" not in top:
+        return merged
+    raw = _section(ctx, top, "limits", _LIMIT_KEYS)
+    for key, value in raw.items():
+        path = ("limits", key)
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise ctx.error(path, f"must be a duration like 5s, 500ms or 2m, not {value!r}")
+        if isinstance(value, str):
+            m = _DURATION.match(value)
+            if m is None:
+                raise ctx.error(path, f"must be a duration like 5s, 500ms or 2m, not {value!r}")
+            seconds = float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+        else:
+            seconds = float(value)
+        if not 0 < seconds < 86400 * 365:
+            raise ctx.error(path, f"must be a positive duration, not {value!r}")
+        merged[key] = seconds
+    return merged
+
+
 def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
     top = _keys(ctx, raw, (), _TOP_KEYS, "a policy")
     version = top.get("version", 1)
@@ -620,6 +659,7 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
         approvals=_approvals(ctx, _section(ctx, top, "approvals", _APPROVALS_KEYS))
         if "approvals" in top
         else inherit("approvals", {}),
+        limits=_limits(ctx, top, bases, stack[-1] if stack else None),
         source=ctx.source,
     )
 

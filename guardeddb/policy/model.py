@@ -148,6 +148,7 @@ class Policy:
     masker: Masking | None = None  # the masking section, compiled
     audit: dict[str, object] = field(default_factory=dict)
     approvals: dict[str, object] = field(default_factory=dict)
+    limits: dict[str, float] = field(default_factory=dict)  # statement_timeout (s)
     source: str | None = None
 
     __module__ = "guardeddb"
