@@ -209,7 +209,9 @@ class _Guard:
                     op.failed(exc)
                 raise exc
         action = decision.action
-        if action != "allow" and self.enforce:
+        # Kernel refusals protect guardeddb itself (its tables, the settings
+        # its analysis depends on): report mode does not turn them off.
+        if action != "allow" and (self.enforce or decision.rule_id == "kernel"):
             if action == "warn":
                 _log.warning(
                     "guardeddb: rule %s warns: %s (%s)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from typing import Any
+from pathlib import Path
 
 import pytest
 
@@ -926,3 +927,18 @@ def test_set_config_is_judged_like_set(sql: str, klass: str) -> None:
 def test_command_tails_are_tokenized(sql: str) -> None:
     """What follows RESET, SHOW, CALL, VACUUM is judged from its own tokens."""
     _blocked(sql, "postgres")
+
+
+def test_report_mode_does_not_lift_kernel_refusals(tmp_path: Path) -> None:
+    """``mode: report`` blocks nothing a rule decides, but a kernel refusal
+    protects guardeddb itself: the table is never created."""
+    path = tmp_path / "report.db"
+    conn = guardeddb.connect(f"sqlite:///{path}", policy={"version": 1, "mode": "report"})
+    conn.execute("CREATE TABLE ordinary (id INT)")  # report mode: rules block nothing
+    with pytest.raises(guardeddb.QueryBlocked):
+        conn.execute("CREATE TABLE guardeddb_approvals (id INT)")
+    conn.close()
+    raw = sqlite3.connect(path)
+    names = {r[0] for r in raw.execute("SELECT name FROM sqlite_master")}
+    raw.close()
+    assert names == {"ordinary"}
