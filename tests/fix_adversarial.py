@@ -83,13 +83,18 @@ def attempt(fn: Callable[[], Any]) -> tuple[Any, BaseException | None]:
 
 
 def leaked(rows: Any, *tokens: str | bytes) -> bool:
-    """Whether any token appears in what the attack got back."""
+    """Whether any token appears in what the attack got back. A long token
+    (a password hash) counts as leaked when any 12 characters of it come back:
+    a detector that masks part of it still lets the rest out."""
     if rows is None:
         return False
     text = repr(rows)
     for tok in tokens:
         if isinstance(tok, bytes):
             if tok in text.encode() or any(tok in bytes(c) for r in rows for c in _cells(r)):
+                return True
+        elif len(tok) >= 24:
+            if any(tok[i : i + 12] in text for i in range(len(tok) - 11)):
                 return True
         elif tok in text:
             return True
@@ -135,8 +140,10 @@ def run(conn: Any, sql: str, params: Any = None, *, commit: bool = True) -> Any:
 
 
 def token() -> str:
-    """A unique word no detector masks and no other test writes."""
-    return f"zq{uuid.uuid4().hex[:12]}secret"
+    """A unique word no detector masks (letters only: a run of digits would look
+    like a phone or card number to the default detectors) and no other test writes."""
+    letters = uuid.uuid4().hex[:12].translate(str.maketrans("0123456789", "ghijklmnop"))
+    return f"zq{letters}secret"
 
 
 @dataclass
@@ -212,7 +219,9 @@ class PgWorld:
 
     def guarded(self, policy: Any, dsn: str = PG_DSN, autocommit: bool = False) -> Any:
         """A connection as the attacker gets it (not autocommit unless asked)."""
-        return guard(self.raw(autocommit=autocommit, dsn=dsn), policy)
+        conn = guard(self.raw(autocommit=autocommit, dsn=dsn), policy)
+        self._opened.append(conn)  # closing the proxy closes its audit sink too
+        return conn
 
     def observer(self) -> Any:
         """The session's raw autocommit connection to look at the server with."""
@@ -335,7 +344,9 @@ class MyWorld:
         return conn
 
     def guarded(self, policy: Any, **kwargs: Any) -> Any:
-        return guard(self.raw(autocommit=False, **kwargs), policy)
+        conn = guard(self.raw(autocommit=False, **kwargs), policy)
+        self._opened.append(conn)
+        return conn
 
     def observer(self) -> Any:
         """The session's raw autocommit connection to look at the server with."""
@@ -436,7 +447,9 @@ class SqliteWorld:
         return conn
 
     def guarded(self, policy: Any) -> Any:
-        return guard(self.raw(), policy)
+        conn = guard(self.raw(), policy)
+        self._opened.append(conn)
+        return conn
 
     def tables(self) -> set[str]:
         conn = sqlite3.connect(self.path)

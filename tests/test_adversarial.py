@@ -16,6 +16,7 @@ tests/fix_adversarial.py), which keeps the payloads honest.
 from __future__ import annotations
 
 import contextlib
+import functools
 import sqlite3
 import tempfile
 import time
@@ -2118,3 +2119,181 @@ def test_adversarial_suite_is_large() -> None:
                 n *= len(mark.args[1])
         total += n
     assert total >= 250, total
+
+
+# =============================================================================
+# Data-driven: every runtime setting on the server, judged by its value
+# =============================================================================
+
+#: What an agent may set on PostgreSQL (the issue's examples, reviewed); every
+#: other setting a session can change must be refused. statement_timeout and
+#: the other limits are absent on purpose: they may only go down, and this
+#: test moves them up.
+PG_AGENT_SETTABLE = frozenset(
+    {
+        "application_name",
+        "timezone",
+        "datestyle",
+        "intervalstyle",
+        "extra_float_digits",
+        "client_min_messages",
+        "bytea_output",
+        "xmlbinary",
+        "xmloption",
+    }
+)
+
+
+def _pg_other_value(vartype: str, setting: str, enumvals: Any, lo: Any, hi: Any) -> str | None:
+    """A valid value different from ``setting``, or None when no safe one is known."""
+    if vartype == "bool":
+        return "off" if setting == "on" else "on"
+    if vartype == "enum":
+        return next((v for v in enumvals if str(v).lower() != setting.lower()), None)
+    if vartype in ("integer", "real"):
+        for candidate in (hi, lo):
+            if candidate is not None and str(candidate) != setting:
+                return str(candidate)
+    return None
+
+
+@pg
+@pytest.mark.parametrize("preset_name", PRESET_NAMES)
+def test_pg_every_runtime_setting_outside_the_allowlist_stays_put(
+    pgw: PgWorld, preset_name: str
+) -> None:
+    """Every setting in pg_settings a session may change (context user or
+    superuser: we connect as a superuser), except the reviewed allowlist, set
+    to another valid value through the guarded connection. Ground truth: its
+    value on the session underneath, in the same transaction (rolled back
+    after each, which undoes a SET)."""
+    settings_rows = (
+        pgw.observer()
+        .execute(
+            "SELECT name, vartype, setting, enumvals, min_val, max_val FROM pg_settings "
+            "WHERE context IN ('user', 'superuser') ORDER BY name"
+        )
+        .fetchall()
+    )
+    conn = pgw.guarded(policy_for(preset_name))
+    run(conn, "SELECT 1")
+    changed: list[str] = []
+    tried = 0
+    for name, vartype, setting, enumvals, lo, hi in settings_rows:
+        if name.lower() in PG_AGENT_SETTABLE or name == "exit_on_error":  # would end the probe
+            continue
+        value = _pg_other_value(vartype, str(setting), enumvals or [], lo, hi)
+        if value is None:
+            continue
+        tried += 1
+        run(conn, f"SET {name} = '{value}'", commit=False)
+        try:
+            now = (
+                under(conn)
+                .execute("SELECT setting FROM pg_settings WHERE name = %s", (name,))
+                .fetchone()[0]
+            )
+        except Exception as exc:  # the session broke: that is a change too
+            now = repr(exc)
+            conn = pgw.guarded(policy_for(preset_name))
+            run(conn, "SELECT 1")
+        attempt(under(conn).rollback)
+        if str(now) != str(setting):
+            changed.append(f"{name}: {setting} -> {now}")
+    assert tried > 100, tried
+    holds(not changed, f"{len(changed)} of {tried} settings changed: {changed}")
+
+
+#: What an agent may set on MariaDB (reviewed); every other session variable
+#: must be refused. max_statement_time is absent: it may only go down.
+MY_AGENT_SETTABLE = frozenset(
+    {
+        "time_zone",
+        "lc_time_names",
+        "div_precision_increment",
+        "group_concat_max_len",
+        "autocommit",
+        "sql_notes",
+        "sql_warnings",
+        "tx_isolation",
+        "transaction_isolation",
+    }
+)
+
+
+def _my_other_value(kind: str, value: Any, enums: Any, lo: Any, hi: Any) -> str | None:
+    """A valid value different from ``value``, as SQL, or None when no safe one is known."""
+    current = "" if value is None else str(value)
+    if kind == "BOOLEAN":
+        return "0" if current.upper() in ("ON", "1") else "1"
+    if kind == "ENUM" and enums:
+        return next((f"'{v}'" for v in str(enums).split(",") if v.upper() != current.upper()), None)
+    if kind.startswith(("INT", "BIGINT", "DOUBLE")):
+        for candidate in (hi, lo):
+            if candidate is not None and str(candidate) != current:
+                return str(candidate)
+    return None
+
+
+@mysql
+@pytest.mark.parametrize("preset_name", PRESET_NAMES)
+def test_my_every_session_variable_outside_the_allowlist_stays_put(
+    myw: MyWorld, preset_name: str
+) -> None:
+    """Every writable session variable of information_schema.SYSTEM_VARIABLES
+    (boolean, enum, numeric), except the reviewed allowlist, set to another
+    valid value through the guarded connection. Ground truth: @@session.X on
+    the session underneath (restored through it after each)."""
+    cur = myw.observer().cursor()
+    cur.execute(
+        "SELECT VARIABLE_NAME, VARIABLE_TYPE, SESSION_VALUE, ENUM_VALUE_LIST, "
+        "NUMERIC_MIN_VALUE, NUMERIC_MAX_VALUE FROM information_schema.SYSTEM_VARIABLES "
+        "WHERE VARIABLE_SCOPE IN ('SESSION', 'SESSION ONLY') AND READ_ONLY = 'NO' "
+        "ORDER BY VARIABLE_NAME"
+    )
+    rows = cur.fetchall()
+    conn = myw.guarded(policy_for(preset_name))
+    run(conn, "SELECT 1")
+    changed: list[str] = []
+    tried = 0
+    skip = {"wait_timeout", "interactive_timeout", "net_read_timeout", "net_write_timeout"}
+    for name, kind, value, enums, lo, hi in rows:
+        lname = str(name).lower()
+        if lname in MY_AGENT_SETTABLE or lname in skip:
+            continue
+        new = _my_other_value(str(kind), value, enums, lo, hi)
+        if new is None:
+            continue
+        tried += 1
+        run(conn, f"SET SESSION {lname} = {new}", commit=False)
+        raw, row = under(conn), None
+        try:
+            c = raw.cursor()
+            c.execute(f"SELECT @@session.{lname}")
+            row = c.fetchone()
+            now = None if row is None else row[0]
+        except Exception as exc:
+            now = repr(exc)
+        if str(now) != str(value) and not (row is not None and _same(now, value)):
+            changed.append(f"{lname}: {value} -> {now}")
+            restore = f"SET SESSION {lname} = " + ("NULL" if value is None else f"'{value}'")
+            if not attempt(functools.partial(raw.cursor().execute, restore))[1]:
+                continue
+            conn = myw.guarded(policy_for(preset_name))  # cannot restore: a fresh session
+            run(conn, "SELECT 1")
+    assert tried > 50, tried
+    holds(not changed, f"{len(changed)} of {tried} session variables changed: {changed}")
+
+
+def _same(now: Any, value: Any) -> bool:
+    """@@x and SESSION_VALUE spell some values differently (1 / ON, 1.0 / 1)."""
+    a, b = str(now).upper(), str(value).upper()
+    spelled = {"1": "ON", "0": "OFF"}
+    return spelled.get(a, a) == spelled.get(b, b) or _num(a) == _num(b) is not None
+
+
+def _num(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
