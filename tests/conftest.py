@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-pytest_plugins = ["tests.fix_db", "tests.fix_otel", "tests.fix_otlp", "tests.fix_shop"]
+pytest_plugins = [
+    "tests.fix_db",
+    "tests.fix_otel",
+    "tests.fix_otlp",
+    "tests.fix_shop",
+    "tests.fix_adversarial",
+]
 
 
 def pytest_configure(config: pytest.Config) -> None:
