@@ -179,9 +179,6 @@ PG_ALLOWED_SETS = [
     "SET timezone = 'Europe/Paris'",
     'SET "TimeZone" TO UTC',
     "SET datestyle = ISO, MDY",
-    "SET statement_timeout = 0",
-    "SET LOCAL lock_timeout = '1s'",
-    "SET SESSION idle_in_transaction_session_timeout = 1000",
     "SET extra_float_digits = 3",
     "SET intervalstyle = iso_8601",
     "RESET timezone",
@@ -275,9 +272,6 @@ def test_mysql_tokenizer_settings_are_refused_under_every_policy(sql: str) -> No
 
 MY_ALLOWED_SETS = [
     "SET time_zone = '+00:00'",
-    "SET SESSION max_statement_time = 5",
-    "SET @@session.lock_wait_timeout = 10",
-    "SET @@local.innodb_lock_wait_timeout = 10",
     "SET autocommit = 1",
     "SET @x = 1",
     "SET @x := 1, @y = 'a'",
@@ -288,6 +282,22 @@ MY_ALLOWED_SETS = [
     "SET TRANSACTION READ ONLY",
     "SET group_concat_max_len = 100000",
 ]
+
+
+#: Time limits belong to the policy (``limits:``): an agent cannot lift them.
+TIMEOUT_SETS = [
+    ("SET statement_timeout = 0", "postgres"),
+    ("SET LOCAL lock_timeout = '1s'", "postgres"),
+    ("SET SESSION idle_in_transaction_session_timeout = 1000", "postgres"),
+    ("SET SESSION max_statement_time = 5", "mysql"),
+    ("SET @@session.lock_wait_timeout = 10", "mysql"),
+    ("SET @@local.innodb_lock_wait_timeout = 10", "mysql"),
+]
+
+
+@pytest.mark.parametrize(("sql", "dialect"), TIMEOUT_SETS)
+def test_time_limits_are_not_settable(sql: str, dialect: str) -> None:
+    assert _actions(sql, dialect) == ("block", "block"), analyze(sql, dialect).statements
 
 
 @pytest.mark.parametrize("sql", MY_ALLOWED_SETS)

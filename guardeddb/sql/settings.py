@@ -52,11 +52,6 @@ SETTABLE: dict[str, frozenset[str]] = {
             "datestyle",
             "intervalstyle",
             "extra_float_digits",
-            "statement_timeout",
-            "lock_timeout",
-            "idle_in_transaction_session_timeout",
-            "idle_session_timeout",
-            "transaction_timeout",
             "bytea_output",
             "client_min_messages",
         }
@@ -65,10 +60,6 @@ SETTABLE: dict[str, frozenset[str]] = {
         {
             "autocommit",
             "time_zone",
-            "max_statement_time",
-            "max_execution_time",
-            "lock_wait_timeout",
-            "innodb_lock_wait_timeout",
             "net_read_timeout",
             "net_write_timeout",
             "group_concat_max_len",
