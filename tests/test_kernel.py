@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import sqlite3
 import uuid
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -603,10 +603,10 @@ def test_own_tables_are_refused_whatever_names_them(sql: str, dialect: str) -> N
 
 def test_own_tables_constant_names_what_the_stores_create() -> None:
     """The approval store and the PostgreSQL audit sink create the tables the kernel refuses."""
+    import inspect
+
     from guardeddb import approvals
     from guardeddb.audit import chain
-
-    import inspect
 
     created = {vars(approvals)["_TABLE"]} | {
         t for t in OWN_TABLES if f"CREATE TABLE IF NOT EXISTS {t} " in inspect.getsource(chain)

@@ -114,12 +114,12 @@ CREDENTIAL_TABLES = [
 ]
 
 _SAFETY_RULES: list[dict[str, Any]] = [
-        {
-            "id": "no-credential-catalogs",
-            "match": {"tables": CREDENTIAL_TABLES},
-            "action": "block",
-            "message": "catalogs of passwords, privileges and server settings are not allowed",
-        },
+    {
+        "id": "no-credential-catalogs",
+        "match": {"tables": CREDENTIAL_TABLES},
+        "action": "block",
+        "message": "catalogs of passwords, privileges and server settings are not allowed",
+    },
     {
         "id": "no-stacked-statements",
         "match": {"multiple_statements": True},

@@ -255,7 +255,10 @@ def _compare_details(
             return "COPY ... FROM writes"
     elif node_type == "VariableSetStmt":
         name = str(node.get("name", "")).lower()
-        if node.get("kind") == "VAR_SET_MULTI" and name in ("transaction", "session characteristics"):
+        if node.get("kind") == "VAR_SET_MULTI" and name in (
+            "transaction",
+            "session characteristics",
+        ):
             # SET TRANSACTION / SESSION CHARACTERISTICS: only READ WRITE (or
             # an option guardeddb does not know) needs a strict class.
             for opt in node.get("args", ()):
