@@ -501,18 +501,19 @@ class ServerEngine(Engine):
     def reassert(self, driver: Driver, raw: Any) -> Steps[bool]:
         self.stale = False
         self.session = self._session_id(raw)
+        held = True
         if driver.in_transaction(raw):
-            # Inside a transaction the session default cannot be switched:
-            # verify the transaction itself is read-only instead.
+            # The open transaction keeps the mode it started with: verify it
+            # (MariaDB shows only the session default it started from), then
+            # set the session default for the transactions after it.
             if self.module == "psycopg":
                 check = "SELECT 1 WHERE current_setting('transaction_read_only') = 'on'"
             else:
                 check = "SELECT 1 FROM DUAL WHERE @@session.tx_read_only = 1"
-            count = yield Sql(check)
-            return bool(count == 1)
+            held = (yield Sql(check)) == 1
         for sql in driver.read_only_statements(True):
             yield Sql(sql)
-        return True
+        return held
 
     def session_start(self, driver: Driver) -> tuple[str, ...]:
         timeout = self.limits.get("statement_timeout")

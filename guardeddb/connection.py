@@ -270,6 +270,8 @@ class _Guard:
                     if (analysis, ident) in self.decisions:
                         self.decisions[(analysis, ident)] = verdict
         decision, read_only, masked, unmasked = verdict
+        if read_only and self.read_only and engine.session_changed(self.raw):
+            self.read_only = None  # a decision made here: begin did not look
         if read_only and self.read_only is None:
             yield from self.reassert(analysis, ident)
         elif read_only is not self.read_only:

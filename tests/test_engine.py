@@ -244,8 +244,8 @@ def test_pg_read_only_session_is_reasserted() -> None:
         f"CREATE FUNCTION {table}_w() RETURNS int LANGUAGE plpgsql AS "
         f"$$ BEGIN INSERT INTO {table} VALUES (1); RETURN 1; END $$"
     )
+    conn = guardeddb.connect(PG_DSN, policy={"version": 1, "extends": ["readonly"]})
     try:
-        conn = guardeddb.connect(PG_DSN, policy={"version": 1, "extends": ["readonly"]})
         cur = conn.cursor()
         with guardeddb.identity(user=AGENT_USER, agent="bot"):
             cur.execute("SELECT 1")
@@ -268,9 +268,17 @@ def test_pg_read_only_session_is_reasserted() -> None:
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                 conn.__wrapped__.execute(f"SELECT {table}_w()")
             conn.rollback()
-        conn.close()
+            # inside a transaction: the switch is committed with it, unless
+            # guardeddb's re-assertion comes after it
+            cur.execute("SET application_name = 'y'")
+            conn.__wrapped__.execute("SET default_transaction_read_only = off")  # fooled
+            cur.execute("COMMIT")
+            with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+                conn.__wrapped__.execute(f"SELECT {table}_w()")
+            conn.rollback()
         assert admin.execute(f"SELECT count(*) FROM {table}").fetchone() == (0,)
     finally:
+        conn.close()
         admin.execute(f"DROP FUNCTION {table}_w()")
         admin.execute(f"DROP TABLE {table}")
         admin.close()
@@ -386,6 +394,15 @@ def test_mysql_read_only_session_is_reasserted() -> None:
             c.execute("SET time_zone = '+00:00'")  # allowed, not a plain read
             raw.cursor().execute("SET SESSION TRANSACTION READ WRITE")  # fooled
             c.execute("SELECT 1")
+            with pytest.raises(pymysql.err.MySQLError):
+                raw.cursor().execute(f"SELECT {table}_w()")
+            raw.rollback()
+            # inside a transaction: refused, and the session put back
+            c.execute("START TRANSACTION")
+            raw.cursor().execute("SET SESSION TRANSACTION READ WRITE")  # fooled
+            with pytest.raises(QueryBlocked, match="no longer read-only"):
+                c.execute("COMMIT")
+            raw.rollback()
             with pytest.raises(pymysql.err.MySQLError):
                 raw.cursor().execute(f"SELECT {table}_w()")
             raw.rollback()
