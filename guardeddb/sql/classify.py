@@ -659,6 +659,9 @@ def _facts(
                 columns.add(f"{owner}.{identifier(ident, fold)}")
     if star_outside_column:
         columns.update(f"{t}.*" for t in tables)
+    if isinstance(stmt, exp.Use):
+        # USE db names a database (a schema), not a table: every table in it.
+        tables = {f"{t}.*" for t in tables}
 
     where = stmt.args.get("where")
     has_where = (
