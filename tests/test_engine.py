@@ -337,6 +337,10 @@ def test_mysql_use_is_tracked() -> None:
     cur.execute(f"INSERT INTO {table} VALUES ('ada')")
     policy = {
         "version": 1,
+        "rules": [{"id": "billing", "match": {"tables": [f"{db}.invoices"]}, "action": "block"}],
+    }
+    whole = {
+        "version": 1,
         "rules": [{"id": "billing", "match": {"tables": [f"{db}.*"]}, "action": "block"}],
     }
     conn = guardeddb.connect(MYSQL_DSN, policy=policy)
@@ -344,6 +348,10 @@ def test_mysql_use_is_tracked() -> None:
         c = conn.cursor()
         c.execute(f"SELECT name FROM {table}")
         assert c.fetchall() == (("ada",),)
+        walled = guardeddb.connect(MYSQL_DSN, policy=whole)
+        with pytest.raises(QueryBlocked, match="billing"):  # USE of a blocked database
+            walled.cursor().execute(f"USE {db}")
+        walled.close()
         c.execute(f"USE {db}")
         with pytest.raises(QueryBlocked, match="billing"):
             c.execute("SELECT * FROM invoices")

@@ -957,9 +957,8 @@ def test_report_mode_does_not_lift_kernel_refusals(tmp_path: Path) -> None:
 def test_use_names_a_database_not_a_table() -> None:
     """``USE test`` from inside ``billing`` is not a table ``billing.test``;
     ``USE billing`` under a ``billing.*`` rule is refused (every table in it)."""
-    policy = guardeddb.load_policy(
-        {"version": 1, "rules": [{"id": "b", "match": {"tables": ["billing.*"]}, "action": "block"}]}
-    )
+    rule = {"id": "b", "match": {"tables": ["billing.*"]}, "action": "block"}
+    policy = guardeddb.load_policy({"version": 1, "rules": [rule]})
     inside = frozenset({"billing"})
     assert policy.decide(analyze("USE test", "mysql"), None, inside).action == "allow"
     assert policy.decide(analyze("USE `Billing`", "mysql"), None, inside).action == "block"
