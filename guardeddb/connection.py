@@ -75,6 +75,7 @@ class _Guard:
         "facts",
         "identity",
         "masking",
+        "max_rows",
         "policy",
         "raw",
         "read_only",
@@ -101,6 +102,8 @@ class _Guard:
         self.identity = identity
         self.policy = policy
         self.enforce = policy.mode == "enforce"
+        cap = policy.limits.get("max_rows")
+        self.max_rows: int | None = int(cap) if cap else None
         masking = policy.masker
         self.masking: Masking | None = masking if masking is not None and masking.active else None
         # (analysis, identity) -> what begin() needs to know, see decide()
@@ -543,6 +546,9 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         super().__init__(wrapped)
         self._self_connection = connection
         self._self_guard: _Guard = connection._self_guard
+        # Rows the current result may still return under limits.max_rows
+        # (None: no cap; -1: the cap cut this result, and that was said).
+        self._self_left: int | None = None
         self._self_op: Operation | None = None
         # None: rows pass as they are; an Analysis: rows must be masked, plan
         # not made yet; a MaskRun: the plan of the current result, applying.
@@ -585,6 +591,8 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         mask = self._self_mask
         if type(mask) is MaskRun:
             self._self_mask = mask.analysis
+        if self._self_left is not None:
+            self._self_left = self._self_guard.max_rows
 
     def _self_mask_run(self) -> MaskRun | None:
         """The masking of the current result, planned from its description once."""
@@ -606,9 +614,48 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
     # what it returned as ``_fetched`` (positional where it can be: a
     # keyword-only default costs fetchone ~25 ns on CPython 3.11).
 
+    def _self_cut(self, what: Any) -> Any:
+        """The result reached the policy's ``limits.max_rows``: say so (log,
+        span) once, and hand back ``what`` (no more rows)."""
+        if self._self_left != -1:
+            self._self_left = -1  # said once per result
+            guard = self._self_guard
+            _log.warning("guardeddb: result truncated at limits.max_rows = %d", guard.max_rows or 0)
+            op = self._self_op
+            if op is not None:
+                op.annotate("guardeddb.truncated", True)
+        return what
+
+    def _self_capped(self, left: int, fetched: Any, size: int | None) -> Any:
+        """At most ``left`` more rows (``size`` of them for a fetchmany, all
+        for a fetchall): fetched from the driver no further than the cap, or
+        cut from what the asyncio cursor already fetched."""
+        cap = max(left, 0)
+        want = cap if size is None else min(size, cap)
+        if fetched is _FETCH:
+            raw = self.__wrapped__
+            fetched = raw.fetchmany(want) if want else []
+            # One more row after a full cap means the cap cut the result.
+            if len(fetched) == cap and (size is None or size > cap) and raw.fetchone() is not None:
+                self._self_cut(None)
+        elif len(fetched) > want:
+            fetched = self._self_cut(fetched[:want])
+        if self._self_left != -1:
+            self._self_left = cap - len(fetched)
+        return fetched
+
     def _self_fetchone(self, _fetched: Any = _FETCH) -> Any:
         """The next row, masked; the span ends when the result runs out."""
+        left = self._self_left
+        if left is not None and left <= 0:
+            # Past the row cap the result ends here; one more row tells
+            # whether anything was cut.
+            if (self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched) is not None:
+                self._self_cut(None)
+            _fetched = None
         row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+        if left is not None and row is not None:
+            self._self_left = left - 1
         if row is not None and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
@@ -624,6 +671,10 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
     def _self_fetchmany(self, *args: Any, _fetched: Any = _FETCH, **kwargs: Any) -> Any:
         """The next rows, masked; fewer than asked for ends the span."""
         raw = self.__wrapped__
+        left = self._self_left
+        if left is not None:
+            size = (args[0] if args else kwargs.get("size")) or raw.arraysize
+            _fetched = self._self_capped(left, _fetched, size)
         rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
         if rows and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
@@ -639,6 +690,9 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
 
     def _self_fetchall(self, _fetched: Any = _FETCH) -> Any:
         """The remaining rows, masked; the span ends."""
+        left = self._self_left
+        if left is not None:
+            _fetched = self._self_capped(left, _fetched, None)
         rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
         if rows and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
@@ -681,6 +735,7 @@ class GuardedCursor(CursorBase):
         self._self_done()
         raw = self.__wrapped__
         op, self._self_mask = self._self_guard.begin(query, raw, batch, args[1:] or None)
+        self._self_left = self._self_guard.max_rows
         try:
             result = method(*args, **kwargs)
         except BaseException as exc:
@@ -707,6 +762,7 @@ class GuardedCursor(CursorBase):
         op, self._self_mask = self._self_guard.begin(
             query, raw, 0, None if params is _NO_PARAMS else params
         )
+        self._self_left = self._self_guard.max_rows
         try:
             if args or kwargs:
                 if params is _NO_PARAMS:
@@ -825,6 +881,7 @@ class _Stream:
         self._self_done()
         raw = self.__wrapped__
         op, self._self_mask = self._self_guard.begin(query, raw, 0, query_params(args, kwargs))
+        self._self_left = self._self_guard.max_rows
         return _streamed(self, op, raw.stream(query, *args, **kwargs))
 
 

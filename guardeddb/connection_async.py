@@ -111,6 +111,7 @@ class GuardedAsyncCursor(CursorBase):
         self._self_done()
         raw = self.__wrapped__
         op, self._self_mask = await begin(self._self_guard, query, raw, batch, params)
+        self._self_left = self._self_guard.max_rows
         try:
             result = await method(*args, **kwargs)
         except BaseException as exc:
@@ -179,6 +180,7 @@ class _Stream:
         op, self._self_mask = await begin(
             self._self_guard, query, raw, 0, query_params(args, kwargs)
         )
+        self._self_left = self._self_guard.max_rows
         # Closed here, not left to the garbage collector: it holds the connection's lock.
         async with contextlib.aclosing(raw.stream(query, *args, **kwargs)) as rows:
             if op is None and self._self_mask is None:

@@ -571,13 +571,13 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
-_LIMIT_KEYS = {"statement_timeout"}
+_LIMIT_KEYS = {"statement_timeout", "max_rows"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 #: What the presets limit unless a policy says otherwise (engine-enforced).
 PRESET_LIMITS: dict[str, dict[str, float]] = {
-    "agent-safe": {"statement_timeout": 30.0},
-    "readonly": {"statement_timeout": 30.0},
+    "agent-safe": {"statement_timeout": 30.0, "max_rows": 10000},
+    "readonly": {"statement_timeout": 30.0, "max_rows": 10000},
 }
 
 
@@ -594,6 +594,11 @@ def _limits(
     raw = _section(ctx, top, "limits", _LIMIT_KEYS)
     for key, value in raw.items():
         path = ("limits", key)
+        if key == "max_rows":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**9:
+                raise ctx.error(path, f"must be a number of rows from 1 to 10**9, not {value!r}")
+            merged[key] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ctx.error(path, f"must be a duration like 5s, 500ms or 2m, not {value!r}")
         if isinstance(value, str):

@@ -148,7 +148,7 @@ class Policy:
     masker: Masking | None = None  # the masking section, compiled
     audit: dict[str, object] = field(default_factory=dict)
     approvals: dict[str, object] = field(default_factory=dict)
-    limits: dict[str, float] = field(default_factory=dict)  # statement_timeout (s)
+    limits: dict[str, float] = field(default_factory=dict)  # statement_timeout (s), max_rows
     source: str | None = None
 
     __module__ = "guardeddb"
