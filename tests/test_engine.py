@@ -142,7 +142,7 @@ def test_sqlite_statement_timeout(tmp_path: Path) -> None:
 
 def test_limits_are_loaded_and_inherited() -> None:
     """Durations in seconds; presets give defaults; a policy's own key wins."""
-    assert load_policy(None).limits == {"statement_timeout": 30.0}
+    assert load_policy(None).limits == {"statement_timeout": 30.0, "max_rows": 10000}
     assert load_policy({"version": 1, "extends": ["readonly"]}).limits["statement_timeout"] == 30
     p = load_policy({"version": 1, "limits": {"statement_timeout": "500ms"}})
     assert p.limits == {"statement_timeout": 0.5}
