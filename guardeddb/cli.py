@@ -328,6 +328,16 @@ def _validate(args: argparse.Namespace) -> int:
         + ", ".join(r.id for r in policy.rules)
         + ")"
     )
+    for what, url in (
+        ("approval store", policy.approvals.get("store")),
+        ("audit sink", policy.audit.get("postgresql")),
+    ):
+        if isinstance(url, str) and not url.startswith("sqlite:"):
+            print(
+                f"note: the {what} is a database table: give it its own credentials (a role "
+                "the application's DSN cannot use), or an agent's process could change it "
+                "outside guardeddb"
+            )
     return 0
 
 

@@ -15,6 +15,7 @@ module states the trust boundary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import sys
@@ -114,6 +115,14 @@ class _Guard:
         self.engine.decisions = self.decisions
         self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
         self.audit = _audit_trail(policy, driver, facts)
+        for what in shared_state(policy, facts):
+            _log.warning(
+                "guardeddb: the %s is in the database this connection uses (%s); guarded SQL "
+                "cannot reach its tables, but give it its own credentials so that nothing "
+                "else with the application's can",
+                what,
+                facts.namespace,
+            )
         cfg = policy.approvals
         self.approvals = (
             ApprovalStore(str(cfg["store"]), parse_ttl(cfg.get("ttl", "1h")))  # type: ignore[arg-type]
@@ -504,6 +513,36 @@ class _Impact:
     def measure(self, driver: Driver, conn: Any, sql: str, params: Any) -> Steps[None]:
         self.count = yield from driver.dry_run(conn, sql, params)
         self.measured = True
+
+
+def shared_state(policy: Policy, facts: ConnectionFacts) -> list[str]:
+    """The approval store and audit sink that live in the database this
+    connection reaches: guardeddb refuses their tables to guarded SQL, but a
+    process with the same credentials can still change them directly."""
+    from pathlib import Path
+    from urllib.parse import urlsplit
+
+    found = []
+    for what, url in (
+        ("approval store", policy.approvals.get("store")),
+        ("audit sink", policy.audit.get("postgresql")),
+    ):
+        if not isinstance(url, str) or facts.namespace is None:
+            continue
+        if url.startswith("sqlite:"):
+            path = url.split(":", 1)[1].lstrip("/")
+            with contextlib.suppress(OSError):
+                if Path("/" + path).resolve() == Path(facts.namespace).resolve() or (
+                    Path(path).resolve() == Path(facts.namespace).resolve()
+                ):
+                    found.append(what)
+            continue
+        parts = urlsplit(url)
+        if parts.path.lstrip("/") == facts.namespace and (
+            facts.address is None or (parts.hostname or "localhost") == facts.address
+        ):
+            found.append(what)
+    return found
 
 
 def _audit_trail(policy: Policy, driver: Driver, facts: ConnectionFacts) -> AuditTrail | None:

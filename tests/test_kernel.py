@@ -962,3 +962,17 @@ def test_use_names_a_database_not_a_table() -> None:
     inside = frozenset({"billing"})
     assert policy.decide(analyze("USE test", "mysql"), None, inside).action == "allow"
     assert policy.decide(analyze("USE `Billing`", "mysql"), None, inside).action == "block"
+
+
+@pytest.mark.pg
+def test_a_store_in_the_guarded_database_draws_a_warning(
+    pg_backend: Backend, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An approval store in the application's own database is named at connect."""
+    import logging
+
+    policy = {"version": 1, "approvals": {"store": pg_backend.url}}
+    with caplog.at_level(logging.WARNING, logger="guardeddb"):
+        conn = guardeddb.connect(pg_backend.url, policy=policy)
+        conn.close()
+    assert "approval store is in the database this connection uses" in caplog.text
