@@ -686,15 +686,18 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
     def _self_fetchone(self, _fetched: Any = _FETCH) -> Any:
         """The next row, masked; the span ends when the result runs out."""
         left = self._self_left
-        if left is not None and left <= 0:
+        if left is None:
+            row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+        elif left > 0:
+            row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+            if row is not None:
+                self._self_left = left - 1
+        else:
             # Past the row cap the result ends here; one more row tells
             # whether anything was cut.
             if (self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched) is not None:
                 self._self_cut(None)
-            _fetched = None
-        row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
-        if left is not None and row is not None:
-            self._self_left = left - 1
+            row = None
         if row is not None and self._self_mask is not None and not self._self_factory_masks:
             run = self._self_mask_run()
             if run is not None:
@@ -798,10 +801,9 @@ class GuardedCursor(CursorBase):
         if self._self_op is not None:
             self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = self._self_guard.begin(
-            query, raw, 0, None if params is _NO_PARAMS else params
-        )
-        self._self_left = self._self_guard.max_rows
+        guard = self._self_guard  # read once: a proxy attribute costs ~90 ns
+        op, self._self_mask = guard.begin(query, raw, 0, None if params is _NO_PARAMS else params)
+        self._self_left = guard.max_rows
         try:
             if args or kwargs:
                 if params is _NO_PARAMS:
@@ -813,9 +815,9 @@ class GuardedCursor(CursorBase):
             else:
                 result = raw.execute(query, params)
         except BaseException as exc:
-            blocked = self._self_guard.engine_refusal(exc)
+            blocked = guard.engine_refusal(exc)
             if op is not None:
-                self._self_guard.fail(op, exc if blocked is None else blocked)
+                guard.fail(op, exc if blocked is None else blocked)
             if blocked is not None:
                 raise blocked from exc
             raise
