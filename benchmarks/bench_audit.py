@@ -38,7 +38,11 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp())
 
     def guarded(audit: dict[str, Any] | None) -> Any:
-        policy: dict[str, Any] = {"version": 1, "extends": ["agent-safe"], "masking": {}}
+        policy: dict[str, Any] = {
+            "version": 1,
+            "extends": ["agent-safe"],
+            "masking": {"detectors": []},
+        }
         if audit is not None:
             policy["audit"] = audit
         return guardeddb.wrap(_db(), policy=policy)

@@ -273,7 +273,7 @@ class Result:
 
 #: The agent-safe guardrails (analysis, decision, identity) without masking:
 #: this benchmark measures the per-query path; bench_masking.py measures masking.
-GUARDRAILS: dict[str, Any] = {"version": 1, "extends": ["agent-safe"], "masking": {}}
+GUARDRAILS: dict[str, Any] = {"version": 1, "extends": ["agent-safe"], "masking": {"detectors": []}}
 
 
 def build_cases(raw: Any, system: str, label: str, sdk: Sdk, checks: list[str]) -> list[Case]:

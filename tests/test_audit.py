@@ -286,7 +286,7 @@ def test_threads_on_a_shared_pool_never_cross_identities(backend: Backend, tmp_p
     policy = {
         "version": 1,
         "extends": ["agent-safe"],
-        "masking": {},
+        "masking": {"detectors": []},
         "audit": {"jsonl": str(path), "fsync": "never"},
     }
     pool: queue.Queue[Any] = queue.Queue()
