@@ -9,6 +9,8 @@ up to their footer (or to the end of the text when it is missing).
 
 from __future__ import annotations
 
+import bisect
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
@@ -19,37 +21,46 @@ from .operators import REDACTED, email, last4
 __all__ = ["DETECTORS", "Detector", "Scanner"]
 
 
+_DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
+
+
+@functools.lru_cache(maxsize=4096)
 def _luhn(digits: str) -> bool:
-    total = 0
-    for i, ch in enumerate(reversed(digits)):
-        d = ord(ch) - 48
-        if i % 2:
-            d = d * 2 - 9 if d > 4 else d * 2
-        total += d
+    """The Luhn check of ASCII ``digits`` (remembered: hostile text repeats)."""
+    total = sum(map(int, digits[-1::-2])) + sum(_DOUBLED[int(c)] for c in digits[-2::-2])
     return total % 10 == 0
 
 
 def _card_spans(text: str) -> list[tuple[int, int]]:
     """The card numbers in a run of digit groups ("4111 1111 1111 1111 0").
 
-    A card starts where a group starts and ends where one ends, with 13 to 19
-    Luhn-valid digits; the longest such stretch from each group wins. Order
-    numbers whose checksum fails are left alone.
+    A card starts where a group starts and ends where one ends, with an
+    issuer's prefix and length and a valid Luhn digit; the longest such
+    stretch from each group wins. Each group is looked at from at most 19
+    digits on, so a run of any length costs time in proportion to it.
     """
-    groups: list[tuple[int, int, str]] = []  # (start, end, digits) of each group
-    for m in _DIGIT_GROUP.finditer(text):
-        groups.append((m.start(), m.end(), m.group()))
+    groups = [(m.start(), m.end()) for m in _DIGIT_GROUP.finditer(text)]
+    digits = "".join(text[a:b] for a, b in groups)
+    if not digits.isascii():
+        digits = "".join(str(int(c)) for c in digits)  # unicode decimal digits
+    cum = [0]
+    for a, b in groups:
+        cum.append(cum[-1] + b - a)
     spans: list[tuple[int, int]] = []
     g = 0
     while g < len(groups):
-        digits = ""
+        start = cum[g]
+        if digits[start] not in "23456" or cum[-1] - start < 12:
+            g += 1  # no issuer's numbers start so, or too few digits left
+            continue
+        lengths = _brand_lengths(digits[start : start + 4])
         best = None
-        for h in range(g, len(groups)):
-            digits += groups[h][2]
-            if len(digits) > 19:
-                break
-            if len(digits) >= 13 and _luhn(digits):
+        last = bisect.bisect_right(cum, start + 19) - 2  # the last group within 19 digits
+        for h in range(last, g - 1, -1):
+            n = cum[h + 1] - start
+            if n in lengths and _luhn(digits[start : start + n]):
                 best = h
+                break
         if best is None:
             g += 1
             continue
@@ -59,6 +70,27 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
 
 
 _DIGIT_GROUP = re.compile(r"\d+")
+
+
+def _brand_lengths(ascii_digits: str) -> range | tuple[int, ...]:
+    """The lengths a card number starting so may have (its issuer's range)."""
+    d = ascii_digits
+    two, four = int(d[:2]), int(d[:4])
+    if d[0] == "4":
+        return (13, 16, 19)  # Visa
+    if 51 <= two <= 55 or 2221 <= four <= 2720:
+        return (16,)  # Mastercard
+    if two in (34, 37):
+        return (15,)  # American Express
+    if d.startswith("6011") or two == 65 or 644 <= int(d[:3]) <= 649 or two == 62:
+        return range(16, 20)  # Discover, UnionPay
+    if 3528 <= four <= 3589:
+        return range(16, 20)  # JCB
+    if 300 <= int(d[:3]) <= 305 or two in (36, 38, 39):
+        return range(14, 20)  # Diners Club
+    if two == 50 or 56 <= two <= 69:
+        return range(12, 20)  # Maestro
+    return ()
 
 
 def _iban_ok(text: str) -> bool:
@@ -113,7 +145,10 @@ class Detector:
     # Where inside a match the values are, when a match may hold several or
     # need trimming (card numbers); by default the whole (valid) match.
     spans: Callable[[str], list[tuple[int, int]]] | None = None
+    exhaustive: bool = False  # spans finds every value in the match: go on after it
 
+
+_SEP = r"[ ._/-]"  # what people put between a card's digit groups
 
 _D = [
     Detector(
@@ -127,15 +162,24 @@ _D = [
     ),
     Detector(
         "credit_card",
-        re.compile(r"(?<![\d-])\d(?:[ -]?\d){12,40}(?![\d])"),
+        # Any separator or prefix ("ref-4539..."): the issuer prefix, the length
+        # and the Luhn digit decide, not the text around the number.
+        re.compile(rf"(?<!\d)\d+(?:{_SEP}\d+)*"),
         frozenset({"d7"}),
         mask=lambda s: str(last4(s)),
         spans=_card_spans,
+        exhaustive=True,
     ),
     Detector(
         "us_ssn",
-        re.compile(r"(?<![\d-])(?!000|666|9\d\d)\d{3}([- ]?)(?!00)\d{2}\1(?!0000)\d{4}(?![\d])"),
+        re.compile(
+            r"(?<!\d)(?!000|666|9\d\d)\d{3}([- .])(?!00)\d{2}\1(?!0000)\d{4}(?!\d)"
+            # Nine bare digits only where the text says it is one.
+            r"|(?<![A-Za-z])(?i:ssn|social\ssecurity(?:\s(?:no|number))?)\W{0,4}"
+            r"((?!000|666|9\d\d)\d{3}(?!00)\d{2}(?!0000)\d{4})(?!\d)"
+        ),
         frozenset({"d7"}),
+        spans=lambda s: [_last_digits(s, 9)],
     ),
     Detector(
         "iban",
@@ -148,9 +192,12 @@ _D = [
         re.compile(
             r"(?<![\w+])(?:\+\d[\d .()-]{5,19}\d"
             r"|\(\d{3}\) ?\d{3}[-. ]\d{4}|\d{3}[-.]\d{3}[-.]\d{4})(?![\w])"
+            # Digits without separators only where the text says it is a phone.
+            r"|(?i:phone|tel|mobile|cell|fax|sms|whatsapp)[^\d\n]{0,12}(\d{10,12})(?!\d)"
         ),
         frozenset({"d7"}),
         _phone_ok,
+        spans=lambda s: _phone_spans(s),
     ),
     Detector(
         "ipv4",
@@ -178,30 +225,103 @@ _D = [
     Detector(
         "aws_access_key",
         re.compile(
-            r"(?i)(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA)[A-Z0-9]{16}(?![A-Z0-9])"
+            r"(?i)(?<![A-Z0-9])(?:AKIA|ASIA|AIDA|AROA|AGPA|ANPA|ANVA|AIPA|A3T[A-Z0-9]|ABIA|ACCA)"
+            r"[A-Z0-9]{16}(?![A-Z0-9])"
         ),
         frozenset({"aws"}),
     ),
     Detector(
+        "aws_secret_key",
+        # 40 base64 characters near "aws" (detect-secrets' rule).
+        re.compile(r"(?i)aws[^\n]{0,20}?(?<![A-Za-z0-9/+])([A-Za-z0-9/+]{40})(?![A-Za-z0-9/+=])"),
+        frozenset({"aws"}),
+        group=1,
+    ),
+    Detector(
+        "api_token",
+        # Vendor tokens by their documented prefixes.
+        re.compile(
+            r"(?i)(?<![A-Za-z0-9_-])(?:gh[pousr]_[A-Za-z0-9]{30,255}"
+            r"|github_pat_[A-Za-z0-9_]{20,255}|glpat-[A-Za-z0-9_-]{20,255}"
+            r"|xox[abprse]-[A-Za-z0-9-]{10,255}|[sr]k_(?:live|test)_[A-Za-z0-9]{10,255}"
+            r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{32,255}|npm_[A-Za-z0-9]{36}"
+            r"|pypi-[A-Za-z0-9_-]{50,255}|SG\.[A-Za-z0-9_-]{20,24}\.[A-Za-z0-9_-]{40,50}"
+            r"|AIza[A-Za-z0-9_-]{35})(?![A-Za-z0-9_-])"
+            r"|hooks\.slack\.com/services/[A-Za-z0-9/]{20,255}"
+        ),
+        frozenset({"tok"}),
+    ),
+    Detector(
+        "basic_auth",
+        # The password of user:password@host in a URL.
+        re.compile(r"(?i)[a-z][a-z0-9+.-]{0,20}://[^\s:/@]{1,128}:([^\s/@]{1,256})@"),
+        frozenset({"at"}),
+        mask=lambda s: s[: s.index(":", s.index("://") + 3) + 1] + REDACTED + "@",
+    ),
+    Detector(
         "secret",
         re.compile(
-            r"(?i)(?<![A-Za-z0-9])(?:password|passwd|pwd|secret|api[_-]?key|access[_-]?token|"
-            r"auth[_-]?token|client[_-]?secret|token)[\"']?\s{0,5}[:=]\s{0,5}"
+            r"(?i)(?:password|passwd|passphrase|pwd|secret|api[_-]?key|access[_-]?key|"
+            r"private[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|"
+            r"client[_-]?secret|token|credentials?)[\"']?\s{0,5}(?:=>|:=|->|[:=])\s{0,5}"
             r"(\"[^\"\n]{1,256}\"|'[^'\n]{1,256}'|[^\s'\",;&]{1,256})"
         ),
-        frozenset({"eq", "colon"}),
+        frozenset({"eq", "colon", "arrow"}),
         group=1,
     ),
 ]
+
+
+def _phone_spans(text: str) -> list[tuple[int, int]]:
+    """A phone written with separators or +, or the digits after a keyword."""
+    if text[0].isalpha():
+        return [_last_digits(text, sum(c.isdigit() for c in text))]
+    return [(0, len(text))] if _phone_ok(text) else []
+
+
+def _last_digits(text: str, n: int) -> tuple[int, int]:
+    """Where the value is in a match that starts with a keyword: its digits."""
+    end = len(text)
+    start = end
+    count = 0
+    while start > 0 and count < n:
+        start -= 1
+        if text[start].isdigit():
+            count += 1
+    return (start, end) if count == n else (0, end)
+
 
 #: The built-in detectors by name (``private_key`` is found by its header).
 DETECTORS: dict[str, Detector | None] = {d.name: d for d in _D}
 DETECTORS["private_key"] = None
 
-_PEM_BEGIN = re.compile(r"-----BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----")
-_PEM_END = re.compile(r"-----END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY-----")
+_PEM_BEGIN = re.compile(
+    r"(?i)-{4,5} ?BEGIN (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)? ?-{4,5}"
+    r"|PuTTY-User-Key-File-\d{1,2}:"
+)
+_PEM_END = re.compile(
+    r"(?i)-{4,5} ?END (?:[A-Z0-9]{1,20} ){0,3}PRIVATE KEY(?: BLOCK)? ?-{4,5}"
+    r"|Private-MAC: ?[0-9a-f]{1,128}"
+)
+_TOKEN_CLUE = re.compile(
+    r"gh[pousr]_|github_pat_|glpat-|xox[abprse]-|[sr]k_(?:live|test)_|sk-|npm_|pypi-|sg\."
+    r"|aiza|hooks\.slack"
+)
 _NO_DIGITS = str.maketrans("", "", "0123456789")
-_AWS_PREFIXES = ("akia", "asia", "aida", "aroa", "agpa", "anpa", "anva", "aipa")
+_AWS_PREFIXES = (
+    "akia",
+    "asia",
+    "aida",
+    "aroa",
+    "agpa",
+    "anpa",
+    "anva",
+    "aipa",
+    "a3t",
+    "abia",
+    "acca",
+    "aws",
+)
 
 
 def _clues(text: str) -> set[str]:
@@ -209,6 +329,8 @@ def _clues(text: str) -> set[str]:
     most text cells (names, cities, statuses) hold none of these clues."""
     clues: set[str] = set()
     digits = len(text) - len(text.translate(_NO_DIGITS))
+    if digits < 7 and not text.isascii():
+        digits = sum(c.isdecimal() for c in text)  # Arabic-Indic, fullwidth, ... digits
     if digits >= 7:
         clues.add("d7")  # cards, SSNs, IBANs, phones all have 7 digits or more
     if "@" in text:
@@ -217,9 +339,11 @@ def _clues(text: str) -> set[str]:
         clues.add("colon")
     if "=" in text:
         clues.add("eq")
+    if "->" in text:
+        clues.add("arrow")
     if digits >= 4 and "." in text:
         clues.add("dot")
-    if "-----BEGIN" in text:
+    if "BEGIN" in text or "PuTTY" in text or "begin" in text:
         clues.add("pem")
     if len(text) >= 17:  # the shortest JWT; an AWS key id is 20
         low = text.lower()
@@ -227,6 +351,8 @@ def _clues(text: str) -> set[str]:
             clues.add("jwt")
         if any(p in low for p in _AWS_PREFIXES):
             clues.add("aws")
+        if _TOKEN_CLUE.search(low):
+            clues.add("tok")
     return clues
 
 
@@ -271,7 +397,7 @@ class Scanner:
                     found = det.spans(value)
                     for a, b in found:
                         spans.append((base + a, base + b, det.mask(value[a:b])))
-                    at = base + found[-1][1] if found else base + 1
+                    at = m.end() if det.exhaustive else base + found[-1][1] if found else base + 1
                 elif det.valid(value):
                     spans.append((base, m.end(det.group), det.mask(value)))
         if not spans:
