@@ -1,0 +1,128 @@
+"""Bypasses found by the attack review of #10, each as the SAFE outcome.
+
+Every test here fails while its bypass works: it states what the server
+must show (no file read, no setting leaked, no masked value returned raw)
+when a hostile statement or driver call goes through a guarded connection.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import guardeddb
+from tests.fix_db import Backend
+
+READONLY: dict[str, Any] = {"version": 1, "extends": ["readonly"]}
+
+
+def _rows(conn: Any, sql: str) -> list[Any] | None:
+    """The rows ``sql`` returns through ``conn``, or None if guardeddb (or the
+    server) refused it."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+        rows: list[Any] = cur.fetchall()
+        return rows
+    except Exception:
+        return None
+    finally:
+        cur.close()
+
+
+@pytest.fixture
+def server_file() -> Iterator[tuple[str, str]]:
+    """A world-readable file under /tmp holding a secret the server can read."""
+    secret = f"atk-secret-{uuid.uuid4().hex}"
+    path = f"/tmp/guardeddb-attack-{uuid.uuid4().hex}.txt"
+    with open(path, "w") as fh:
+        fh.write(secret)
+    os.chmod(path, 0o644)
+    try:
+        yield path, secret
+    finally:
+        os.unlink(path)
+
+
+@pytest.mark.pg
+def test_pg_agent_safe_cannot_read_server_files_via_pg_read_file_old(
+    pg_backend: Backend, server_file: tuple[str, str]
+) -> None:
+    """pg_read_file_old is pg_read_file under its pre-9.x adminpack name: the
+    denylist glob 'pg_read_file' has no star, so it misses it."""
+    path, secret = server_file
+    conn = guardeddb.connect(pg_backend.url)
+    try:
+        rows = _rows(conn, f"SELECT pg_read_file_old('{path}', 0, 100)")
+    finally:
+        conn.close()
+    assert rows is None or secret not in repr(rows)
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize(
+    "sql",
+    [
+        # pg_file_settings and pg_hba_file_rules are refused as catalogs; the
+        # set-returning functions behind those views are not.
+        "SELECT * FROM pg_show_all_file_settings()",
+        "SELECT * FROM pg_hba_file_rules()",
+        # pg_settings is refused; the function behind it is STABLE, so it is
+        # even on readonly's function allowlist.
+        "SELECT name, setting FROM pg_show_all_settings() WHERE name = 'data_directory'",
+    ],
+)
+@pytest.mark.parametrize("policy", ["agent-safe", "readonly"])
+def test_pg_credential_catalog_functions_are_refused(
+    pg_backend: Backend, sql: str, policy: str
+) -> None:
+    conn = (
+        guardeddb.connect(pg_backend.url)
+        if policy == "agent-safe"
+        else guardeddb.connect(pg_backend.url, policy=READONLY)
+    )
+    try:
+        rows = _rows(conn, sql)
+    finally:
+        conn.close()
+    assert not rows, f"{sql} returned server configuration: {rows!r:.200}"
+
+
+@pytest.fixture
+def sqlite_email(tmp_path: Path) -> str:
+    path = str(tmp_path / "attack.db")
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE people (id INTEGER PRIMARY KEY, email TEXT)")
+    raw.execute("INSERT INTO people VALUES (1, 'alice@example.com')")
+    raw.commit()
+    raw.close()
+    return path
+
+
+@pytest.mark.parametrize("readonly", [None, True])
+def test_sqlite_blobopen_does_not_return_masked_values_raw(
+    sqlite_email: str, readonly: bool | None
+) -> None:
+    """SELECT email returns a***@example.com; blobopen on the same cell is
+    judged as that SELECT (or an UPDATE) but its bytes never pass masking."""
+    conn = guardeddb.connect(f"sqlite:///{sqlite_email}")
+    try:
+        assert _rows(conn, "SELECT email FROM people") == [("a***@example.com",)]
+        kwargs = {} if readonly is None else {"readonly": readonly}
+        try:
+            blob = conn.blobopen("people", "email", 1, **kwargs)
+        except Exception:
+            return  # refused: safe
+        try:
+            data = blob.read()
+        finally:
+            blob.close()
+    finally:
+        conn.close()
+    assert b"alice@example.com" not in data
