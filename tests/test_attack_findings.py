@@ -126,3 +126,110 @@ def test_sqlite_blobopen_does_not_return_masked_values_raw(
     finally:
         conn.close()
     assert b"alice@example.com" not in data
+
+
+@pytest.mark.pg
+def test_pg_catalog_dml_cannot_reach_a_kernel_protected_table(pg_backend: Backend) -> None:
+    """UPDATE pg_class is DML to the analyzer (agent-safe allows it) but DDL to
+    the server: rename guardeddb_approvals away, write a row, rename it back.
+    The table's name only appears built by concat(), never as a string."""
+    import psycopg
+
+    schema = f"atk_{uuid.uuid4().hex[:8]}"
+    hidden = f"plain_{schema}"
+    raw = psycopg.connect(pg_backend.url, autocommit=True)
+    raw.execute(f"CREATE SCHEMA {schema}")
+    raw.execute(f"CREATE TABLE {schema}.guardeddb_approvals (id int, note text)")
+    try:
+        conn = guardeddb.connect(pg_backend.url)
+        try:
+            for sql in [
+                f"UPDATE pg_catalog.pg_class SET relname = '{hidden}' "
+                f"WHERE relnamespace = '{schema}'::regnamespace "
+                "AND relname = concat('guardeddb', '_approvals')",
+                f"INSERT INTO {schema}.{hidden} VALUES (1, 'approved by the agent')",
+                "UPDATE pg_catalog.pg_class SET relname = concat('guardeddb', '_approvals') "
+                f"WHERE relnamespace = '{schema}'::regnamespace AND relname = '{hidden}'",
+            ]:
+                cur = conn.cursor()
+                try:
+                    cur.execute(sql)
+                    conn.commit()
+                except Exception:
+                    conn.rollback()
+        finally:
+            conn.close()
+        rows = raw.execute(
+            "SELECT relname FROM pg_class WHERE relnamespace = %s::regnamespace", [schema]
+        ).fetchall()
+        names = {r[0] for r in rows}
+        written = (
+            raw.execute(f"SELECT count(*) FROM {schema}.guardeddb_approvals").fetchone()
+            if "guardeddb_approvals" in names
+            else (1,)
+        )
+        assert names == {"guardeddb_approvals"} and written == (0,), (names, written)
+    finally:
+        raw.execute(f"DROP SCHEMA {schema} CASCADE")
+        raw.close()
+
+
+@pytest.mark.pg
+def test_pg_catalog_dml_is_not_a_schema_change_under_agent_safe(pg_backend: Backend) -> None:
+    """no-ddl refuses ALTER TABLE ... RENAME; UPDATE pg_class does the same."""
+    import psycopg
+
+    table = f"atk_{uuid.uuid4().hex[:8]}"
+    raw = psycopg.connect(pg_backend.url, autocommit=True)
+    raw.execute(f"CREATE TABLE {table} (id int)")
+    try:
+        conn = guardeddb.connect(pg_backend.url)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    f"UPDATE pg_catalog.pg_class SET relname = '{table}_renamed' "
+                    f"WHERE oid = '{table}'::regclass"
+                )
+                conn.commit()
+            except Exception:
+                conn.rollback()
+        finally:
+            conn.close()
+        row = raw.execute("SELECT to_regclass(%s) IS NOT NULL", [table]).fetchone()
+        assert row == (True,), "the table was renamed through the catalog"
+    finally:
+        raw.execute(f"DROP TABLE IF EXISTS {table}")
+        raw.execute(f"DROP TABLE IF EXISTS {table}_renamed")
+        raw.close()
+
+
+@pytest.mark.mysql
+def test_mysql_agent_safe_cannot_rewrite_a_stored_procedure_via_mysql_proc(
+    mysql_backend: Backend,
+) -> None:
+    """no-ddl refuses CREATE/ALTER PROCEDURE; UPDATE mysql.proc rewrites a
+    routine's body (run later with its definer's rights) as plain DML."""
+    proc = f"atk_{uuid.uuid4().hex[:8]}"
+    raw = mysql_backend.connect_raw()
+    rc = raw.cursor()
+    rc.execute(f"CREATE PROCEDURE {proc}() SELECT 1")
+    try:
+        conn = guardeddb.connect(mysql_backend.url)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    "UPDATE mysql.proc SET body = 'SELECT 2', body_utf8 = 'SELECT 2' "
+                    f"WHERE db = DATABASE() AND name = '{proc}'"
+                )
+                conn.commit()
+            except Exception:
+                conn.rollback()
+        finally:
+            conn.close()
+        rc.execute(f"SELECT body FROM mysql.proc WHERE db = DATABASE() AND name = '{proc}'")
+        assert rc.fetchall() == ((b"SELECT 1",),)
+    finally:
+        rc.execute(f"DROP PROCEDURE IF EXISTS {proc}")
+        raw.close()
