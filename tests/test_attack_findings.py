@@ -233,3 +233,39 @@ def test_mysql_agent_safe_cannot_rewrite_a_stored_procedure_via_mysql_proc(
     finally:
         rc.execute(f"DROP PROCEDURE IF EXISTS {proc}")
         raw.close()
+
+
+@pytest.mark.pg
+def test_pg_kernel_setting_cannot_be_persisted_through_pg_db_role_setting(
+    pg_backend: Backend,
+) -> None:
+    """ALTER ROLE ... SET standard_conforming_strings is a kernel refusal; the
+    INSERT into the catalog it writes is not, and the next session of that
+    role reads backslashes in strings the way the analyzer does not."""
+    import psycopg
+
+    role = f"atk_{uuid.uuid4().hex[:8]}"
+    raw = psycopg.connect(pg_backend.url, autocommit=True)
+    raw.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        conn = guardeddb.connect(pg_backend.url)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    "INSERT INTO pg_catalog.pg_db_role_setting (setdatabase, setrole, setconfig) "
+                    f"VALUES (0, '{role}'::regrole, array['standard_conforming_strings=off'])"
+                )
+                conn.commit()
+            except Exception:
+                conn.rollback()
+        finally:
+            conn.close()
+        rows = raw.execute(
+            "SELECT setconfig FROM pg_db_role_setting WHERE setrole = %s::regrole", [role]
+        ).fetchall()
+        assert rows == []
+    finally:
+        raw.execute(f"DELETE FROM pg_db_role_setting WHERE setrole = '{role}'::regrole")
+        raw.execute(f"DROP ROLE {role}")
+        raw.close()
