@@ -269,3 +269,33 @@ def test_pg_kernel_setting_cannot_be_persisted_through_pg_db_role_setting(
         raw.execute(f"DELETE FROM pg_db_role_setting WHERE setrole = '{role}'::regrole")
         raw.execute(f"DROP ROLE {role}")
         raw.close()
+
+
+def test_sqlite_blobopen_cannot_rewrite_the_schema(tmp_path: Path) -> None:
+    """blobopen('sqlite_master', 'sql', rowid) is judged as an UPDATE (allowed
+    by agent-safe) but it rewrites CREATE statements: a schema change no-ddl
+    refuses, without writable_schema and without the authorizer seeing it."""
+    path = str(tmp_path / "schema.db")
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, a BLOB)")
+    raw.commit()
+    raw.close()
+    conn = guardeddb.connect(f"sqlite:///{path}")
+    try:
+        try:
+            blob = conn.blobopen("sqlite_master", "sql", 1, readonly=False)
+            data = blob.read()
+            blob.seek(0)
+            blob.write(data.replace(b"BLOB", b"TEXT"))
+            blob.close()
+            conn.commit()
+        except Exception:
+            pass
+    finally:
+        conn.close()
+    check = sqlite3.connect(path)
+    try:
+        schema = check.execute("SELECT sql FROM sqlite_master").fetchall()
+    finally:
+        check.close()
+    assert schema == [("CREATE TABLE t (id INTEGER PRIMARY KEY, a BLOB)",)]
