@@ -105,13 +105,21 @@ def sqlite_email(tmp_path: Path) -> str:
     return path
 
 
-@pytest.mark.parametrize("readonly", [None, True])
+@pytest.mark.parametrize(
+    ("policy", "readonly"),
+    [("agent-safe", None), ("agent-safe", True), ("readonly", True)],
+)
 def test_sqlite_blobopen_does_not_return_masked_values_raw(
-    sqlite_email: str, readonly: bool | None
+    sqlite_email: str, policy: str, readonly: bool | None
 ) -> None:
     """SELECT email returns a***@example.com; blobopen on the same cell is
     judged as that SELECT (or an UPDATE) but its bytes never pass masking."""
-    conn = guardeddb.connect(f"sqlite:///{sqlite_email}")
+    url = f"sqlite:///{sqlite_email}"
+    conn = (
+        guardeddb.connect(url)
+        if policy == "agent-safe"
+        else guardeddb.connect(url, policy=READONLY)
+    )
     try:
         assert _rows(conn, "SELECT email FROM people") == [("a***@example.com",)]
         kwargs = {} if readonly is None else {"readonly": readonly}
