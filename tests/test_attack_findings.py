@@ -307,3 +307,32 @@ def test_sqlite_blobopen_cannot_rewrite_the_schema(tmp_path: Path) -> None:
     finally:
         check.close()
     assert schema == [("CREATE TABLE t (id INTEGER PRIMARY KEY, a BLOB)",)]
+
+
+@pytest.mark.mysql
+def test_mysql_agent_safe_cannot_register_a_udf_via_mysql_func(mysql_backend: Backend) -> None:
+    """CREATE FUNCTION ... SONAME is DDL; the row it writes into mysql.func is
+    plain DML and the server loads that library at its next start."""
+    name = f"atk_{uuid.uuid4().hex[:8]}"
+    raw = mysql_backend.connect_raw()
+    rc = raw.cursor()
+    try:
+        conn = guardeddb.connect(mysql_backend.url)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    "INSERT INTO mysql.func (name, ret, dl, type) "
+                    f"VALUES ('{name}', 0, 'lib_mysqludf_sys.so', 'function')"
+                )
+                conn.commit()
+            except Exception:
+                conn.rollback()
+        finally:
+            conn.close()
+        rc.execute("SELECT name FROM mysql.func WHERE name = %s", (name,))
+        assert rc.fetchall() == ()
+    finally:
+        rc.execute("DELETE FROM mysql.func WHERE name = %s", (name,))
+        raw.commit()
+        raw.close()
