@@ -336,3 +336,35 @@ def test_mysql_agent_safe_cannot_register_a_udf_via_mysql_func(mysql_backend: Ba
         rc.execute("DELETE FROM mysql.func WHERE name = %s", (name,))
         raw.commit()
         raw.close()
+
+
+@pytest.mark.pg
+def test_pg_agent_safe_cannot_grant_a_role_via_pg_auth_members(pg_backend: Backend) -> None:
+    """GRANT is refused (no-dcl); the row GRANT writes is not."""
+    import psycopg
+
+    role = f"atk_{uuid.uuid4().hex[:8]}"
+    raw = psycopg.connect(pg_backend.url, autocommit=True)
+    raw.execute(f"CREATE ROLE {role} LOGIN")
+    try:
+        conn = guardeddb.connect(pg_backend.url)
+        try:
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    "INSERT INTO pg_catalog.pg_auth_members (roleid, member, grantor, admin_option) "
+                    f"VALUES ('pg_read_server_files'::regrole, '{role}'::regrole, 10, false)"
+                )
+                conn.commit()
+            except Exception:
+                conn.rollback()
+        finally:
+            conn.close()
+        row = raw.execute(
+            "SELECT pg_has_role(%s, 'pg_read_server_files', 'member')", [role]
+        ).fetchone()
+        assert row == (False,)
+    finally:
+        raw.execute(f"DELETE FROM pg_auth_members WHERE member = '{role}'::regrole")
+        raw.execute(f"DROP ROLE {role}")
+        raw.close()
