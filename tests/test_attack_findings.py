@@ -352,7 +352,8 @@ def test_pg_agent_safe_cannot_grant_a_role_via_pg_auth_members(pg_backend: Backe
             cur = conn.cursor()
             try:
                 cur.execute(
-                    "INSERT INTO pg_catalog.pg_auth_members (roleid, member, grantor, admin_option) "
+                    "INSERT INTO pg_catalog.pg_auth_members "
+                    "(roleid, member, grantor, admin_option) "
                     f"VALUES ('pg_read_server_files'::regrole, '{role}'::regrole, 10, false)"
                 )
                 conn.commit()
