@@ -369,3 +369,28 @@ def test_pg_agent_safe_cannot_grant_a_role_via_pg_auth_members(pg_backend: Backe
         raw.execute(f"DELETE FROM pg_auth_members WHERE member = '{role}'::regrole")
         raw.execute(f"DROP ROLE {role}")
         raw.close()
+
+
+@pytest.mark.mysql
+def test_mysql_readonly_refuses_a_stored_function_that_takes_a_lock(
+    mysql_backend: Backend,
+) -> None:
+    """readonly lets a stored function run unless it declares MODIFIES SQL
+    DATA, but CONTAINS SQL is MariaDB's unverified default: a function that
+    calls GET_LOCK holds a lock another session sees."""
+    name = f"atk_{uuid.uuid4().hex[:8]}"
+    raw = mysql_backend.connect_raw()
+    rc = raw.cursor()
+    rc.execute(f"CREATE FUNCTION {name}() RETURNS INT RETURN GET_LOCK('{name}', 0)")
+    try:
+        conn = guardeddb.connect(mysql_backend.url, policy=READONLY)
+        try:
+            _rows(conn, f"SELECT {name}()")
+            rc.execute("SELECT IS_USED_LOCK(%s)", (name,))
+            holder = rc.fetchall()
+        finally:
+            conn.close()
+        assert holder == ((None,),)
+    finally:
+        rc.execute(f"DROP FUNCTION IF EXISTS {name}")
+        raw.close()
