@@ -11,9 +11,10 @@ enforced here holds whatever the analyzer thought:
   classes (or a write, any non-read pragma, an unlisted function for a
   read-only identity) is denied by SQLite itself.
 - Read-only identities: functions allowed only when known not to write,
-  lock or reach outside the database (PostgreSQL from ``pg_proc.provolatile``,
-  MariaDB from a reviewed list and ``information_schema.ROUTINES``, SQLite
-  from a reviewed list of built-ins), and a read-only session that is
+  lock or reach outside the database (PostgreSQL: the server's own
+  non-volatile functions in ``pg_proc``; MariaDB and SQLite: a reviewed list
+  of built-ins; stored and application functions are refused, since their
+  declared characteristics are not checked), and a read-only session that is
   re-asserted after any statement that might have changed it or a reconnect.
 - The current database of MariaDB, tracked through ``USE`` and
   ``select_db()``, so table rules resolve unqualified names as the server does.
@@ -533,18 +534,20 @@ class ServerEngine(Engine):
     def functions_decision(
         self, raw: Any, analysis: Analysis, decision: Decision
     ) -> Steps[Decision]:
-        if self.catalog is None:
-            self.catalog = yield Call(self._load_catalog, (raw,))
-        catalog = self.catalog
         if self.module == "psycopg":
+            if self.catalog is None:
+                self.catalog = yield Call(self._load_catalog, (raw,))
+            catalog = self.catalog
 
             def known(name: str) -> bool:
                 return catalog.get(name, False) or name in PG_VOLATILE_ALLOWED
 
         else:
-
+            # Stored functions are refused: MariaDB does not check a routine's
+            # declared characteristics (CONTAINS SQL is the default), and one
+            # that only reads may still take a lock or sleep.
             def known(name: str) -> bool:
-                return name in MARIADB_READ_FUNCTIONS or catalog.get(name, False)
+                return name in MARIADB_READ_FUNCTIONS
 
         bad = _unknown_functions(analysis.functions, known)
         return _blocked(bad) if bad else decision
@@ -554,9 +557,13 @@ class ServerEngine(Engine):
         (PostgreSQL: not volatile; MariaDB stored functions: not MODIFIES SQL
         DATA). An asyncio connection gets a coroutine, awaited by the runner."""
         if self.module == "psycopg":
+            # Only the server's own functions: a STABLE function of an
+            # application schema may call a volatile one (PostgreSQL does not
+            # check), e.g. take an advisory lock.
             sql = (
-                "SELECT lower(proname), bool_and(provolatile <> 'v') FROM pg_catalog.pg_proc "
-                "GROUP BY lower(proname)"
+                "SELECT lower(proname), bool_and(provolatile <> 'v' AND pronamespace IN "
+                "('pg_catalog'::regnamespace, 'information_schema'::regnamespace)) "
+                "FROM pg_catalog.pg_proc GROUP BY lower(proname)"
             )
         else:
             sql = (

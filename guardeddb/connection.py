@@ -1172,9 +1172,24 @@ class _EnableLoadExtension:
 
 class _BlobOpen:
     def blobopen(self: Any, table: str, column: str, row: int, /, **kwargs: Any) -> Any:
-        """A blob handle is judged as the read or write of that cell."""
+        """A blob handle is judged as the read or write of that cell, and is
+        refused while masking applies: its bytes never pass through masking."""
         raw = self.__wrapped__
+        guard: _Guard = self._self_guard
+        masking = guard.masking
+        if masking is not None and masking.applies_to(_current.get() or guard.identity):
+            raise guard.blocked(
+                Decision(
+                    "block",
+                    "masking-raw-api",
+                    "blobopen() returns cells without masking; it is refused for "
+                    "identities whose results are masked",
+                )
+            )
         col, tab = _quoted(column), _quoted(table)
+        schema = kwargs.get("name")
+        if schema is not None:
+            tab = f"{_quoted(schema)}.{tab}"
         sql = (
             f"SELECT {col} FROM {tab} WHERE rowid = ?"
             if kwargs.get("readonly")

@@ -636,7 +636,13 @@ def test_sqlite_shortcuts_are_judged_as_the_statements_they_amount_to(tmp_path: 
     setup = sqlite3.connect(path)
     setup.executescript("CREATE TABLE files (data BLOB); INSERT INTO files VALUES (x'00');")
     setup.close()
-    conn = guardeddb.connect(f"sqlite:///{path}", policy=preset("readonly"))
+    masked = guardeddb.connect(f"sqlite:///{path}", policy=preset("readonly"))
+    if hasattr(masked.__wrapped__, "blobopen"):
+        with pytest.raises(QueryBlocked, match="masking-raw-api"):  # bytes would skip masking
+            masked.blobopen("files", "data", 1, readonly=True)
+    masked.close()
+    unmasked = {"version": 1, "extends": ["readonly"], "masking": {"detectors": []}}
+    conn = guardeddb.connect(f"sqlite:///{path}", policy=unmasked)
     with pytest.raises(QueryBlocked, match="read-only"):
         list(conn.iterdump())
     with pytest.raises(QueryBlocked):

@@ -14,8 +14,8 @@ __all__ = ["CREDENTIAL_TABLES", "DANGEROUS_FUNCTIONS", "PRESETS"]
 #: sessions, run SQL of their own, or change the session's safety settings.
 DANGEROUS_FUNCTIONS = [
     # PostgreSQL: server files, large objects, other servers, other sessions
-    "pg_read_file",
-    "pg_read_binary_file",
+    "pg_read_file*",
+    "pg_read_binary_file*",
     "pg_ls_*",
     "pg_stat_file",
     "pg_file_*",
@@ -23,14 +23,24 @@ DANGEROUS_FUNCTIONS = [
     "lo_import",
     "lo_export",
     "dblink*",
-    "pg_terminate_backend",
-    "pg_cancel_backend",
+    "pg_terminate_backend*",
+    "pg_cancel_backend*",
     "pg_reload_conf",
-    "pg_rotate_logfile",
+    "pg_rotate_logfile*",
     "pg_promote",
     "pg_switch_wal",
     "pg_sleep*",
     "set_config",
+    # PostgreSQL: the functions behind catalogs the presets refuse
+    # (pg_settings, pg_file_settings, pg_hba_file_rules, ...)
+    "pg_show_all_settings",
+    "pg_show_all_file_settings",
+    "pg_hba_file_rules",
+    "pg_ident_file_mappings",
+    "pg_config",
+    "pg_current_logfile*",
+    "pg_relation_filepath",
+    "pg_relation_filenode",
     # PostgreSQL: functions that run SQL text of their own, or dump whole
     # tables and schemas around table rules
     "query_to_xml*",

@@ -482,6 +482,69 @@ def _reads_server_path(call: exp.Expr) -> bool:
     return str(first.this).lower() in SERVER_PATH_SETTINGS
 
 
+#: Schemas of the server's own catalogs: writing them directly changes roles,
+#: routines, settings and guardeddb's tables behind every rule.
+_PG_SYSTEM_SCHEMAS = frozenset({"pg_catalog", "information_schema", "pg_toast"})
+_MYSQL_SYSTEM_SCHEMAS = frozenset({"mysql", "information_schema", "performance_schema", "sys"})
+_SQLITE_SCHEMA_TABLES = frozenset(
+    {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
+)
+_WRITES = (exp.Insert, exp.Update, exp.Delete, exp.Merge, exp.Copy)
+
+
+def tables_of(stmt: exp.Expr) -> list[str]:
+    """The plain names of a USE statement's database (sqlglot reads it as a table)."""
+    return [t.name for t in stmt.find_all(exp.Table)]
+
+
+def _is_catalog(table: exp.Table, dialect: str, fold: bool) -> bool:
+    name = table_name(table, fold).lower()
+    schema, _, rel = name.rpartition(".")
+    schema = schema.rsplit(".", 1)[-1]
+    if dialect == "postgres":
+        return schema in _PG_SYSTEM_SCHEMAS or (not schema and rel.startswith("pg_"))
+    if dialect == "mysql":
+        return schema in _MYSQL_SYSTEM_SCHEMAS
+    if dialect == "sqlite":
+        return rel in _SQLITE_SCHEMA_TABLES
+    return schema in _PG_SYSTEM_SCHEMAS | _MYSQL_SYSTEM_SCHEMAS
+
+
+def _catalog_write(stmt: exp.Expr, dialect: str, fold: bool) -> str | None:
+    """A kernel refusal for a write whose target is a system catalog
+    (``UPDATE pg_catalog.pg_class``, ``INSERT INTO mysql.func``,
+    ``UPDATE sqlite_master``): the tables read by a write are not targets,
+    but every table of an UPDATE/DELETE's own FROM/JOIN list is (a MySQL
+    multi-table UPDATE may write any of them)."""
+    for node in stmt.walk():
+        if not isinstance(node, _WRITES):
+            continue
+        if isinstance(node, exp.Copy) and not node.args.get("kind"):
+            continue  # COPY ... TO: a read
+        targets: list[exp.Table] = []
+        if isinstance(node, exp.Update | exp.Delete):
+            for table in node.find_all(exp.Table):
+                parent = table.parent
+                while (
+                    parent is not None
+                    and parent is not node
+                    and not isinstance(parent, exp.Select | exp.Subquery)
+                ):
+                    parent = parent.parent
+                if parent is node:
+                    targets.append(table)
+        else:
+            target = node.this
+            while isinstance(target, exp.Schema):
+                target = target.this
+            if isinstance(target, exp.Table):
+                targets.append(target)
+        for table in targets:
+            if _is_catalog(table, dialect, fold):
+                return f"a write to the system catalog {table_name(table, fold)}"
+    return None
+
+
 def _target_names(stmt: exp.Expr, fold: bool) -> frozenset[str]:
     """The names a column of an UPDATE/DELETE's target table may be qualified by."""
     target = stmt.this
@@ -662,6 +725,9 @@ def _facts(
     if isinstance(stmt, exp.Use):
         # USE db names a database (a schema), not a table: every table in it.
         tables = {f"{t}.*" for t in tables}
+        if dialect == "mysql" and any(t.lower() in _MYSQL_SYSTEM_SCHEMAS for t in tables_of(stmt)):
+            refused = refused or "USE of a system schema (its tables would be written unqualified)"
+    refused = refused or _catalog_write(stmt, dialect, fold)
 
     where = stmt.args.get("where")
     has_where = (
