@@ -261,7 +261,7 @@ _D = [
     Detector(
         "secret",
         re.compile(
-            r"(?i)(?:password|passwd|passphrase|pwd|secret|api[_-]?key|access[_-]?key|"
+            r"(?i)(?:password|passwd|passphrase|pwd|secret(?:[_-]?key)?|api[_-]?key|access[_-]?key|"
             r"private[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|"
             r"client[_-]?secret|token|credentials?)[\"']?\s{0,5}(?:=>|:=|->|[:=])\s{0,5}"
             r"(\"[^\"\n]{1,256}\"|'[^'\n]{1,256}'|[^\s'\",;&]{1,256})"
