@@ -37,17 +37,40 @@ SECRETS = {
 
 
 def _detect_secrets_mask() -> Any:
-    """A text -> masked text function from detect-secrets' default plugins,
-    or None when it is not installed."""
+    """A text -> masked text function from detect-secrets' default plugins
+    scanning each line as a line of a file (its ``scan_file`` mode, not the
+    eager ad hoc mode that reports every high-entropy word), or None when it
+    is not installed."""
     try:  # imported by name: an optional dependency without type stubs
-        scan_line = importlib.import_module("detect_secrets.core.scan").scan_line
-        default_settings = importlib.import_module("detect_secrets.settings").default_settings
+        scan = importlib.import_module("detect_secrets.core.scan")
+        settings = importlib.import_module("detect_secrets.settings")
     except ImportError:
         return None
 
     def mask(text: str) -> str:
-        with default_settings():
-            found = [s.secret_value for line in text.splitlines() for s in scan_line(line)]
+        lines = text.splitlines()
+        found = []
+        with settings.default_settings():
+            for n, line in enumerate(lines, 1):
+                context = scan.get_code_snippet(lines=lines, line_number=n)
+                for plugin in scan.get_plugins():
+                    for secret in scan._scan_line(
+                        plugin=plugin,
+                        filename="corpus.txt",
+                        line=line,
+                        line_number=n,
+                        enable_eager_search=False,
+                        context=context,
+                    ):
+                        if not scan._is_filtered_out(
+                            required_filter_parameters=["context"],
+                            filename=secret.filename,
+                            secret=secret.secret_value,
+                            plugin=plugin,
+                            line=line,
+                            context=context,
+                        ):
+                            found.append(secret.secret_value)
         for value in found:
             if value:
                 text = text.replace(value, "[REDACTED]")
