@@ -170,10 +170,12 @@ def _ssn(rng: random.Random) -> str:
 def _phone(rng: random.Random) -> tuple[str, str]:
     """(as written, the part that must be gone)."""
     area, mid, last = rng.randrange(201, 990), rng.randrange(200, 999), rng.randrange(10000)
-    form = rng.randrange(8)
-    if form == 6:
+    form = rng.randrange(9)
+    if form == 8:
+        p = f"{area} {mid} {last:04d}"
+    elif form == 6:
         return f"{area}{mid}{last:04d}", f"{area}{mid}{last:04d}"
-    if form == 7:
+    elif form == 7:
         p = f"+1-{area}-{mid}-{last:04d}"
     elif form == 0:
         p = f"+1{area}{mid}{last:04d}"
@@ -351,12 +353,17 @@ def _p_aws_secret(rng: random.Random) -> tuple[str, str]:
 
 @_positive("api_token")
 def _p_token(rng: random.Random) -> tuple[str, str]:
-    kind = rng.randrange(8)
-    if kind == 6:
+    kind = rng.randrange(10)
+    if kind == 8:
+        v = "whsec_" + _rand(rng, _ALNUM, 32)
+    elif kind == 9:
+        v = "xapp-1-A" + _rand(rng, _UPPER_DIGITS, 10) + "-" + _rand(rng, string.digits, 13)
+        v += "-" + _rand(rng, "abcdef0123456789", 64)
+    elif kind == 6:
         v = "https://hooks.slack.com/services/T" + _rand(rng, _UPPER_DIGITS, 8)
         v += "/B" + _rand(rng, _UPPER_DIGITS, 8) + "/" + _rand(rng, _ALNUM, 24)
         return f"webhook {v}", v.rsplit("/", 1)[1]
-    if kind == 7:
+    elif kind == 7:
         v = "xoxb-" + _rand(rng, string.digits, 12) + "-" + _rand(rng, _ALNUM, 24)
     elif kind == 0:
         v = "ghp_" + _rand(rng, _ALNUM, 36)
@@ -397,6 +404,17 @@ def _p_password(rng: random.Random) -> tuple[str, str]:
         ]
     )
     return t.format(v=v), v.rstrip("&")
+
+
+@_positive("secret")
+def _p_auth_header(rng: random.Random) -> tuple[str, str]:
+    scheme = rng.choice(["Basic", "Bearer", "Token"])
+    if scheme == "Basic":
+        v = base64.b64encode(f"{rng.choice(_NAMES)}:{_rand(rng, _ALNUM, 12)}".encode()).decode()
+    else:
+        v = _rand(rng, _ALNUM + "-_.", rng.randrange(20, 48))
+    t = rng.choice(["Authorization: {s} {v}", "curl -H 'authorization: {s} {v}' https://api"])
+    return t.format(s=scheme, v=v), v
 
 
 @_positive("basic_auth")
@@ -582,6 +600,9 @@ def _n_prose(rng: random.Random) -> str:
             "Token bucket refilled at 100 req/s.",
             "Delivered to front desk at 10:42, signed by J. Smith.",
             "See section 4.2.1 of the spec for details.",
+            "401 Unauthorized: missing Authorization header (expected Bearer scheme)",
+            f"Qty {rng.randrange(100, 999)} boxes of {rng.randrange(100, 999)},"
+            f" {rng.randrange(1000, 9999)} g",
             f"Room {rng.randrange(100, 999)}, floor {rng.randrange(1, 30)}",
         ]
     )
