@@ -79,8 +79,71 @@ def _detect_secrets_mask() -> Any:
     return mask
 
 
-def _secret_part(pos: list[Sample]) -> list[Sample]:
-    return [p for p in pos if p.entities & SECRETS]
+def _presidio_mask() -> Any:
+    """A text -> masked text function from Presidio's pattern recognizers for
+    the PII entities (no NLP model: no context words raise or lower scores,
+    every match counts), or None when presidio-analyzer is not installed."""
+    try:  # imported by name: an optional dependency without type stubs
+        tldextract: Any = importlib.import_module("tldextract")
+        recognizers = importlib.import_module("presidio_analyzer.predefined_recognizers")
+    except ImportError:
+        return None
+    # The email recognizer checks domains with tldextract: its bundled suffix
+    # list, never a download.
+    tldextract.extract = tldextract.TLDExtract(suffix_list_urls=())
+    found_by = [
+        getattr(recognizers, name)()
+        for name in (
+            "CreditCardRecognizer",
+            "UsSsnRecognizer",
+            "IbanRecognizer",
+            "EmailRecognizer",
+            "PhoneRecognizer",
+            "IpRecognizer",
+        )
+    ]
+
+    def mask(text: str) -> str:
+        spans = sorted(
+            (r.start, r.end)
+            for rec in found_by
+            for r in rec.analyze(text, rec.supported_entities, None)
+        )
+        out, pos = [], 0
+        for a, b in spans:
+            if b <= pos:
+                continue
+            out.append(text[pos : max(a, pos)] + "[REDACTED]")
+            pos = b
+        return "".join(out) + text[pos:]
+
+    return mask
+
+
+def _compare(
+    name: str, theirs_mask: Any, pos: list[Sample], neg: list[Sample], ours: Score
+) -> dict[str, Any]:
+    """Print and return ``theirs_mask``'s scores next to guardeddb's ``ours``."""
+    theirs = score(theirs_mask, pos, neg)
+    print(f"{len(pos)} positives and {len(neg)} negatives: guardeddb vs {name}")
+    for e, n in ours.total.items():
+        print(f"  {e:16} recall {ours.found[e] / n:.3f}  vs {theirs.found[e] / n:.3f}")
+    print(f"  {'overall':16} recall {ours.recall:.3f}  vs {theirs.recall:.3f}")
+    print(f"  {'false positives':16} rate   {ours.fp_rate:.3f}  vs {theirs.fp_rate:.3f}")
+    for k, n in theirs.checked.items():
+        if theirs.flagged[k]:
+            print(f"    {name} FP on {k}: {theirs.flagged[k]}/{n}")
+    cells = [s.text for s in pos + neg]
+    start = time.perf_counter()
+    for c in cells:
+        theirs_mask(c)
+    elapsed = time.perf_counter() - start
+    print(f"  {name} cost: {len(cells) / elapsed:,.0f} cells/s")
+    return {
+        "theirs": _as_json(theirs),
+        "guardeddb": _as_json(ours),
+        "cells_per_s": len(cells) / elapsed,
+    }
 
 
 def _as_json(result: Score) -> dict[str, Any]:
@@ -127,31 +190,22 @@ def main() -> None:
         "us_per_cell": per_cell_us,
     }
 
-    secret_pos = _secret_part(pos)
-    ours = score(lambda t: scanner.scan(t)[0], secret_pos, neg)
-    theirs_mask = _detect_secrets_mask()
-    if theirs_mask is None:
+    secret_pos = [p for p in pos if p.entities & SECRETS]
+    detect_secrets = _detect_secrets_mask()
+    if detect_secrets is None:
         print("detect-secrets: not installed (pip install 'guardeddb[bench]'), no comparison")
     else:
-        theirs = score(theirs_mask, secret_pos, neg)
-        print(f"secrets only ({len(secret_pos)} positives): guardeddb vs detect-secrets")
-        for e, n in ours.total.items():
-            print(f"  {e:16} recall {ours.found[e] / n:.3f}  vs {theirs.found[e] / n:.3f}")
-        print(f"  {'overall':16} recall {ours.recall:.3f}  vs {theirs.recall:.3f}")
-        print(f"  {'false positives':16} rate   {ours.fp_rate:.3f}  vs {theirs.fp_rate:.3f}")
-        for k, n in theirs.checked.items():
-            if theirs.flagged[k]:
-                print(f"    detect-secrets FP on {k}: {theirs.flagged[k]}/{n}")
-        start = time.perf_counter()
-        for c in cells:
-            theirs_mask(c)
-        their_elapsed = time.perf_counter() - start
-        print(f"  detect-secrets cost: {len(cells) / their_elapsed:,.0f} cells/s")
-        payload["detect_secrets"] = {
-            "secrets_only": _as_json(theirs),
-            "guardeddb_secrets_only": _as_json(ours),
-            "cells_per_s": len(cells) / their_elapsed,
-        }
+        ours = score(lambda t: scanner.scan(t)[0], secret_pos, neg)
+        payload["detect_secrets"] = _compare(
+            "detect-secrets", detect_secrets, secret_pos, neg, ours
+        )
+    pii_pos = [p for p in pos if not p.entities & SECRETS]
+    presidio = _presidio_mask()
+    if presidio is None:
+        print("presidio-analyzer: not installed (pip install 'guardeddb[bench]'), no comparison")
+    else:
+        ours = score(lambda t: scanner.scan(t)[0], pii_pos, neg)
+        payload["presidio"] = _compare("presidio", presidio, pii_pos, neg, ours)
     if args.json:
         write_json(args.json, payload)
 
