@@ -89,7 +89,7 @@ def _iban(rng: random.Random, country: str, bban_len: int) -> str:
     """A mod-97-valid IBAN (compact) with a numeric-and-letters BBAN."""
     bank = "".join(rng.choice(string.ascii_uppercase) for _ in range(4))
     bban = bank + "".join(rng.choice(string.digits) for _ in range(bban_len - 4))
-    if country in ("DE", "ES", "BE", "PL", "SE", "IT"):
+    if country in ("DE", "ES", "BE", "PL", "SE", "IT", "CH", "FR"):  # all-digit BBANs
         bban = "".join(rng.choice(string.digits) for _ in range(bban_len))
     moved = bban + country + "00"
     check = 98 - int("".join(str(int(c, 36)) for c in moved)) % 97
@@ -144,7 +144,7 @@ _DOMAINS = [
     "example.com",
     "mail.example.co.uk",
     "corp.acme.io",
-    "xn--bcher-kva.example",
+    "xn--bcher-kva.de",
     "eu.mx.contoso.org",
     "students.univ-lyon.fr",
 ]
@@ -169,7 +169,9 @@ def _ssn(rng: random.Random) -> str:
 
 def _phone(rng: random.Random) -> tuple[str, str]:
     """(as written, the part that must be gone)."""
-    area, mid, last = rng.randrange(201, 990), rng.randrange(200, 999), rng.randrange(10000)
+    # Area codes in service: a phone-number library rejects unassigned ones.
+    area = rng.choice([212, 213, 305, 312, 415, 503, 617, 646, 702, 206, 303, 512, 404, 718])
+    mid, last = rng.randrange(200, 999), rng.randrange(10000)
     form = rng.randrange(9)
     if form == 8:
         p = f"{area} {mid} {last:04d}"
