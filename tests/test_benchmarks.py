@@ -51,3 +51,9 @@ def test_sqlalchemy_benchmark_quick_run() -> None:
     out = _run("bench_sqlalchemy.py", "--quick", "--no-pg")
     assert "guard_engine, no SDK" in out and "guard_engine, SDK" in out
     assert "spans exported by guardeddb" in out
+
+
+def test_detectors_benchmark_quick_run() -> None:
+    """bench_detectors.py scores the detectors on the corpus and times them."""
+    out = _run("bench_detectors.py", "--quick")
+    assert "recall" in out and "false-positive rate" in out and "us per cell" in out

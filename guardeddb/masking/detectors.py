@@ -191,7 +191,7 @@ _D = [
         "phone",
         re.compile(
             r"(?<![\w+])(?:\+\d[\d .()-]{5,19}\d"
-            r"|\(\d{3}\) ?\d{3}[-. ]\d{4}|\d{3}[-.]\d{3}[-.]\d{4})(?![\w])"
+            r"|\(\d{3}\) ?\d{3}[-. ]\d{4}|\d{3}(?:[-.]\d{3}[-.]| \d{3} )\d{4})(?![\w])"
             # Digits without separators only where the text says it is a phone.
             r"|(?i:phone|tel|mobile|cell|fax|sms|whatsapp)[^\d\n]{0,12}(\d{10,12})(?!\d)"
         ),
@@ -243,7 +243,8 @@ _D = [
         re.compile(
             r"(?i)(?<![A-Za-z0-9_-])(?:gh[pousr]_[A-Za-z0-9]{30,255}"
             r"|github_pat_[A-Za-z0-9_]{20,255}|glpat-[A-Za-z0-9_-]{20,255}"
-            r"|xox[abprse]-[A-Za-z0-9-]{10,255}|[sr]k_(?:live|test)_[A-Za-z0-9]{10,255}"
+            r"|xox[abprse]-[A-Za-z0-9-]{10,255}|xapp-\d-[A-Za-z0-9-]{10,255}"
+            r"|[sr]k_(?:live|test)_[A-Za-z0-9]{10,255}|whsec_[A-Za-z0-9]{24,255}"
             r"|sk-(?:proj-|ant-)?[A-Za-z0-9_-]{32,255}|npm_[A-Za-z0-9]{36}"
             r"|pypi-[A-Za-z0-9_-]{50,255}|SG\.[A-Za-z0-9_-]{20,24}\.[A-Za-z0-9_-]{40,50}"
             r"|AIza[A-Za-z0-9_-]{35})(?![A-Za-z0-9_-])"
@@ -261,9 +262,11 @@ _D = [
     Detector(
         "secret",
         re.compile(
-            r"(?i)(?:password|passwd|passphrase|pwd|secret|api[_-]?key|access[_-]?key|"
+            r"(?i)(?:(?:password|passwd|passphrase|pwd|secret(?:[_-]?key)?|api[_-]?key|access[_-]?key|"
             r"private[_-]?key|access[_-]?token|auth[_-]?token|refresh[_-]?token|"
-            r"client[_-]?secret|token|credentials?)[\"']?\s{0,5}(?:=>|:=|->|[:=])\s{0,5}"
+            r"client[_-]?secret|token|credentials?)[\"']?\s{0,5}(?:=>|:=|->|[:=])"
+            # An HTTP Authorization header's credentials, whatever the scheme.
+            r"|(?:proxy-)?authorization:\s{0,5}(?:basic|bearer|token|negotiate)\s)\s{0,5}"
             r"(\"[^\"\n]{1,256}\"|'[^'\n]{1,256}'|[^\s'\",;&]{1,256})"
         ),
         frozenset({"eq", "colon", "arrow"}),
@@ -304,7 +307,7 @@ _PEM_END = re.compile(
     r"|Private-MAC: ?[0-9a-f]{1,128}"
 )
 _TOKEN_CLUE = re.compile(
-    r"gh[pousr]_|github_pat_|glpat-|xox[abprse]-|[sr]k_(?:live|test)_|sk-|npm_|pypi-|sg\."
+    r"gh[pousr]_|github_pat_|glpat-|xox[abprse]-|xapp-|[sr]k_(?:live|test)_|whsec_|sk-|npm_|pypi-|sg\."
     r"|aiza|hooks\.slack"
 )
 _NO_DIGITS = str.maketrans("", "", "0123456789")
