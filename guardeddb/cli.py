@@ -455,6 +455,8 @@ def _approvals(args: argparse.Namespace) -> int:
             print(
                 f"{_safe(req.id)}  {_safe(req.status):8}  {_safe(req.created[:19])}  "
                 f"rule={_safe(req.rule)}  {_safe(req.statement)}"
+                + (f"  params={_safe(req.params)}" if req.params is not None else "")
+                + (f"  database={_safe(req.database)}" if req.database is not None else "")
             )
         return 0
     if args.approvals_command == "show":

@@ -28,7 +28,15 @@ from . import _surface
 from ._enforce import Engine, engine_for, use_database
 from ._steps import Call, Commit, Sql, Steps
 from ._steps import run as run_steps
-from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
+from .approvals import (
+    ApprovalStore,
+    Approver,
+    UnboundParameters,
+    database_key,
+    parse_ttl,
+    render_params,
+    request_hash,
+)
 from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
@@ -313,14 +321,19 @@ class _Guard:
         """A held query: run it if this exact query was approved (once), else
         file (or find) its pending request, with its measured impact."""
         if self.approver is not None:
-            verdict, by = yield Call(self.approver.ask, (analysis, ident, decision))
+            shown = render_params(params, getattr(self.policy.masker, "scanner", None))
+            verdict, by = yield Call(self.approver.ask, (analysis, ident, decision, shown))
             if verdict:
                 return Decision("allow", decision.rule_id, f"approved by {by}"), None
             if self.approvals is None:
                 return Decision("block", decision.rule_id, f"not approved by {by}"), None
         assert self.approvals is not None
         text = query_text(query, raw)
-        digest = request_hash(ident, text, params)
+        where = database_key(self.driver.system, self.facts)
+        try:
+            digest = request_hash(ident, text, params, where)
+        except UnboundParameters as exc:  # never hashed by address, never consumed
+            return Decision("block", decision.rule_id, f"held for review, but {exc}"), None
         granted = yield Call(self.approvals.consume, (digest,))
         if granted is not None:
             by = granted.approver or "an approver"
@@ -338,8 +351,17 @@ class _Guard:
                 decision.rule_id,
                 decision.message,
                 impact.count if impact is not None else None,
+                render_params(params, getattr(self.policy.masker, "scanner", None)),
+                where,
             ),
         )
+        if rid is None:
+            return Decision(
+                "block",
+                decision.rule_id,
+                "held for review, but this identity already has "
+                "the most pending approval requests allowed; wait for a decision",
+            ), None
         return decision, rid
 
     def refusal(self, decision: Decision, request_id: str | None = None) -> QueryBlocked:

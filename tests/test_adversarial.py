@@ -978,6 +978,7 @@ def test_pg_approval_requests_are_not_readable(
     rid = store.hold(
         guardeddb.Identity(user="bob@example.com"), uuid.uuid4().hex, "DELETE ...", "r", "why"
     )
+    assert rid is not None
     conn = _guarded_quietly(pgw, policy_for(preset_name, approvals={"store": url}), url)
     sql = template.format(s=pgw.s)
     rows = run(conn, sql)

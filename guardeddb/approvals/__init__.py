@@ -14,12 +14,14 @@ guarded connection.
 from __future__ import annotations
 
 import datetime
+import decimal
+import functools
 import hashlib
 import json
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -27,13 +29,24 @@ from typing import TYPE_CHECKING, Any
 
 from ..drivers import unguarded
 from ..identity import Identity
+from ..masking.detectors import DETECTORS, Scanner
 from ..sql.settings import APPROVALS_TABLE as _TABLE
 
 if TYPE_CHECKING:  # the policy loader imports this module (for parse_ttl)
     from ..policy.decision import Decision
     from ..sql.analysis import Analysis
 
-__all__ = ["ApprovalRequest", "ApprovalStore", "Approver", "parse_ttl", "request_hash"]
+__all__ = [
+    "MAX_PENDING",
+    "ApprovalRequest",
+    "ApprovalStore",
+    "Approver",
+    "UnboundParameters",
+    "database_key",
+    "parse_ttl",
+    "render_params",
+    "request_hash",
+]
 
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -49,16 +62,136 @@ def parse_ttl(text: str | int) -> int:
     return int(m.group(1)) * _UNITS[m.group(2)]
 
 
+#: Pending requests one identity may have at once: beyond it a held query is
+#: blocked, so an agent looping over 200 statements cannot flood approvers.
+MAX_PENDING = 20
+
+
+class UnboundParameters(TypeError):
+    """Parameters an approval cannot be bound to: they have no canonical encoding."""
+
+
+def _canon(value: Any, depth: int = 0) -> Any:
+    """``value`` as JSON-ready data that names its type, so two values that
+    differ (a Json payload, a 100-row parameter list) never encode alike.
+
+    Only data with an exact, stable encoding is accepted: an iterator or an
+    arbitrary object would be hashed by address (or consumed), so it is refused.
+    """
+    if depth > 64:
+        raise UnboundParameters("parameters nested more than 64 levels deep")
+    if value is None or isinstance(value, bool | str):
+        return value
+    if isinstance(value, int):
+        return ["int", str(value)]
+    if isinstance(value, float):
+        return ["float", repr(value)]  # repr round-trips a float exactly
+    if isinstance(value, bytes | bytearray | memoryview):
+        return ["bytes", bytes(value).hex()]
+    if isinstance(value, decimal.Decimal):
+        return ["decimal", str(value)]
+    if isinstance(value, datetime.datetime):  # before date: a datetime is a date
+        return ["datetime", value.isoformat()]
+    if isinstance(value, datetime.date):
+        return ["date", value.isoformat()]
+    if isinstance(value, datetime.time):
+        return ["time", value.isoformat()]
+    if isinstance(value, datetime.timedelta):
+        return ["timedelta", value.days, value.seconds, value.microseconds]
+    if isinstance(value, uuid.UUID):
+        return ["uuid", str(value)]
+    if isinstance(value, list | tuple):
+        return ["seq", [_canon(v, depth + 1) for v in value]]
+    if isinstance(value, Mapping):
+        items = []
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise UnboundParameters(f"a mapping key of type {type(key).__name__}")
+            items.append([key, _canon(item, depth + 1)])
+        return ["map", sorted(items, key=lambda kv: kv[0])]
+    if type(value).__module__.startswith("psycopg") and type(value).__name__ in ("Json", "Jsonb"):
+        return [type(value).__name__, _canon(value.obj, depth + 1)]
+    raise UnboundParameters(
+        f"a parameter of type {type(value).__module__}.{type(value).__qualname__} has no "
+        "canonical encoding, so an approval cannot be bound to it (pass a list, tuple or "
+        "dict of plain values; generators and iterators are refused, not consumed)"
+    )
+
+
+def _encode(value: Any) -> str:
+    return json.dumps(_canon(value), separators=(",", ":"), ensure_ascii=False)
+
+
 def _identity_key(ident: Identity | None) -> str:
+    """The whole identity, attributes (a token's issuer) included."""
     if ident is None:
         return "{}"
-    return json.dumps([ident.user, ident.agent, sorted(ident.roles), ident.session, ident.verified])
+    return json.dumps(
+        {
+            "user": ident.user,
+            "agent": ident.agent,
+            "roles": sorted(ident.roles),
+            "session": ident.session,
+            "verified": ident.verified,
+            "attributes": _canon(dict(ident.attributes)),
+        },
+        sort_keys=True,
+        ensure_ascii=False,
+    )
 
 
-def request_hash(ident: Identity | None, sql: str, params: Any) -> str:
-    """What an approval is for: this identity, this exact SQL, these parameters."""
-    body = json.dumps([_identity_key(ident), sql, repr(params)])
+def database_key(system: str | None, facts: Any) -> str:
+    """The database a query runs on: system, namespace, server address and port."""
+    return json.dumps(
+        [
+            system,
+            getattr(facts, "namespace", None),
+            getattr(facts, "address", None),
+            getattr(facts, "port", None),
+        ]
+    )
+
+
+def request_hash(ident: Identity | None, sql: str, params: Any, database: str = "null") -> str:
+    """What an approval is for: this identity, this database, this exact SQL
+    and these parameter values. Raises ``UnboundParameters`` for values with no
+    canonical encoding (a generator, an arbitrary object)."""
+    body = json.dumps([_identity_key(ident), database, sql, _encode(params)])
     return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+@functools.cache
+def _default_scanner() -> Scanner:
+    """Every detector, compiled once: for policies without a masking section."""
+    return Scanner(DETECTORS)
+
+
+def render_params(params: Any, scanner: Scanner | None = None, limit: int = 4000) -> str | None:
+    """The parameters as the approver sees them: values masked by the
+    detectors (the policy's, else the default set), cut at ``limit`` characters."""
+    if params is None:
+        return None
+    if scanner is None:
+        scanner = _default_scanner()
+    text = json.dumps(_plain(params), ensure_ascii=False, default=str)
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return scanner.scan(text)[0]
+
+
+def _plain(value: Any) -> Any:
+    """Canonically encodable parameters as readable JSON-ready data."""
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if type(value).__name__ in ("Json", "Jsonb") and hasattr(value, "obj"):
+        return _plain(value.obj)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return "0x" + bytes(value).hex()
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
 
 
 @dataclass(frozen=True)
@@ -76,13 +209,20 @@ class ApprovalRequest:
     approver: str | None = None
     note: str | None = None
     impact: int | None = None  # rows a dry run measured, when it could
+    params: str | None = None  # the parameter values, masked by the detectors
+    database: str | None = None  # [system, namespace, address, port]
 
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-_COLUMNS = "id, status, identity, statement, rule, reason, created, expires, approver, note, impact"
+_COLUMNS = (
+    "id, status, identity, statement, rule, reason, created, expires, approver, note, "
+    "impact, params, target"
+)
+#: Columns added after the first release: added in place to an older table.
+_ADDED = (("params", "TEXT"), ("target", "TEXT"))
 
 
 class ApprovalStore:
@@ -119,10 +259,26 @@ class ApprovalStore:
                 "id VARCHAR(32) PRIMARY KEY, request_hash VARCHAR(64) NOT NULL, "
                 "status VARCHAR(16) NOT NULL, identity TEXT, statement TEXT, rule TEXT, "
                 "reason TEXT, created VARCHAR(40), expires VARCHAR(40), approver TEXT, "
-                "note TEXT, decided VARCHAR(40), used VARCHAR(40), impact INTEGER)"
+                "note TEXT, decided VARCHAR(40), used VARCHAR(40), impact INTEGER, "
+                "params TEXT, target TEXT)"
             )
+            self._upgrade(conn)
             self._ready = True
         return conn
+
+    def _upgrade(self, conn: Any) -> None:
+        """Add the columns a store made by an older release lacks."""
+        for column, kind in _ADDED:
+            if self._mark == "%s":
+                conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN IF NOT EXISTS {column} {kind}")
+                continue
+            have = {row[1] for row in conn.execute(f"PRAGMA table_info({_TABLE})")}
+            if column not in have:
+                try:
+                    conn.execute(f"ALTER TABLE {_TABLE} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:  # another process added it first
+                    if "duplicate column" not in str(exc):
+                        raise
 
     def _sql(self, text: str) -> str:
         return text.replace("?", self._mark)
@@ -135,8 +291,12 @@ class ApprovalStore:
         rule: str | None,
         reason: str | None,
         impact: int | None = None,
-    ) -> str:
-        """The id of the pending request for this query, made if there is none."""
+        params: str | None = None,
+        database: str | None = None,
+        cap: int = MAX_PENDING,
+    ) -> str | None:
+        """The id of the pending request for this query, made if there is none;
+        None when the identity already has ``cap`` other pending requests."""
         now = _now()
         conn = self._connect()
         try:
@@ -149,23 +309,35 @@ class ApprovalStore:
             ).fetchone()
             if row:
                 return str(row[0])
+            who = _identity_key(ident)
+            pending = conn.execute(
+                self._sql(
+                    f"SELECT count(*) FROM {_TABLE} WHERE identity = ? "
+                    "AND status = 'pending' AND expires > ?"
+                ),
+                (who, now.isoformat()),
+            ).fetchone()
+            if int(pending[0]) >= cap:
+                return None
             rid = uuid.uuid4().hex[:12]
             conn.execute(
                 self._sql(
                     f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
-                    "statement, rule, reason, created, expires, impact) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?)"
+                    "statement, rule, reason, created, expires, impact, params, target) "
+                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 ),
                 (
                     rid,
                     digest,
-                    _identity_key(ident),
+                    who,
                     statement,
                     rule,
                     reason,
                     now.isoformat(),
                     (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
                     impact,
+                    params,
+                    database,
                 ),
             )
             return rid
@@ -261,9 +433,14 @@ class Approver:
         self.name = getattr(decide, "__qualname__", None) or type(decide).__name__
 
     def ask(
-        self, analysis: Analysis, ident: Identity | None, decision: Decision
+        self,
+        analysis: Analysis,
+        ident: Identity | None,
+        decision: Decision,
+        params: str | None = None,
     ) -> tuple[bool, str]:
-        """(approved, who answered) for one held query."""
+        """(approved, who answered) for one held query; ``params`` is its
+        parameters as ``render_params`` shows them."""
         now = _now()
         request = ApprovalRequest(
             id="inline",
@@ -274,6 +451,7 @@ class Approver:
             reason=decision.message,
             created=now.isoformat(),
             expires=(now + datetime.timedelta(seconds=self.timeout)).isoformat(),
+            params=params,
         )
         who = f"approver {self.name}"
         try:
