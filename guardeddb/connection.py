@@ -32,6 +32,7 @@ from .approvals import ApprovalStore, Approver, parse_ttl, request_hash
 from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
+from .errors import Error as GuardedError
 from .identity import Identity, _current
 from .masking.channels import carries_masked, withheld
 from .masking.plan import Masking, MaskRun
@@ -494,7 +495,7 @@ def failed(
     if op is not None:
         guard.fail(op, exc if failure is None else failure)
     if failure is None:
-        raise
+        raise  # called from the except block: exc itself, traceback intact
     if isinstance(failure, QueryBlocked):
         raise failure from exc
     return failure
@@ -713,68 +714,92 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
             self._self_left = cap - len(fetched)
         return fetched
 
+    def _self_fetch_failed(self, exc: Exception) -> BaseException:
+        """A fetch raised (sqlite3 steps the statement as rows are fetched):
+        the span and audit record end failed; the text is withheld when
+        the rows are masked."""
+        if isinstance(exc, GuardedError):
+            raise  # guardeddb's own (a masking refusal, a row cap): unchanged
+        op = self._self_op
+        failure = failed(self._self_guard, op, exc, self._self_mask is not None)
+        self._self_op = None
+        assert failure is not None  # failed() re-raised exc otherwise
+        return failure
+
     def _self_fetchone(self, _fetched: Any = _FETCH) -> Any:
         """The next row, masked; the span ends when the result runs out."""
-        left = self._self_left
-        if left is None:
-            row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
-        elif left > 0:
-            row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
-            if row is not None:
-                self._self_left = left - 1
-        else:
-            # Past the row cap the result ends here; one more row tells
-            # whether anything was cut.
-            if (self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched) is not None:
-                self._self_cut(None)
-            row = None
-        if row is not None and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                row = run.row(row)
-        op = self._self_op
-        if op is not None:
-            if row is None:
-                self._self_finish(op)
+        try:
+            left = self._self_left
+            if left is None:
+                row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+            elif left > 0:
+                row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+                if row is not None:
+                    self._self_left = left - 1
             else:
-                op.rows += 1
-        return row
+                # Past the row cap the result ends here; one more row tells
+                # whether anything was cut.
+                if (self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched) is not None:
+                    self._self_cut(None)
+                row = None
+            if row is not None and self._self_mask is not None and not self._self_factory_masks:
+                run = self._self_mask_run()
+                if run is not None:
+                    row = run.row(row)
+            op = self._self_op
+            if op is not None:
+                if row is None:
+                    self._self_finish(op)
+                else:
+                    op.rows += 1
+            return row
+        except Exception as exc:
+            failure = self._self_fetch_failed(exc)
+        raise failure from None  # outside the handler: no __context__ either
 
     def _self_fetchmany(self, *args: Any, _fetched: Any = _FETCH, **kwargs: Any) -> Any:
         """The next rows, masked; fewer than asked for ends the span."""
-        raw = self.__wrapped__
-        left = self._self_left
-        if left is not None:
-            size = (args[0] if args else kwargs.get("size")) or raw.arraysize
-            _fetched = self._self_capped(left, _fetched, size)
-        rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
-        if rows and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                rows = run.rows(rows)
-        op = self._self_op
-        if op is not None:
-            op.rows += len(rows)
-            size = args[0] if args else kwargs.get("size")
-            if not rows or len(rows) < (size or raw.arraysize):
-                self._self_finish(op)
-        return rows
+        try:
+            raw = self.__wrapped__
+            left = self._self_left
+            if left is not None:
+                size = (args[0] if args else kwargs.get("size")) or raw.arraysize
+                _fetched = self._self_capped(left, _fetched, size)
+            rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
+            if rows and self._self_mask is not None and not self._self_factory_masks:
+                run = self._self_mask_run()
+                if run is not None:
+                    rows = run.rows(rows)
+            op = self._self_op
+            if op is not None:
+                op.rows += len(rows)
+                size = args[0] if args else kwargs.get("size")
+                if not rows or len(rows) < (size or raw.arraysize):
+                    self._self_finish(op)
+            return rows
+        except Exception as exc:
+            failure = self._self_fetch_failed(exc)
+        raise failure from None  # outside the handler: no __context__ either
 
     def _self_fetchall(self, _fetched: Any = _FETCH) -> Any:
         """The remaining rows, masked; the span ends."""
-        left = self._self_left
-        if left is not None:
-            _fetched = self._self_capped(left, _fetched, None)
-        rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
-        if rows and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                rows = run.rows(rows)
-        op = self._self_op
-        if op is not None:
-            op.rows += len(rows)
-            self._self_finish(op)
-        return rows
+        try:
+            left = self._self_left
+            if left is not None:
+                _fetched = self._self_capped(left, _fetched, None)
+            rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
+            if rows and self._self_mask is not None and not self._self_factory_masks:
+                run = self._self_mask_run()
+                if run is not None:
+                    rows = run.rows(rows)
+            op = self._self_op
+            if op is not None:
+                op.rows += len(rows)
+                self._self_finish(op)
+            return rows
+        except Exception as exc:
+            failure = self._self_fetch_failed(exc)
+        raise failure from None  # outside the handler: no __context__ either
 
     def __del__(self) -> None:
         # The finalizer that ends a span whose result was never consumed.

@@ -260,3 +260,31 @@ def test_unmask_identity_may_move_values(backend: Backend, shop: Shop) -> None:
     cur.execute(shop.sql("SELECT notes FROM {c} WHERE id = 1"))
     assert cur.fetchone()[0] == "123_45_6789"
     raw.close()
+
+
+def test_fetch_time_error_text_is_withheld(tmp_path: Path, otel: Otel) -> None:
+    """sqlite3 steps the statement as rows are fetched: a later row's error
+    is raised by fetchall, and withheld there too."""
+    import sqlite3
+
+    path = tmp_path / "f.db"
+    raw = sqlite3.connect(path)
+    raw.execute("CREATE TABLE customers (id INTEGER PRIMARY KEY, ssn TEXT)")
+    raw.executemany("INSERT INTO customers VALUES (?, ?)", [(1, "$"), (2, "123-45-6789")])
+    raw.commit()
+    raw.close()
+    conn = guardeddb.connect(
+        f"sqlite:///{path}",
+        policy=SHOP_POLICY,
+        identity=AGENT,
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    cur = conn.cursor()
+    cur.execute("SELECT json_extract('{}', ssn) FROM customers ORDER BY id")
+    with pytest.raises(sqlite3.OperationalError) as caught:
+        cur.fetchall()
+    assert "withheld" in str(caught.value)
+    _secret_free(_everything(caught.value))
+    assert [s.status.status_code.name for s in otel.spans()] == ["ERROR"]
+    conn.close()
