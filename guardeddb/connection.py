@@ -716,14 +716,13 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
 
     def _self_fetch_failed(self, exc: Exception) -> BaseException:
         """A fetch raised (sqlite3 steps the statement as rows are fetched):
-        the span and audit record end failed; the text is withheld when
-        the rows are masked."""
-        if isinstance(exc, GuardedError):
-            raise  # guardeddb's own (a masking refusal, a row cap): unchanged
-        op = self._self_op
-        failure = failed(self._self_guard, op, exc, self._self_mask is not None)
-        self._self_op = None
-        assert failure is not None  # failed() re-raised exc otherwise
+        for an identity whose rows are masked, the error with its text
+        withheld; anything else is re-raised as it is."""
+        if self._self_mask is None or isinstance(exc, GuardedError):
+            raise  # called from the except block: exc itself, traceback intact
+        failure = withheld(exc, self._self_guard.driver.status_code(exc))
+        if failure is None:
+            raise
         return failure
 
     def _self_fetchone(self, _fetched: Any = _FETCH) -> Any:
