@@ -40,7 +40,9 @@ from .approvals import (
 from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
+from .errors import Error as GuardedError
 from .identity import Identity, _current
+from .masking.channels import carries_masked, withheld
 from .masking.plan import Masking, MaskRun
 from .policy.decision import Decision
 from .policy.model import Policy
@@ -163,6 +165,10 @@ class _Guard:
                         "COPY ... TO STDOUT cannot be masked; it is refused for identities "
                         "that may not see raw values",
                     )
+            if decision.action != "block" and masking is not None:
+                reason = carries_masked(analysis, masking)
+                if reason is not None:
+                    decision = Decision("block", "masking-side-channel", reason)
         unmasked = masking is not None and not masked
         result = (decision, self.policy.read_only_for(ident), masked, unmasked)
         if len(self.decisions) >= _DECISION_CACHE_SIZE:
@@ -458,6 +464,15 @@ class _Guard:
         decision = self.engine.refusal(exc)
         return None if decision is None else self.blocked(decision)
 
+    def replacement(self, exc: BaseException, masked: bool) -> BaseException | None:
+        """What to raise instead of ``exc``: the engine's refusal, or for an
+        identity whose results are masked the error with its text withheld
+        (driver messages quote values); None to raise ``exc`` itself."""
+        blocked = self.engine_refusal(exc)
+        if blocked is None and masked:
+            return withheld(exc, self.driver.status_code(exc))
+        return blocked
+
     def fail(self, op: Operation, exc: BaseException) -> None:
         op.failed(exc, self.driver.status_code(exc))
 
@@ -470,26 +485,42 @@ class _Guard:
         kwargs: dict[str, Any],
     ) -> Any:
         """Guard ``query`` and make one call that returns no rows to count."""
-        op, _ = self.begin(query, raw)
-        if op is None:
-            try:
-                return method(*args, **kwargs)
-            except BaseException as exc:
-                blocked = self.engine_refusal(exc)
-                if blocked is not None:
-                    raise blocked from exc
-                raise
+        op, mask = self.begin(query, raw)
+        failure = None
         try:
             result = method(*args, **kwargs)
         except BaseException as exc:
-            blocked = self.engine_refusal(exc)
-            self.fail(op, exc if blocked is None else blocked)
-            if blocked is not None:
-                raise blocked from exc
-            raise
+            failure = self.replacement(exc, mask is not None)
+            if op is not None:
+                self.fail(op, exc if failure is None else failure)
+            if failure is None:
+                raise
+            if isinstance(failure, QueryBlocked):
+                raise failure from exc
+        if failure is not None:
+            raise failure from None  # outside the handler: no __context__ either
+        if op is None:
+            return result
         op.executed()
         op.end()
         return result
+
+
+def failed(
+    guard: _Guard, op: Operation | None, exc: BaseException, masked: bool
+) -> BaseException | None:
+    """Record that a statement raised ``exc`` and re-raise it, or return what
+    to raise instead (from outside the handler, so that the original is
+    neither the cause nor the context). An engine refusal is raised here,
+    chained to the engine's error, which quotes no values."""
+    failure = guard.replacement(exc, masked)
+    if op is not None:
+        guard.fail(op, exc if failure is None else failure)
+    if failure is None:
+        raise  # called from the except block: exc itself, traceback intact
+    if isinstance(failure, QueryBlocked):
+        raise failure from exc
+    return failure
 
 
 _ROW_CHANGING = frozenset({"update", "delete", "merge"})
@@ -705,68 +736,91 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
             self._self_left = cap - len(fetched)
         return fetched
 
+    def _self_fetch_failed(self, exc: Exception) -> BaseException:
+        """A fetch raised (sqlite3 steps the statement as rows are fetched):
+        for an identity whose rows are masked, the error with its text
+        withheld; anything else is re-raised as it is."""
+        if self._self_mask is None or isinstance(exc, GuardedError):
+            raise  # called from the except block: exc itself, traceback intact
+        failure = withheld(exc, self._self_guard.driver.status_code(exc))
+        if failure is None:
+            raise
+        return failure
+
     def _self_fetchone(self, _fetched: Any = _FETCH) -> Any:
         """The next row, masked; the span ends when the result runs out."""
-        left = self._self_left
-        if left is None:
-            row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
-        elif left > 0:
-            row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
-            if row is not None:
-                self._self_left = left - 1
-        else:
-            # Past the row cap the result ends here; one more row tells
-            # whether anything was cut.
-            if (self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched) is not None:
-                self._self_cut(None)
-            row = None
-        if row is not None and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                row = run.row(row)
-        op = self._self_op
-        if op is not None:
-            if row is None:
-                self._self_finish(op)
+        try:
+            left = self._self_left
+            if left is None:
+                row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+            elif left > 0:
+                row = self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched
+                if row is not None:
+                    self._self_left = left - 1
             else:
-                op.rows += 1
-        return row
+                # Past the row cap the result ends here; one more row tells
+                # whether anything was cut.
+                if (self.__wrapped__.fetchone() if _fetched is _FETCH else _fetched) is not None:
+                    self._self_cut(None)
+                row = None
+            if row is not None and self._self_mask is not None and not self._self_factory_masks:
+                run = self._self_mask_run()
+                if run is not None:
+                    row = run.row(row)
+            op = self._self_op
+            if op is not None:
+                if row is None:
+                    self._self_finish(op)
+                else:
+                    op.rows += 1
+            return row
+        except Exception as exc:
+            failure = self._self_fetch_failed(exc)
+        raise failure from None  # outside the handler: no __context__ either
 
     def _self_fetchmany(self, *args: Any, _fetched: Any = _FETCH, **kwargs: Any) -> Any:
         """The next rows, masked; fewer than asked for ends the span."""
-        raw = self.__wrapped__
-        left = self._self_left
-        if left is not None:
-            size = (args[0] if args else kwargs.get("size")) or raw.arraysize
-            _fetched = self._self_capped(left, _fetched, size)
-        rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
-        if rows and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                rows = run.rows(rows)
-        op = self._self_op
-        if op is not None:
-            op.rows += len(rows)
-            size = args[0] if args else kwargs.get("size")
-            if not rows or len(rows) < (size or raw.arraysize):
-                self._self_finish(op)
-        return rows
+        try:
+            raw = self.__wrapped__
+            left = self._self_left
+            if left is not None:
+                size = (args[0] if args else kwargs.get("size")) or raw.arraysize
+                _fetched = self._self_capped(left, _fetched, size)
+            rows = raw.fetchmany(*args, **kwargs) if _fetched is _FETCH else _fetched
+            if rows and self._self_mask is not None and not self._self_factory_masks:
+                run = self._self_mask_run()
+                if run is not None:
+                    rows = run.rows(rows)
+            op = self._self_op
+            if op is not None:
+                op.rows += len(rows)
+                size = args[0] if args else kwargs.get("size")
+                if not rows or len(rows) < (size or raw.arraysize):
+                    self._self_finish(op)
+            return rows
+        except Exception as exc:
+            failure = self._self_fetch_failed(exc)
+        raise failure from None  # outside the handler: no __context__ either
 
     def _self_fetchall(self, _fetched: Any = _FETCH) -> Any:
         """The remaining rows, masked; the span ends."""
-        left = self._self_left
-        if left is not None:
-            _fetched = self._self_capped(left, _fetched, None)
-        rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
-        if rows and self._self_mask is not None and not self._self_factory_masks:
-            run = self._self_mask_run()
-            if run is not None:
-                rows = run.rows(rows)
-        op = self._self_op
-        if op is not None:
-            op.rows += len(rows)
-            self._self_finish(op)
-        return rows
+        try:
+            left = self._self_left
+            if left is not None:
+                _fetched = self._self_capped(left, _fetched, None)
+            rows = self.__wrapped__.fetchall() if _fetched is _FETCH else _fetched
+            if rows and self._self_mask is not None and not self._self_factory_masks:
+                run = self._self_mask_run()
+                if run is not None:
+                    rows = run.rows(rows)
+            op = self._self_op
+            if op is not None:
+                op.rows += len(rows)
+                self._self_finish(op)
+            return rows
+        except Exception as exc:
+            failure = self._self_fetch_failed(exc)
+        raise failure from None  # outside the handler: no __context__ either
 
     def __del__(self) -> None:
         # The finalizer that ends a span whose result was never consumed.
@@ -800,15 +854,13 @@ class GuardedCursor(CursorBase):
         raw = self.__wrapped__
         op, self._self_mask = self._self_guard.begin(query, raw, batch, args[1:] or None)
         self._self_left = self._self_guard.max_rows
+        failure = None
         try:
             result = method(*args, **kwargs)
         except BaseException as exc:
-            blocked = self._self_guard.engine_refusal(exc)
-            if op is not None:
-                self._self_guard.fail(op, exc if blocked is None else blocked)
-            if blocked is not None:
-                raise blocked from exc
-            raise
+            failure = failed(self._self_guard, op, exc, self._self_mask is not None)
+        if failure is not None:
+            raise failure from None  # outside the handler: no __context__ either
         if op is not None:
             self._self_track(op, raw)
         return self if result is raw else result
@@ -826,6 +878,7 @@ class GuardedCursor(CursorBase):
         guard = self._self_guard  # read once: a proxy attribute costs ~90 ns
         op, self._self_mask = guard.begin(query, raw, 0, None if params is _NO_PARAMS else params)
         self._self_left = guard.max_rows
+        failure = None
         try:
             if args or kwargs:
                 if params is _NO_PARAMS:
@@ -837,12 +890,9 @@ class GuardedCursor(CursorBase):
             else:
                 result = raw.execute(query, params)
         except BaseException as exc:
-            blocked = guard.engine_refusal(exc)
-            if op is not None:
-                guard.fail(op, exc if blocked is None else blocked)
-            if blocked is not None:
-                raise blocked from exc
-            raise
+            failure = failed(guard, op, exc, self._self_mask is not None)
+        if failure is not None:
+            raise failure from None  # outside the handler: no __context__ either
         if op is not None:
             self._self_track(op, raw)
         return self if result is raw else result

@@ -38,6 +38,7 @@ from .connection import (
     _RowFactory,
     _Settled,
     batch_size,
+    failed,
     query_params,
     stream_ended,
     streamed_row,
@@ -112,12 +113,13 @@ class GuardedAsyncCursor(CursorBase):
         raw = self.__wrapped__
         op, self._self_mask = await begin(self._self_guard, query, raw, batch, params)
         self._self_left = self._self_guard.max_rows
+        failure = None
         try:
             result = await method(*args, **kwargs)
         except BaseException as exc:
-            if op is not None:
-                self._self_guard.fail(op, exc)
-            raise
+            failure = failed(self._self_guard, op, exc, self._self_mask is not None)
+        if failure is not None:
+            raise failure from None  # outside the handler: no __context__ either
         if op is not None:
             self._self_track(op, raw)
         return self if result is raw else result

@@ -255,14 +255,14 @@ async def test_refusals_name_the_rule(backend: Backend, table: str, tmp_path: Pa
 async def test_database_errors_are_tool_errors_and_roll_back(
     backend: Backend, table: str, tmp_path: Path
 ) -> None:
-    """A driver error is a tool error with the driver's message, no traceback; the
-    transaction is rolled back, so the next call works, and values the rows would
-    mask are masked in the message too."""
+    """A driver error is a tool error naming the driver's error class and code,
+    no traceback; the transaction is rolled back, so the next call works. The
+    identity's results are masked, so the driver's text is withheld (#11)."""
     async with _served(backend, tmp_path, "--policy", str(_policy(tmp_path))) as s:
         missing = await s.call_tool("query", {"sql": "SELECT * FROM no_such_table_xyz"})
         assert missing.is_error
         assert _text(missing).startswith("database error")
-        assert "no_such_table_xyz" in _text(missing) and "Traceback" not in _text(missing)
+        assert "withheld" in _text(missing) and "Traceback" not in _text(missing)
         duplicate = await s.call_tool(
             "query",
             {
@@ -280,7 +280,8 @@ async def test_database_errors_are_tool_errors_and_roll_back(
             leak = await s.call_tool(
                 "query", {"sql": f"SELECT CAST(email AS INTEGER) FROM {table} WHERE id = 1"}
             )
-            assert leak.is_error and "invalid input syntax" in _text(leak)
+            assert leak.is_error and "InvalidTextRepresentation" in _text(leak)
+            assert "withheld" in _text(leak) and "22P02" in _text(leak)
             assert "ada@example.com" not in _text(leak)
 
 

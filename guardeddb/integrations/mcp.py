@@ -79,6 +79,8 @@ _POLL_SECONDS = 0.25
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,127}")
 # Error text is scanned with every detector: a driver's message can quote a
 # value the rows would have masked (``invalid input syntax ...: "ada@..."``).
+# For identities whose results are masked the guarded cursor has already
+# withheld the text (masking/channels.py); the scan is a second line.
 _ERROR_SCANNER = Scanner(tuple(DETECTORS))
 
 
