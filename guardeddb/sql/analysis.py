@@ -22,6 +22,7 @@ from .classify import (
     untokenizable,
 )
 from .pgparse import second_opinion
+from .settings import SAFE_TRANSACTION_MODES
 from .text import sanitize_and_summarize
 
 __all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for"]
@@ -123,31 +124,14 @@ def _transaction_control(chunk: list[Token]) -> Statement | None:
         words[0] == "RELEASE" and (n == 2 or (n == 3 and words[1] == "SAVEPOINT"))
     ):
         return Statement.simple("savepoint" if words[0] == "SAVEPOINT" else "release")
-    if words[:2] == ["START", "TRANSACTION"] and all(
-        w in _TRANSACTION_MODES or w == "," for w in words[2:]
-    ):
+    if words[:2] == ["START", "TRANSACTION"] and all(w in _TRANSACTION_MODES for w in words[2:]):
         return Statement.simple("begin", "admin" if "WRITE" in words else "other")
     return None
 
 
-_TRANSACTION_MODES = frozenset(
-    {
-        "ISOLATION",
-        "LEVEL",
-        "SERIALIZABLE",
-        "REPEATABLE",
-        "READ",
-        "COMMITTED",
-        "UNCOMMITTED",
-        "ONLY",
-        "WRITE",
-        "DEFERRABLE",
-        "NOT",
-        "WITH",
-        "CONSISTENT",
-        "SNAPSHOT",
-    }
-)
+# Transaction modes of START TRANSACTION: the ones that keep a session as it
+# is (settings.py) plus READ WRITE and MySQL's WITH CONSISTENT SNAPSHOT.
+_TRANSACTION_MODES = SAFE_TRANSACTION_MODES | {"WRITE", "WITH", "CONSISTENT", "SNAPSHOT"}
 
 
 _PYFORMAT = frozenset({"s", "b", "t"})

@@ -123,7 +123,7 @@ _DCL_SETTINGS = frozenset({"role", "session_authorization", "password", "default
 
 #: Transaction modes that keep a session as it is; ``WRITE`` is the one
 #: that would undo a read-only session.
-_SAFE_MODES = frozenset(
+SAFE_TRANSACTION_MODES = frozenset(
     {
         "ISOLATION",
         "LEVEL",
@@ -230,7 +230,7 @@ def _safe_charset(tok: Token, name: str, dialect: str) -> bool:
 
 def _modes(words: Sequence[str]) -> SetVerdict:
     """``SET [SESSION] TRANSACTION`` modes: isolation and READ ONLY are fine."""
-    if words and all(w in _SAFE_MODES for w in words):
+    if words and all(w in SAFE_TRANSACTION_MODES for w in words):
         return SetVerdict("set", "other")
     return SetVerdict("set", "admin")
 
