@@ -243,6 +243,14 @@ class Engine:
         after a statement that was not a plain read, or a reconnect."""
         return self.stale
 
+    def reconnected(self, raw: Any) -> bool:
+        """Whether the driver opened a new session since guardeddb last set
+        one up (PyMySQL's ``ping(reconnect=True)``): its settings are gone."""
+        return False
+
+    def renew(self, raw: Any) -> None:
+        """A new session: set it up again before the next statement."""
+
     def current_database(self, raw: Any) -> str | None:
         """The server's current database (after USE), read by guardeddb."""
         return None
@@ -504,22 +512,37 @@ class ServerEngine(Engine):
             return True
         return bool(self._session_id(raw) != self.session)
 
+    def reconnected(self, raw: Any) -> bool:
+        # psycopg never reconnects a connection; PyMySQL does on ping(True).
+        return self.tracks_use and self._session_id(raw) != self.session
+
+    def renew(self, raw: Any) -> None:
+        self.session = self._session_id(raw)
+        self.stale = False
+        self.starting = bool(self.session_start(self.driver))
+        self.facts_stale = True  # the new session starts in the database of the DSN
+        self.decisions.clear()
+
     def reassert(self, driver: Driver, raw: Any) -> Steps[bool]:
         self.stale = False
         self.session = self._session_id(raw)
         held = True
         if driver.in_transaction(raw):
-            # The open transaction keeps the mode it started with: verify it
-            # (MariaDB shows only the session default it started from), then
-            # set the session default for the transactions after it.
-            if self.module == "psycopg":
-                check = "SELECT 1 WHERE current_setting('transaction_read_only') = 'on'"
-            else:
-                check = "SELECT 1 FROM DUAL WHERE @@session.tx_read_only = 1"
-            held = (yield Sql(check)) == 1
+            # The open transaction keeps the mode it started with: verify it,
+            # then set the session default for the transactions after it.
+            held = yield from self.read_only_transaction(raw)
         for sql in driver.read_only_statements(True):
             yield Sql(sql)
         return held
+
+    def read_only_transaction(self, raw: Any) -> Steps[bool]:
+        """Whether the open transaction is read-only (MariaDB shows only the
+        session default it started from)."""
+        if self.module == "psycopg":
+            check = "SELECT 1 WHERE current_setting('transaction_read_only') = 'on'"
+        else:
+            check = "SELECT 1 FROM DUAL WHERE @@session.tx_read_only = 1"
+        return bool((yield Sql(check)) == 1)
 
     def session_start(self, driver: Driver) -> tuple[str, ...]:
         timeout = self.limits.get("statement_timeout")

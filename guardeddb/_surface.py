@@ -48,7 +48,7 @@ from .identity import _current
 from .policy.decision import Decision
 
 if TYPE_CHECKING:
-    from .connection import _Guard
+    from ._pipeline import Guard
     from .sql.analysis import Analysis
 
 __all__ = [
@@ -349,7 +349,7 @@ def _refused(name: str, kind: str) -> Callable[..., Any]:
     return refuse
 
 
-def masking_now(guard: _Guard) -> bool:
+def masking_now(guard: Guard) -> bool:
     """Whether the identity current now sees masked rows on this connection."""
     masking = guard.masking
     return masking is not None and masking.applies_to(_current.get() or guard.identity)
@@ -481,7 +481,7 @@ def _verdict(analysis: Analysis, style: str, shape: str) -> str | None:
     return None
 
 
-def placement(guard: _Guard, analysis: Analysis, style: str, shapes: set[str]) -> Decision | None:
+def placement(guard: Guard, analysis: Analysis, style: str, shapes: set[str]) -> Decision | None:
     """Whether every placeholder the driver substitutes client-side sits where
     the analysis saw a value; the refusal's decision if not. Cached per analysis."""
     for shape in shapes:
@@ -498,7 +498,7 @@ def placement(guard: _Guard, analysis: Analysis, style: str, shapes: set[str]) -
     return None
 
 
-def shim(guard: _Guard, func: Callable[..., Any] | None, what: str) -> Any:
+def shim(guard: Guard, func: Callable[..., Any] | None, what: str) -> Any:
     """``func`` for a sqlite3 callback registration (create_function...): it
     refuses to run while the current identity's rows are masked, since it
     would see the raw cells its arguments are made of."""

@@ -15,7 +15,6 @@ module states the trust boundary.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sqlite3
 import sys
@@ -25,32 +24,20 @@ from typing import TYPE_CHECKING, Any
 import wrapt
 
 from . import _surface
-from ._enforce import Engine, engine_for, use_database
-from ._steps import Call, Commit, Sql, Steps
-from ._steps import run as run_steps
-from .approvals import (
-    ApprovalStore,
-    Approver,
-    UnboundParameters,
-    database_key,
-    parse_ttl,
-    render_params,
-    request_hash,
-)
-from .audit import AuditTrail, sink_for
+from ._pipeline import Guard, failed
+from .approvals import Approver
 from .drivers import ConnectionFacts, Driver
-from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
 from .errors import Error as GuardedError
+from .errors import QueryBlocked
 from .identity import Identity, _current
-from .masking.channels import carries_masked, withheld
-from .masking.plan import Masking, MaskRun
+from .masking.channels import withheld
+from .masking.plan import MaskRun
 from .policy.decision import Decision
 from .policy.model import Policy
-from .sql.analysis import MAX_CACHED_TEXT, Analysis, analyze, cache_for
+from .sql.analysis import Analysis
 from .telemetry import Operation, Telemetry
 
 _log = logging.getLogger("guardeddb")
-_DECISION_CACHE_SIZE = 8192
 
 __all__ = [
     "ConnectionBase",
@@ -62,565 +49,6 @@ __all__ = [
 
 _NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from None
 _FETCH: Any = object()  # "fetch from the driver": no rows were passed in
-# decision, session must be read-only, rows are masked, raw values shown to an unmask identity
-_Verdict = tuple[Decision, bool, bool, bool]
-# the verdict, a dry run's row count, the approval request a held query waits for
-_Settled = tuple[_Verdict, int | None, str | None]
-
-
-class _Guard:
-    """What every cursor of one guarded connection shares: the policy, the
-    decision cache, the session's read-only state and the telemetry."""
-
-    __slots__ = (
-        "approvals",
-        "approver",
-        "audit",
-        "blocked",
-        "cache",
-        "decisions",
-        "dialect",
-        "driver",
-        "enforce",
-        "engine",
-        "facts",
-        "identity",
-        "masking",
-        "max_rows",
-        "policy",
-        "raw",
-        "read_only",
-        "telemetry",
-    )
-
-    def __init__(
-        self,
-        raw: Any,
-        driver: Driver,
-        facts: ConnectionFacts,
-        telemetry: Telemetry,
-        identity: Identity | None,
-        policy: Policy,
-        approver: Approver | None = None,
-    ) -> None:
-        self.raw = raw
-        self.approver = approver
-        self.driver = driver
-        self.dialect = driver.dialect
-        self.cache = cache_for(driver.dialect)
-        self.facts = facts
-        self.telemetry = telemetry
-        self.identity = identity
-        self.policy = policy
-        self.enforce = policy.mode == "enforce"
-        cap = policy.limits.get("max_rows")
-        self.max_rows: int | None = int(cap) if cap else None
-        masking = policy.masker
-        self.masking: Masking | None = masking if masking is not None and masking.active else None
-        # (analysis, identity) -> what begin() needs to know, see decide()
-        self.decisions: dict[tuple[Analysis, Identity | None], _Verdict] = {}
-        # what guardeddb last told the server; None: it may have been changed since
-        self.read_only: bool | None = False
-        self.engine: Engine = engine_for(driver, raw, policy.limits)
-        self.engine.decisions = self.decisions
-        self.blocked: type[QueryBlocked] = for_driver(QueryBlocked, driver.programming_error())
-        self.audit = _audit_trail(policy, driver, facts)
-        for what in shared_state(policy, facts):
-            _log.warning(
-                "guardeddb: the %s is in the database this connection uses (%s); guarded SQL "
-                "cannot reach its tables, but give it its own credentials so that nothing "
-                "else with the application's can",
-                what,
-                facts.namespace,
-            )
-        cfg = policy.approvals
-        self.approvals = (
-            ApprovalStore(str(cfg["store"]), parse_ttl(cfg.get("ttl", "1h")))  # type: ignore[arg-type]
-            if cfg.get("store")
-            else None
-        )
-
-    def analyze(self, query: Any, raw: Any) -> Analysis:
-        """The analysis of a query given as str, bytes or a composed object."""
-        if type(query) is str:
-            return analyze(query, self.dialect)
-        return analyze(query_text(query, raw), self.dialect)
-
-    def decide(
-        self, analysis: Analysis, ident: Identity | None, impact: _Impact | None = None
-    ) -> _Verdict:
-        """The decision, the session mode it needs, whether results are masked
-        and whether raw values are shown to an unmask identity; cached unless
-        it depended on a dry run's row count."""
-        decision = self.policy.decide(analysis, ident, self.facts.schemas, impact)
-        masking = self.masking
-        masked = masking is not None and masking.applies_to(ident)
-        if masked and decision.action != "block":
-            for st in analysis.statements:
-                if st.kind == "copy" and "read" in st.classes:
-                    # COPY ... TO STDOUT bypasses row fetching, so it cannot be masked.
-                    decision = Decision(
-                        "block",
-                        "masking-copy",
-                        "COPY ... TO STDOUT cannot be masked; it is refused for identities "
-                        "that may not see raw values",
-                    )
-            if decision.action != "block" and masking is not None:
-                reason = carries_masked(analysis, masking)
-                if reason is not None:
-                    decision = Decision("block", "masking-side-channel", reason)
-        unmasked = masking is not None and not masked
-        result = (decision, self.policy.read_only_for(ident), masked, unmasked)
-        if len(self.decisions) >= _DECISION_CACHE_SIZE:
-            self.decisions.clear()
-        if len(analysis.text) <= MAX_CACHED_TEXT and impact is None:
-            self.decisions[(analysis, ident)] = result
-        return result
-
-    def begin(
-        self,
-        query: Any,
-        raw: Any,
-        batch: int = 0,
-        params: Any = None,
-        drive: Callable[[Any, Steps[_Settled]], _Settled] = run_steps,
-    ) -> tuple[Operation | None, Analysis | None]:
-        """Analyze, decide and start recording one operation; raise if refused.
-
-        Returns the operation being recorded (None when nothing records) and
-        the analysis when its rows must be masked (None when they need not).
-        This is the hot path of every execute: a dict hit for the analysis,
-        a contextvar read, a dict hit for the decision, and nothing else when
-        no SDK records. A decision that needs the database or a person first
-        (see ``settle``) has its steps done by ``drive``: blocking here,
-        awaited by the asyncio proxies (``connection_async``).
-        """
-        analysis = self.cache.get(query) if type(query) is str else None
-        if analysis is None:
-            analysis = self.analyze(query, raw)
-        ident = _current.get() or self.identity
-        verdict = self.decisions.get((analysis, ident))
-        engine = self.engine
-        if verdict is not None and verdict[1] and engine.session_changed(self.raw):
-            self.read_only = None  # re-asserted by settle before this statement runs
-        rows = request_id = None
-        if verdict is None or verdict[1] is not self.read_only or verdict[0].action == "review":
-            engine.arm(analysis, False)  # a dry run is held to the analysis too
-            verdict, rows, request_id = drive(
-                self.raw, self.settle(analysis, ident, verdict, query, raw, params)
-            )
-        decision, read_only, masked, unmasked = verdict
-        audit = self.audit
-        op = self.telemetry.start(
-            analysis, ident, decision, batch, None if audit is None else (audit, analysis, ident)
-        )
-        if unmasked and op is not None:
-            op.annotate("guardeddb.masking.unmasked", True)
-        if rows is not None and op is not None:
-            op.annotate("guardeddb.impact.rows", rows)
-        if audit is not None:
-            trace = op.trace_ids() if op is not None else None
-            if (
-                not audit.decision(analysis, ident, decision, unmasked, trace, rows)
-                and audit.required
-            ):
-                exc = for_driver(AuditUnavailable, self.driver.programming_error())(
-                    Decision(
-                        "block",
-                        "audit-required",
-                        f"the audit record could not be written to {audit.sink.path}",
-                    )
-                )
-                if op is not None:
-                    op.failed(exc)
-                raise exc
-        action = decision.action
-        # Kernel refusals protect guardeddb itself (its tables, the settings
-        # its analysis depends on): report mode does not turn them off.
-        if action != "allow" and (self.enforce or decision.rule_id == "kernel"):
-            if action == "warn":
-                _log.warning(
-                    "guardeddb: rule %s warns: %s (%s)",
-                    decision.rule_id,
-                    decision.message or "",
-                    analysis.summary or analysis.sanitized[:200],
-                )
-            else:
-                exc = self.refusal(decision, request_id)
-                if op is not None:
-                    op.failed(exc)
-                raise exc
-        engine.arm(analysis, read_only)  # what the engine holds this statement to
-        return op, (analysis if masked else None)
-
-    def settle(
-        self,
-        analysis: Analysis,
-        ident: Identity | None,
-        verdict: _Verdict | None,
-        query: Any,
-        raw: Any,
-        params: Any,
-    ) -> Steps[_Settled]:
-        """What ``begin`` cannot answer from its caches, as steps: the decision
-        (after a dry run when a rule asks for its row count), the session
-        switched to the mode the identity needs, and a held query's approval.
-
-        Returns the verdict, the dry run's row count (None when not measured)
-        and the approval request a held query waits for.
-        """
-        impact = None
-        engine = self.engine
-        if engine.starting:
-            yield from self.session_start()
-        if engine.facts_stale:
-            self.facts = use_database(
-                self.facts, (yield Call(engine.current_database, (self.raw,)))
-            )
-            engine.facts_stale = False
-        if verdict is None:
-            if _changes_rows(analysis) and (self.policy.uses_impact or self.approvals):
-                impact = _Impact()
-            while True:
-                try:
-                    verdict = self.decide(analysis, ident, impact)
-                    break
-                except _Unmeasured:  # a rule needs the count: measure, then decide again
-                    assert impact is not None
-                    yield from impact.measure(self.driver, self.raw, query_text(query, raw), params)
-            if verdict[1] and verdict[0].action != "block" and analysis.functions:
-                # read-only identities call only functions known not to write
-                checked = yield from engine.functions_decision(self.raw, analysis, verdict[0])
-                if checked is not verdict[0]:
-                    verdict = (checked, *verdict[1:])
-                    if (analysis, ident) in self.decisions:
-                        self.decisions[(analysis, ident)] = verdict
-        decision, read_only, masked, unmasked = verdict
-        if read_only and self.read_only and engine.session_changed(self.raw):
-            self.read_only = None  # a decision made here: begin did not look
-        if read_only and self.read_only is None:
-            yield from self.reassert(analysis, ident)
-        elif read_only is not self.read_only:
-            yield from self.switch_session(read_only, analysis, ident)
-        request_id = None
-        if (
-            decision.action == "review"
-            and self.enforce
-            and (self.approvals is not None or self.approver is not None)
-        ):
-            decision, request_id = yield from self.review(
-                decision, analysis, ident, query, raw, params, impact
-            )
-            verdict = (decision, read_only, masked, unmasked)
-        return verdict, (impact.count if impact is not None else None), request_id
-
-    def review(
-        self,
-        decision: Decision,
-        analysis: Analysis,
-        ident: Identity | None,
-        query: Any,
-        raw: Any,
-        params: Any,
-        impact: _Impact | None = None,
-    ) -> Steps[tuple[Decision, str | None]]:
-        """A held query: run it if this exact query was approved (once), else
-        file (or find) its pending request, with its measured impact."""
-        if self.approver is not None:
-            shown = render_params(params, getattr(self.policy.masker, "scanner", None))
-            verdict, by = yield Call(self.approver.ask, (analysis, ident, decision, shown))
-            if verdict:
-                return Decision("allow", decision.rule_id, f"approved by {by}"), None
-            if self.approvals is None:
-                return Decision("block", decision.rule_id, f"not approved by {by}"), None
-        assert self.approvals is not None
-        text = query_text(query, raw)
-        where = database_key(self.driver.system, self.facts)
-        try:
-            digest = request_hash(ident, text, params, where)
-        except UnboundParameters as exc:  # never hashed by address, never consumed
-            return Decision("block", decision.rule_id, f"held for review, but {exc}"), None
-        granted = yield Call(self.approvals.consume, (digest,))
-        if granted is not None:
-            by = granted.approver or "an approver"
-            return Decision(
-                "allow", decision.rule_id, f"approved by {by} (request {granted.id})"
-            ), None
-        if impact is not None and not impact.measured:
-            yield from impact.measure(self.driver, self.raw, text, params)
-        rid = yield Call(
-            self.approvals.hold,
-            (
-                ident,
-                digest,
-                analysis.sanitized,
-                decision.rule_id,
-                decision.message,
-                impact.count if impact is not None else None,
-                render_params(params, getattr(self.policy.masker, "scanner", None)),
-                where,
-            ),
-        )
-        if rid is None:
-            return Decision(
-                "block",
-                decision.rule_id,
-                "held for review, but this identity already has "
-                "the most pending approval requests allowed; wait for a decision",
-            ), None
-        return decision, rid
-
-    def refusal(self, decision: Decision, request_id: str | None = None) -> QueryBlocked:
-        """The error for a blocked or held query, mixed with the driver's."""
-        if request_id is not None:
-            held: QueryBlocked = for_driver(ApprovalRequired, self.driver.programming_error())(
-                decision, request_id
-            )
-            return held
-        if decision.action == "review":
-            # Without an approval store (or an in-process approver that said
-            # yes) a held query cannot wait for anyone: it is blocked, and says why.
-            return self.blocked(
-                decision,
-                f"query held for review by rule {decision.rule_id!r}"
-                + (f": {decision.message}" if decision.message else "")
-                + " (no approval store is configured, so it cannot run)",
-            )
-        return self.blocked(decision)
-
-    def switch_session(
-        self, read_only: bool, analysis: Analysis, ident: Identity | None
-    ) -> Steps[None]:
-        """Tell the database to refuse (or allow again) writes for this session.
-
-        Only between transactions: an identity that must be read-only never
-        runs inside a transaction that a read-write identity opened.
-        """
-        raw = self.raw
-        statements = self.driver.read_only_statements(read_only)
-        if not statements:
-            # A driver guardeddb knows no read-only switch for: the policy
-            # alone keeps the identity to reads.
-            self.read_only = read_only
-            return
-        if self.driver.in_transaction(raw):
-            decision = Decision(
-                "block",
-                "read-only-session",
-                "the identity changed inside an open transaction; commit or roll back first "
-                "so the database session can switch to "
-                + ("read-only" if read_only else "read-write"),
-            )
-            exc = self.blocked(decision)
-            op = self.telemetry.start(analysis, ident, decision)
-            if op is not None:
-                op.failed(exc)
-            raise exc
-        with self.engine.own_steps():
-            for sql in statements:
-                yield Sql(sql)
-        if self.driver.in_transaction(raw):
-            # psycopg opened a transaction for the SET: close it, so the next
-            # statement starts a transaction with the new characteristics.
-            yield Commit()
-        self.read_only = read_only
-        self.engine.stale = False
-
-    def reassert(self, analysis: Analysis, ident: Identity | None) -> Steps[None]:
-        """The read-only session may have been changed (a statement that was
-        not a plain read, a reconnect): put it back, or refuse if it cannot be."""
-        opened = not self.driver.in_transaction(self.raw)
-        held = yield from self.engine.reassert(self.driver, self.raw)
-        if not held:
-            decision = Decision(
-                "block",
-                "read-only-session",
-                "the session is no longer read-only inside this transaction; roll back",
-            )
-            exc = self.blocked(decision)
-            op = self.telemetry.start(analysis, ident, decision)
-            if op is not None:
-                op.failed(exc)
-            raise exc
-        if opened and self.driver.in_transaction(self.raw):
-            yield Commit()
-        self.read_only = True
-
-    def session_start(self) -> Steps[None]:
-        """The policy's limits, set on the session once, by guardeddb itself."""
-        self.engine.starting = False
-        statements = self.engine.session_start(self.driver)
-        if not statements:
-            return
-        opened = not self.driver.in_transaction(self.raw)
-        for sql in statements:
-            yield Sql(sql)
-        if opened and self.driver.in_transaction(self.raw):
-            yield Commit()
-
-    def engine_refusal(self, exc: BaseException) -> QueryBlocked | None:
-        """The engine denied what the statement tried (the SQLite authorizer,
-        a timeout): guardeddb's QueryBlocked, or None for any other error."""
-        decision = self.engine.refusal(exc)
-        return None if decision is None else self.blocked(decision)
-
-    def replacement(self, exc: BaseException, masked: bool) -> BaseException | None:
-        """What to raise instead of ``exc``: the engine's refusal, or for an
-        identity whose results are masked the error with its text withheld
-        (driver messages quote values); None to raise ``exc`` itself."""
-        blocked = self.engine_refusal(exc)
-        if blocked is None and masked:
-            return withheld(exc, self.driver.status_code(exc))
-        return blocked
-
-    def fail(self, op: Operation, exc: BaseException) -> None:
-        op.failed(exc, self.driver.status_code(exc))
-
-    def run(
-        self,
-        raw: Any,
-        method: Callable[..., Any],
-        query: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """Guard ``query`` and make one call that returns no rows to count."""
-        op, mask = self.begin(query, raw)
-        failure = None
-        try:
-            result = method(*args, **kwargs)
-        except BaseException as exc:
-            failure = self.replacement(exc, mask is not None)
-            if op is not None:
-                self.fail(op, exc if failure is None else failure)
-            if failure is None:
-                raise
-            if isinstance(failure, QueryBlocked):
-                raise failure from exc
-        if failure is not None:
-            raise failure from None  # outside the handler: no __context__ either
-        if op is None:
-            return result
-        op.executed()
-        op.end()
-        return result
-
-
-def failed(
-    guard: _Guard, op: Operation | None, exc: BaseException, masked: bool
-) -> BaseException | None:
-    """Record that a statement raised ``exc`` and re-raise it, or return what
-    to raise instead (from outside the handler, so that the original is
-    neither the cause nor the context). An engine refusal is raised here,
-    chained to the engine's error, which quotes no values."""
-    failure = guard.replacement(exc, masked)
-    if op is not None:
-        guard.fail(op, exc if failure is None else failure)
-    if failure is None:
-        raise  # called from the except block: exc itself, traceback intact
-    if isinstance(failure, QueryBlocked):
-        raise failure from exc
-    return failure
-
-
-_ROW_CHANGING = frozenset({"update", "delete", "merge"})
-
-
-def _changes_rows(analysis: Analysis) -> bool:
-    """UPDATE, DELETE, MERGE and INSERT ... SELECT: statements a dry run can measure.
-
-    One statement only, and nothing that cannot be rolled back (DDL commits
-    on MySQL; administration and unparsed statements are never run twice).
-    """
-    if len(analysis.statements) != 1:
-        return False
-    st = analysis.statements[0]
-    if st.unparsed or st.classes - {"write", "read"}:
-        return False
-    return bool(st.kinds & _ROW_CHANGING) or {"insert", "select"} <= st.kinds
-
-
-class _Unmeasured(Exception):
-    """A rule needs a dry run's row count that has not been measured yet."""
-
-
-class _Impact:
-    """The rows a statement would touch, measured by a dry run at most once.
-
-    Called by the policy while it decides; until ``measure`` has run, the
-    call raises ``_Unmeasured`` and ``settle`` measures, then decides again,
-    so the dry run happens only when a rule (or an approval request) asks.
-    """
-
-    __slots__ = ("count", "measured")
-
-    def __init__(self) -> None:
-        self.count: int | None = None
-        self.measured = False
-
-    def __call__(self) -> int | None:
-        if not self.measured:
-            raise _Unmeasured
-        return self.count
-
-    def measure(self, driver: Driver, conn: Any, sql: str, params: Any) -> Steps[None]:
-        self.count = yield from driver.dry_run(conn, sql, params)
-        self.measured = True
-
-
-def shared_state(policy: Policy, facts: ConnectionFacts) -> list[str]:
-    """The approval store and audit sink that live in the database this
-    connection reaches: guardeddb refuses their tables to guarded SQL, but a
-    process with the same credentials can still change them directly."""
-    from pathlib import Path
-    from urllib.parse import urlsplit
-
-    found = []
-    for what, url in (
-        ("approval store", policy.approvals.get("store")),
-        ("audit sink", policy.audit.get("postgresql")),
-    ):
-        if not isinstance(url, str) or facts.namespace is None:
-            continue
-        if url.startswith("sqlite:"):
-            path = url.split(":", 1)[1].lstrip("/")
-            with contextlib.suppress(OSError):
-                if Path("/" + path).resolve() == Path(facts.namespace).resolve() or (
-                    Path(path).resolve() == Path(facts.namespace).resolve()
-                ):
-                    found.append(what)
-            continue
-        parts = urlsplit(url)
-        if parts.path.lstrip("/") == facts.namespace and (
-            facts.address is None or (parts.hostname or "localhost") == facts.address
-        ):
-            found.append(what)
-    return found
-
-
-def _audit_trail(policy: Policy, driver: Driver, facts: ConnectionFacts) -> AuditTrail | None:
-    """The audit trail a policy's ``audit:`` section asks for, if any."""
-    sink = sink_for(policy.audit)
-    if sink is None:
-        return None
-    return AuditTrail(sink, bool(policy.audit.get("required", True)), driver, facts)
-
-
-def query_text(query: Any, raw: Any) -> str:
-    """The SQL text of ``query``: str, bytes (undecodable bytes replaced) or
-    an object that renders itself, like psycopg's ``sql.Composed``."""
-    if isinstance(query, str):
-        return query
-    if isinstance(query, bytes | bytearray | memoryview):
-        return bytes(query).decode("utf-8", "replace")
-    as_string = getattr(query, "as_string", None)
-    if callable(as_string):
-        conn = getattr(raw, "connection", raw)
-        try:
-            return str(as_string(conn))
-        except TypeError:
-            return str(as_string())
-    return str(query)
 
 
 def _surface_get(self: Any, name: str) -> Any:
@@ -637,7 +65,7 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
     def __init__(self, wrapped: Any, connection: Any) -> None:
         super().__init__(wrapped)
         self._self_connection = connection
-        self._self_guard: _Guard = connection._self_guard
+        self._self_guard: Guard = connection._self_guard
         # Rows the current result may still return under limits.max_rows
         # (None: no cap; -1: the cap cut this result, and that was said).
         self._self_left: int | None = None
@@ -852,13 +280,15 @@ class GuardedCursor(CursorBase):
         open while the statement has rows left to fetch."""
         self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = self._self_guard.begin(query, raw, batch, args[1:] or None)
-        self._self_left = self._self_guard.max_rows
+        guard = self._self_guard
         failure = None
-        try:
-            result = method(*args, **kwargs)
-        except BaseException as exc:
-            failure = failed(self._self_guard, op, exc, self._self_mask is not None)
+        with guard.lock:  # the session switch and the statement, together
+            op, self._self_mask = guard.begin(query, raw, batch, args[1:] or None)
+            self._self_left = guard.max_rows
+            try:
+                result = method(*args, **kwargs)
+            except BaseException as exc:
+                failure = failed(guard, op, exc, self._self_mask is not None)
         if failure is not None:
             raise failure from None  # outside the handler: no __context__ either
         if op is not None:
@@ -876,21 +306,26 @@ class GuardedCursor(CursorBase):
             self._self_done()
         raw = self.__wrapped__
         guard = self._self_guard  # read once: a proxy attribute costs ~90 ns
-        op, self._self_mask = guard.begin(query, raw, 0, None if params is _NO_PARAMS else params)
-        self._self_left = guard.max_rows
         failure = None
-        try:
-            if args or kwargs:
-                if params is _NO_PARAMS:
-                    result = raw.execute(query, *args, **kwargs)
+        # Threads sharing the connection: the session switch (in begin) and
+        # the statement that needs it run together.
+        with guard.lock:
+            op, self._self_mask = guard.begin(
+                query, raw, 0, None if params is _NO_PARAMS else params
+            )
+            self._self_left = guard.max_rows
+            try:
+                if args or kwargs:
+                    if params is _NO_PARAMS:
+                        result = raw.execute(query, *args, **kwargs)
+                    else:
+                        result = raw.execute(query, params, *args, **kwargs)
+                elif params is _NO_PARAMS:
+                    result = raw.execute(query)
                 else:
-                    result = raw.execute(query, params, *args, **kwargs)
-            elif params is _NO_PARAMS:
-                result = raw.execute(query)
-            else:
-                result = raw.execute(query, params)
-        except BaseException as exc:
-            failure = failed(guard, op, exc, self._self_mask is not None)
+                    result = raw.execute(query, params)
+            except BaseException as exc:
+                failure = failed(guard, op, exc, self._self_mask is not None)
         if failure is not None:
             raise failure from None  # outside the handler: no __context__ either
         if op is not None:
@@ -993,8 +428,10 @@ class _Stream:
         """psycopg's ``stream()``: guarded, traced, rows counted as they flow."""
         self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = self._self_guard.begin(query, raw, 0, query_params(args, kwargs))
-        self._self_left = self._self_guard.max_rows
+        guard = self._self_guard
+        with guard.lock:
+            op, self._self_mask = guard.begin(query, raw, 0, query_params(args, kwargs))
+        self._self_left = guard.max_rows
         return _streamed(self, op, raw.stream(query, *args, **kwargs))
 
 
@@ -1098,7 +535,7 @@ class ConnectionBase(wrapt.BaseObjectProxy[Any]):
     """What every guarded connection shares, blocking (``GuardedConnection``)
     or asyncio (``GuardedAsyncConnection``): its guard and guarded cursors."""
 
-    def __init__(self, wrapped: Any, guard: _Guard) -> None:
+    def __init__(self, wrapped: Any, guard: Guard) -> None:
         super().__init__(wrapped)
         self._self_guard = guard
 
@@ -1118,11 +555,16 @@ class ConnectionBase(wrapt.BaseObjectProxy[Any]):
             cur._self_adopt_factory(factory)
         return cur
 
-    def _self_transaction(self, event: str) -> None:
-        """A COMMIT or ROLLBACK went through the connection: audit it."""
-        audit = self._self_guard.audit
-        if audit is not None:
-            audit.ended_transaction(event, _current.get() or self._self_guard.identity)
+    def _self_rolled_back(self) -> None:
+        """A rollback went through the connection: audit it."""
+        guard = self._self_guard
+        if guard.audit is not None:
+            guard.audit.ended_transaction("rollback", _current.get() or guard.identity)
+
+    def _self_commits_on_exit(self) -> bool:
+        """Whether the driver's ``with conn:`` commits (sqlite3, psycopg) rather
+        than only closing (PyMySQL): then guardeddb judges that commit itself."""
+        return self._self_guard.driver.module in ("sqlite3", "psycopg")
 
     @property
     def guardeddb_identity(self) -> Identity | None:
@@ -1149,17 +591,27 @@ class GuardedConnection(ConnectionBase):
 
     def __exit__(self, *exc_info: Any) -> Any:
         self._self_guard.telemetry.end_all()
-        return self.__wrapped__.__exit__(*exc_info)
+        raw = self.__wrapped__
+        if self._self_commits_on_exit() and not getattr(raw, "closed", False):
+            # The commit (or rollback) the driver would make, judged and
+            # recorded first; refused, the driver rolls back instead.
+            try:
+                self.commit() if exc_info[0] is None else self.rollback()
+            except BaseException as exc:
+                raw.__exit__(type(exc), exc, exc.__traceback__)
+                raise
+        return raw.__exit__(*exc_info)
 
     def commit(self) -> None:
-        """Commit, and record it in the audit trail."""
-        self.__wrapped__.commit()
-        self._self_transaction("commit")
+        """Commit, judged like the SQL ``COMMIT`` for the identity current now
+        and recorded before the driver commits (and its outcome after)."""
+        raw = self.__wrapped__
+        self._self_guard.run(raw, raw.commit, "COMMIT", (), {}, traced=False)
 
     def rollback(self) -> None:
-        """Roll back, and record it in the audit trail."""
+        """Roll back (never refused: it can only undo), and record it."""
         self.__wrapped__.rollback()
-        self._self_transaction("rollback")
+        self._self_rolled_back()
 
     def close(self) -> None:
         """Close the connection, ending the spans (and audit results) left open."""
@@ -1192,7 +644,7 @@ class _ConnQuery:
 
     def query(self: Any, sql: Any, *args: Any, **kwargs: Any) -> Any:
         raw = self.__wrapped__
-        guard: _Guard = self._self_guard
+        guard: Guard = self._self_guard
         analysis = guard.analyze(sql, raw)
         decision = _surface.placement(guard, analysis, "pymysql", {"none"})
         if decision is not None:
@@ -1247,7 +699,7 @@ class _BlobOpen:
         """A blob handle is judged as the read or write of that cell, and is
         refused while masking applies: its bytes never pass through masking."""
         raw = self.__wrapped__
-        guard: _Guard = self._self_guard
+        guard: Guard = self._self_guard
         masking = guard.masking
         if masking is not None and masking.applies_to(_current.get() or guard.identity):
             raise guard.blocked(
@@ -1422,7 +874,7 @@ class _ClientParams:
         return super().executemany(query, *args, **kwargs)  # type: ignore[misc]
 
     def _self_placed(self: Any, query: Any, shapes: set[str]) -> None:
-        guard: _Guard = self._self_guard
+        guard: Guard = self._self_guard
         analysis = guard.cache.get(query) if type(query) is str else None
         if analysis is None:
             analysis = guard.analyze(query, self.__wrapped__)
@@ -1449,7 +901,7 @@ def _param_sets(
     return args, kwargs, {_surface.shape(p) for p in seq}
 
 
-def _refused_placement(guard: _Guard, analysis: Analysis, decision: Decision) -> QueryBlocked:
+def _refused_placement(guard: Guard, analysis: Analysis, decision: Decision) -> QueryBlocked:
     """The refusal of a misplaced placeholder: recorded like any blocked query."""
     ident = _current.get() or guard.identity
     exc = guard.blocked(decision)
@@ -1553,6 +1005,6 @@ def guard_connection(
 ) -> GuardedConnection:
     """Wrap a raw connection; used by ``connect`` and ``wrap``."""
     cls = _compose(GuardedConnection, type(raw), _CONNECTION_MIXINS)
-    guard = _Guard(raw, driver, facts, telemetry, identity, policy, approver)
+    guard = Guard(raw, driver, facts, telemetry, identity, policy, approver)
     conn: GuardedConnection = cls(raw, guard)
     return conn

@@ -1,34 +1,32 @@
 """GuardedAsyncConnection and GuardedAsyncCursor: psycopg's asyncio API, guarded.
 
-The same guard as the blocking proxies in ``connection.py`` decides,
+The same pipeline as the blocking proxies (``_pipeline.py``) decides,
 masks, traces and audits; these proxies differ from those only in awaiting
 the driver. What a decision needs from the database or from a person (a dry
 run, the session switched to read-only, an approver's answer, the approval
-store) is the same list of steps (``_steps``), awaited here, with blocking
-calls moved to a thread.
+store, the audit record) is the same list of steps (``_steps``), awaited
+here, with blocking calls moved to a thread; result records are written
+behind, in order, by the trail's own thread. Nothing blocks the event loop.
 
-One guarded connection serves one task at a time, as a psycopg connection
-does: tasks that share it interleave between its awaits, so the read-only
-session one identity asked for may be switched back by another before its
-query runs (the policy still refuses that identity's writes). Give each task
-its own connection, or one from a pool, each wrapped once.
+Tasks sharing one connection take turns from the session switch to the
+driver's return (the guard's asyncio lock), as threads do on a blocking one.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any
 
 from . import _surface
-from ._steps import Steps, run_async
+from ._pipeline import Guard, failed
 from .connection import (
     ConnectionBase,
     CursorBase,
     _Adapters,
     _compose,
     _ConnectionItself,
-    _Guard,
     _InfoView,
     _NextSet,
     _param_sets,
@@ -36,9 +34,7 @@ from .connection import (
     _PsycopgClientParams,
     _ReadOnly,
     _RowFactory,
-    _Settled,
     batch_size,
-    failed,
     query_params,
     stream_ended,
     streamed_row,
@@ -49,43 +45,9 @@ if TYPE_CHECKING:
     from .approvals import Approver
     from .drivers import ConnectionFacts, Driver
     from .policy.model import Policy
-    from .sql.analysis import Analysis
-    from .telemetry import Operation, Telemetry
+    from .telemetry import Telemetry
 
 __all__ = ["GuardedAsyncConnection", "GuardedAsyncCursor", "guard_connection_async"]
-
-
-class _Deferred(Exception):
-    """``_Guard.begin`` reached steps that must be awaited; they travel out in here."""
-
-    def __init__(self, steps: Steps[_Settled]) -> None:
-        super().__init__()
-        self.steps = steps
-
-
-def _defer(conn: Any, steps: Steps[_Settled]) -> NoReturn:
-    raise _Deferred(steps)
-
-
-async def begin(
-    guard: _Guard, query: Any, raw: Any, batch: int = 0, params: Any = None
-) -> tuple[Operation | None, Analysis | None]:
-    """``_Guard.begin`` for an asyncio connection.
-
-    A cached decision needs nothing awaited: one call, as on the blocking
-    path. Otherwise begin hands out the steps it would have blocked on; they
-    are awaited, and begin runs again with their result.
-    """
-    try:
-        return guard.begin(query, raw, batch, params, _defer)
-    except _Deferred as deferred:
-        settled = await run_async(guard.raw, deferred.steps)
-
-    def replay(conn: Any, steps: Steps[_Settled]) -> _Settled:
-        steps.close()  # never started: the work is done
-        return settled
-
-    return guard.begin(query, raw, batch, params, replay)
 
 
 class GuardedAsyncCursor(CursorBase):
@@ -111,13 +73,15 @@ class GuardedAsyncCursor(CursorBase):
         stays open while the statement has rows left to fetch."""
         self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = await begin(self._self_guard, query, raw, batch, params)
-        self._self_left = self._self_guard.max_rows
+        guard = self._self_guard
         failure = None
-        try:
-            result = await method(*args, **kwargs)
-        except BaseException as exc:
-            failure = failed(self._self_guard, op, exc, self._self_mask is not None)
+        async with guard.alock:  # tasks sharing the connection: switch and statement together
+            op, self._self_mask = await guard.begin_async(query, raw, batch, params)
+            self._self_left = guard.max_rows
+            try:
+                result = await method(*args, **kwargs)
+            except BaseException as exc:
+                failure = failed(guard, op, exc, self._self_mask is not None)
         if failure is not None:
             raise failure from None  # outside the handler: no __context__ either
         if op is not None:
@@ -179,9 +143,9 @@ class _Stream:
         runs nothing before), rows masked and counted as they flow."""
         self._self_done()
         raw = self.__wrapped__
-        op, self._self_mask = await begin(
-            self._self_guard, query, raw, 0, query_params(args, kwargs)
-        )
+        guard = self._self_guard
+        async with guard.alock:
+            op, self._self_mask = await guard.begin_async(query, raw, 0, query_params(args, kwargs))
         self._self_left = self._self_guard.max_rows
         # Closed here, not left to the garbage collector: it holds the connection's lock.
         async with contextlib.aclosing(raw.stream(query, *args, **kwargs)) as rows:
@@ -221,8 +185,9 @@ class _Copy:
         when the block is entered; its span lasts as long as the block."""
         self._self_done()
         raw = self.__wrapped__
-        guard: _Guard = self._self_guard
-        op, _ = await begin(guard, statement, raw, 0, query_params(args, kwargs))
+        guard: Guard = self._self_guard
+        async with guard.alock:
+            op, _ = await guard.begin_async(statement, raw, 0, query_params(args, kwargs))
         try:
             async with raw.copy(statement, *args, **kwargs) as copy:
                 yield copy
@@ -290,17 +255,26 @@ class GuardedAsyncConnection(ConnectionBase):
 
     async def __aexit__(self, *exc_info: Any) -> Any:
         self._self_guard.telemetry.end_all()
-        return await self.__wrapped__.__aexit__(*exc_info)
+        raw = self.__wrapped__
+        if not raw.closed:
+            # psycopg commits (or rolls back) on exit: judged and recorded first.
+            try:
+                await (self.commit() if exc_info[0] is None else self.rollback())
+            except BaseException as exc:
+                await raw.__aexit__(type(exc), exc, exc.__traceback__)
+                raise
+        return await raw.__aexit__(*exc_info)
 
     async def commit(self) -> None:
-        """Commit, and record it in the audit trail."""
-        await self.__wrapped__.commit()
-        self._self_transaction("commit")
+        """Commit, judged like the SQL ``COMMIT`` for the identity current now
+        and recorded before the driver commits (and its outcome after)."""
+        raw = self.__wrapped__
+        await self._self_guard.run_async(raw, raw.commit, "COMMIT", (), {}, traced=False)
 
     async def rollback(self) -> None:
-        """Roll back, and record it in the audit trail."""
+        """Roll back (never refused: it can only undo), and record it."""
         await self.__wrapped__.rollback()
-        self._self_transaction("rollback")
+        self._self_rolled_back()
 
     async def close(self) -> None:
         """Close the connection, ending the spans (and audit results) left open."""
@@ -308,7 +282,7 @@ class GuardedAsyncConnection(ConnectionBase):
         guard.telemetry.end_all()
         await self.__wrapped__.close()
         if guard.audit is not None:
-            guard.audit.close()
+            await asyncio.to_thread(guard.audit.close)
 
 
 def guard_connection_async(
@@ -322,7 +296,8 @@ def guard_connection_async(
 ) -> GuardedAsyncConnection:
     """Wrap a raw ``AsyncConnection``; used by ``connect_async`` and ``wrap``."""
     cls = _compose(GuardedAsyncConnection, type(raw), _CONNECTION_MIXINS)
-    conn: GuardedAsyncConnection = cls(
-        raw, _Guard(raw, driver, facts, telemetry, identity, policy, approver)
-    )
+    guard = Guard(raw, driver, facts, telemetry, identity, policy, approver)
+    if guard.audit is not None:
+        guard.audit.write_behind()  # result records: off the event loop, in order
+    conn: GuardedAsyncConnection = cls(raw, guard)
     return conn

@@ -131,6 +131,15 @@ class Driver:
             return bool(getattr(conn, "server_status", 1) & 1)  # SERVER_STATUS_IN_TRANS
         return self.module != "sqlite3"
 
+    def failed_transaction(self, conn: Any) -> bool:
+        """Whether the open transaction failed (PostgreSQL): it can only be
+        rolled back, and a COMMIT of it rolls back."""
+        if self.module == "psycopg":
+            from psycopg.pq import TransactionStatus
+
+            return bool(conn.info.transaction_status == TransactionStatus.INERROR)
+        return False
+
     def status_code(self, exc: BaseException) -> str | None:
         """``db.response.status_code``: SQLSTATE, MySQL error number, sqlite error name."""
         if self.module == "psycopg":

@@ -109,7 +109,13 @@ def test_held_query_runs_once_after_approval(
         assert third.value.request_id != rid
     assert _count(backend, table) == 2
     approved = [json.loads(line) for line in audit.read_text().splitlines()]
-    ran = [r for r in approved if r["event"] == "decision" and r["decision"]["action"] == "allow"]
+    ran = [
+        r
+        for r in approved
+        if r["event"] == "decision"
+        and r["decision"]["action"] == "allow"
+        and r["kinds"] != ["commit"]
+    ]
     assert ran and "approved by dba@example.com" in ran[-1]["decision"]["message"]
     conn.close()
 
@@ -253,7 +259,10 @@ def test_held_request_carries_its_impact(backend: Backend, table: str, tmp_path:
     conn.rollback()
     request = ApprovalStore(store).get(held.value.request_id)
     assert request is not None and request.impact == 2
-    decisions = [json.loads(x) for x in audit.read_text().splitlines()]
+    records = [json.loads(x) for x in audit.read_text().splitlines()]
+    # written ahead of the dry run, then the decision with what it measured
+    assert records[0]["event"] == "intent" and records[0]["step"] == "approval"
+    decisions = [r for r in records if r["event"] == "decision"]
     assert decisions[0]["impact_rows"] == 2
     assert _count(backend, table) == 3
     conn.close()

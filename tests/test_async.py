@@ -532,10 +532,19 @@ def test_spans_and_audit_records_carry_identity_rows_and_chain(
     assert attrs["db.response.returned_rows"] == 2
     assert attrs["guardeddb.masked.values"] == 2
     records = [json.loads(line) for line in path.read_text().splitlines()]
-    assert [r["event"] for r in records] == ["decision", "result", "decision", "result", "commit"]
+    # the commit: judged and written ahead (a decision record), then its outcome
+    assert [r["event"] for r in records] == [
+        "decision",
+        "result",
+        "decision",
+        "result",
+        "decision",
+        "commit",
+    ]
+    assert records[4]["kinds"] == ["commit"]
     assert {r["identity"]["user"] for r in records} == {AGENT.user}
     assert records[1]["rows"] == 2
-    assert verify(path) == (5, None)
+    assert verify(path) == (6, None)
 
 
 def test_concurrent_tasks_each_keep_their_own_identity(backend: Backend, otel: Otel) -> None:

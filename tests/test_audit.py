@@ -118,20 +118,21 @@ def test_decisions_results_and_commits_are_recorded(
         ("result", None),
         ("decision", "block"),
         ("result", None),
+        ("decision", "allow"),  # commit(): judged and recorded before the driver commits
         ("commit", None),
         ("decision", "allow"),
         ("result", None),
     ]
     txn = recs[0]["transaction"]
-    assert all(r["transaction"] == txn for r in recs[:5])
-    assert recs[5]["transaction"] == txn.split(":")[0] + ":1"  # a new transaction
+    assert all(r["transaction"] == txn for r in recs[:6])
+    assert recs[6]["transaction"] == txn.split(":")[0] + ":1"  # a new transaction
     assert recs[0]["identity"]["agent"] == "support-bot"
     assert recs[0]["statement"] == f"SELECT name, email FROM {table} WHERE name = ?"
     assert recs[1]["rows"] == 1 and recs[1]["masked_values"] == 1  # the email, by a detector
     assert recs[2]["decision"]["rule"] == "no-ddl"
     assert recs[3]["error"] == "guardeddb.QueryBlocked"
     assert "'Ada'" not in path.read_text() and "ada@example.com" not in path.read_text()
-    assert verify(path) == (7, None)
+    assert verify(path) == (8, None)
 
 
 def test_required_audit_refuses_queries_it_cannot_record(

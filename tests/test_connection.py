@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 import guardeddb
-from guardeddb import GuardedConnection, GuardedCursor
+from guardeddb import GuardedConnection, GuardedCursor, QueryBlocked
 
 from .fix_db import PERMISSIVE, Backend
 
@@ -262,12 +262,17 @@ def test_cursor_connection_attribute_is_guarded(backend: Backend) -> None:
 
 
 def test_non_utf8_bytes_and_huge_sql_do_not_crash(backend: Backend) -> None:
-    """Odd SQL reaches the driver unchanged; guardeddb itself never crashes on it."""
+    """Odd SQL reaches the driver unchanged; guardeddb itself never crashes on it;
+    a statement over limits.max_statement_bytes (1 MB) is refused unread."""
     conn = _connect(backend)
     cur = conn.cursor()
-    big = "SELECT 1" + " " * 2_000_000 + "-- tail"
+    big = "SELECT 1" + " " * 900_000 + "-- tail"
     cur.execute(big)
     assert cur.fetchone()[0] == 1
+    with pytest.raises(QueryBlocked, match="max_statement_bytes"):
+        cur.execute("SELECT 2" + " " * 2_000_000)
+    with pytest.raises(QueryBlocked, match="max_statement_bytes"):
+        cur.execute("SELECT 'é'" + "é" * 600_000)  # 1.2 MB in UTF-8, 0.6 M characters
     if backend.name == "sqlite":
         with pytest.raises(TypeError):  # sqlite3 refuses bytes itself, as it would raw
             cur.execute(b"SELECT '\xff\xfe'")

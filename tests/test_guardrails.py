@@ -208,6 +208,8 @@ def test_postgres_side_effecting_function_fails_for_read_only_identity(
     conn = guardeddb.connect(pg_backend.url, policy=preset("readonly"))
     with guardeddb.identity(AGENT), pytest.raises(QueryBlocked, match="nextval"):
         conn.cursor().execute("SELECT nextval('gdb_seq')")
+    with guardeddb.identity(AGENT):
+        conn.cursor().execute("SELECT 1")  # the session is the identity's (read-only) now
     with guardeddb.identity(AGENT), pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
         conn.__wrapped__.cursor().execute("SELECT nextval('gdb_seq')")
     conn.rollback()

@@ -119,6 +119,11 @@ def _audit(tmp_path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines]
 
 
+def _decisions(tmp_path: Path) -> list[dict[str, Any]]:
+    """The decision records of the statements (not of each call's COMMIT)."""
+    return [r for r in _audit(tmp_path) if r["event"] == "decision" and r["kinds"] != ["commit"]]
+
+
 async def _cli(*args: str) -> str:
     """The installed ``guardeddb`` command in its own process, as a person runs it."""
     done = await anyio.run_process([sys.executable, "-m", "guardeddb.cli", *args], check=False)
@@ -150,7 +155,7 @@ async def test_tools_list_and_describe_tables(backend: Backend, table: str, tmp_
         assert missing.is_error and "no table 'no_such_table_here'" in _text(missing)
         with pytest.raises(MCPError, match="unknown tool"):
             await s.call_tool("drop_everything", {})
-    catalog = [r for r in _audit(tmp_path) if r["event"] == "decision"]
+    catalog = _decisions(tmp_path)
     assert len(catalog) == 3  # the catalog queries were judged and recorded like any other
 
 
@@ -295,7 +300,7 @@ async def test_identity_from_configuration_is_audited(
     async with _served(backend, tmp_path, *options, client="ignored-client") as s:
         await s.call_tool("query", {"sql": f"SELECT name FROM {table}"})
         await s.call_tool("query", {"sql": f"DROP TABLE {table}"})
-    records = [r for r in _audit(tmp_path) if r["event"] == "decision"]
+    records = _decisions(tmp_path)
     assert [r["decision"]["action"] for r in records] == ["allow", "block"]
     for record in records:
         assert record["identity"] == {
@@ -339,7 +344,7 @@ async def test_verified_identity_from_a_token_file(
         token.write_text(_token(_rsa(), sub="carol@example.com", azp="ops-agent"))
         again = await s.call_tool("query", {"sql": f"SELECT name FROM {table} WHERE id = 2"})
         assert not again.is_error
-    decisions = [r for r in _audit(tmp_path) if r["event"] == "decision"]
+    decisions = _decisions(tmp_path)
     assert len(decisions) == 2
     for record in decisions:
         assert record["decision"]["action"] == "allow"

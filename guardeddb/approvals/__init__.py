@@ -344,9 +344,9 @@ class ApprovalStore:
         finally:
             conn.close()
 
-    def consume(self, digest: str) -> ApprovalRequest | None:
-        """Use an approval for this exact query, once; None if there is none."""
-        now = _now().isoformat()
+    def find(self, digest: str) -> ApprovalRequest | None:
+        """The unused, unexpired approval of this exact query, if any; not
+        used yet: the guard writes the decision record that names it first."""
         conn = self._connect()
         try:
             row = conn.execute(
@@ -354,18 +354,26 @@ class ApprovalStore:
                     f"SELECT {_COLUMNS} FROM {_TABLE} WHERE request_hash = ? "
                     "AND status = 'approved' AND expires > ?"
                 ),
-                (digest, now),
+                (digest, _now().isoformat()),
             ).fetchone()
-            if row is None:
-                return None
+            return ApprovalRequest(*row) if row else None
+        finally:
+            conn.close()
+
+    def use(self, rid: str) -> bool:
+        """Use approval ``rid``, once: False when another run used it first
+        (or it expired in between)."""
+        now = _now().isoformat()
+        conn = self._connect()
+        try:
             cur = conn.execute(
                 self._sql(
                     f"UPDATE {_TABLE} SET status = 'used', used = ? "
-                    "WHERE id = ? AND status = 'approved'"
+                    "WHERE id = ? AND status = 'approved' AND expires > ?"
                 ),
-                (now, row[0]),
+                (now, rid, now),
             )
-            return ApprovalRequest(*row) if cur.rowcount == 1 else None
+            return bool(cur.rowcount == 1)
         finally:
             conn.close()
 

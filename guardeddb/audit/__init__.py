@@ -4,7 +4,8 @@ A ``decision`` record is written before the query reaches the database (so
 with ``required: true``, no record means no query); a ``result`` record
 follows when the result is consumed, the cursor runs again or closes, with
 the rows returned, what masking did, the duration and any error. COMMIT and
-ROLLBACK are recorded too, so the trail shows what was kept.
+ROLLBACK get a decision record before the driver is asked and a
+``commit``/``rollback`` record of the outcome, so the trail shows what was kept.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ..drivers import ConnectionFacts, Driver
@@ -56,6 +58,7 @@ def sink_for(cfg: Mapping[str, Any]) -> JsonlSink | PostgresSink | None:
 
 
 _log = logging.getLogger("guardeddb")
+_ENDS = frozenset({"commit", "rollback"})
 
 
 def _now() -> str:
@@ -96,13 +99,25 @@ class AuditTrail:
         # number of COMMITs and ROLLBACKs guardeddb has seen on it so far.
         self.connection_id = uuid.uuid4().hex[:12]
         self.transactions = 0
+        # An asyncio connection's trail: every record is written by one thread
+        # of its own, in order; result records without waiting (see write_behind).
+        self.writer: ThreadPoolExecutor | None = None
+
+    def write_behind(self) -> None:
+        """Write records from a thread of this trail's own (an asyncio
+        connection: no fsync or round-trip on the event loop). Records keep
+        their order; a decision record is still waited for (in the thread
+        the pipeline's step runs in), a result record is not."""
+        if self.writer is None:
+            self.writer = ThreadPoolExecutor(1, thread_name_prefix="guardeddb-audit")
 
     @property
     def transaction(self) -> str:
         return f"{self.connection_id}:{self.transactions}"
 
     def ended_transaction(self, event: str, ident: Identity | None) -> None:
-        """A COMMIT or ROLLBACK: record it, and count the next transaction."""
+        """A rollback through the driver's method: record it (behind, on a
+        write-behind trail), and count the next transaction."""
         self._write(
             {
                 "ts": _now(),
@@ -110,12 +125,21 @@ class AuditTrail:
                 "identity": _identity(ident),
                 "db": self.db,
                 "transaction": self.transaction,
-            }
+            },
+            wait=False,
         )
         self.transactions += 1
 
-    def _write(self, fields: Mapping[str, Any]) -> bool:
-        """Write a record; False when it could not be written."""
+    def _write(self, fields: Mapping[str, Any], wait: bool = True) -> bool:
+        """Write a record; False when it could not be written (True when it
+        was queued behind, ``wait=False`` on a write-behind trail)."""
+        writer = self.writer
+        if writer is not None:
+            done = writer.submit(self._written, fields)
+            return done.result() if wait else True
+        return self._written(fields)
+
+    def _written(self, fields: Mapping[str, Any]) -> bool:
         try:
             self.sink.write(fields)
         except Exception as exc:  # a full disk, a lost server, a value JSON refuses: no record
@@ -157,6 +181,22 @@ class AuditTrail:
             }
         )
 
+    def intent(self, analysis: Analysis, ident: Identity | None, step: str) -> bool:
+        """Record, before it happens, a step taken on a statement's behalf
+        before its decision: a dry run, asking for an approval."""
+        return self._write(
+            {
+                "ts": _now(),
+                "event": "intent",
+                "step": step,
+                "identity": _identity(ident),
+                "db": self.db,
+                "statement": analysis.sanitized,
+                "fingerprint": analysis.fingerprint,
+                "transaction": self.transaction,
+            }
+        )
+
     def result(
         self,
         analysis: Analysis,
@@ -166,11 +206,19 @@ class AuditTrail:
         masked: tuple[int, int],
         error: str | None,
     ) -> None:
-        """Record how a query that ran ended: rows, masking, duration, error."""
+        """Record how a query that ran ended: rows, masking, duration, error.
+
+        A COMMIT or ROLLBACK (SQL or the driver's method) ends as a
+        ``commit`` or ``rollback`` record: its outcome, after the decision
+        record written before the driver was asked."""
+        kinds = analysis.kinds
+        event = "result"
+        if len(analysis.statements) == 1 and kinds & _ENDS:
+            event = next(iter(kinds & _ENDS))
         self._write(
             {
                 "ts": _now(),
-                "event": "result",
+                "event": event,
                 "identity": _identity(ident),
                 "db": self.db,
                 "statement": analysis.sanitized,
@@ -181,7 +229,8 @@ class AuditTrail:
                 "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                 "error": error,
                 "transaction": self.transaction,
-            }
+            },
+            wait=False,
         )
 
     def approval(self, event: str, request_id: str, by: str | None, note: str | None) -> bool:
@@ -201,6 +250,9 @@ class AuditTrail:
         """Release the sink (a PostgreSQL sink's connection); never raises,
         so ``close()`` of a connection whose trail failed still closes it."""
         try:
+            if self.writer is not None:
+                self.writer.shutdown(wait=True)  # the records queued behind, first
+                self.writer = None
             self.sink.close()
         except Exception as exc:
             _log.error("guardeddb: closing audit sink %s: %s", self.sink.path, exc)

@@ -571,7 +571,7 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
     return dict(raw)
 
 
-_LIMIT_KEYS = {"statement_timeout", "max_rows"}
+_LIMIT_KEYS = {"statement_timeout", "max_rows", "max_statement_bytes"}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 #: What the presets limit unless a policy says otherwise (engine-enforced).
@@ -597,6 +597,11 @@ def _limits(
         if key == "max_rows":
             if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 10**9:
                 raise ctx.error(path, f"must be a number of rows from 1 to 10**9, not {value!r}")
+            merged[key] = value
+            continue
+        if key == "max_statement_bytes":
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= 2**30:
+                raise ctx.error(path, f"must be a number of bytes from 1 to 2**30, not {value!r}")
             merged[key] = value
             continue
         if isinstance(value, bool) or not isinstance(value, int | float | str):

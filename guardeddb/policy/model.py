@@ -148,7 +148,8 @@ class Policy:
     masker: Masking | None = None  # the masking section, compiled
     audit: dict[str, object] = field(default_factory=dict)
     approvals: dict[str, object] = field(default_factory=dict)
-    limits: dict[str, float] = field(default_factory=dict)  # statement_timeout (s), max_rows
+    # statement_timeout (s), max_rows, max_statement_bytes (default 1 MB, see _pipeline)
+    limits: dict[str, float] = field(default_factory=dict)
     source: str | None = None
 
     __module__ = "guardeddb"

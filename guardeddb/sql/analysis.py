@@ -25,7 +25,7 @@ from .pgparse import second_opinion
 from .settings import SAFE_TRANSACTION_MODES
 from .text import sanitize_and_summarize
 
-__all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for"]
+__all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for", "oversized"]
 
 #: Distinct SQL texts kept per dialect; applications have a bounded set of
 #: statements, and the cache must stay bounded when they do not.
@@ -295,3 +295,22 @@ def analyze(text: str, dialect: str) -> Analysis:
         cache.clear()
     cache[text] = result
     return result
+
+
+def oversized(size: int, limit: int, dialect: str) -> Analysis:
+    """A statement over ``limits.max_statement_bytes``, never read: tokenizing
+    and parsing megabytes of SQL costs far more memory than the text, and no
+    application statement needs it (bulk data goes in parameters or COPY)."""
+    reason = (
+        f"the statement is {size} bytes, over limits.max_statement_bytes ({limit}); "
+        "send data as parameters, or raise the limit in the policy"
+    )
+    shown = f"<statement of {size} bytes>"
+    return Analysis(
+        "",
+        dialect,
+        shown,
+        "",
+        "oversized",
+        (replace(Statement.unknown(reason), refused=reason),),
+    )
