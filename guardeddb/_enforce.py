@@ -313,8 +313,9 @@ def _blocked(names: list[str]) -> Decision:
     return Decision(
         "block",
         _RULE,
-        "functions not known to be read-only are refused for read-only identities: "
-        + ", ".join(names),
+        "functions not known to be read-only are refused for read-only identities "
+        "and for identities whose results are masked (a function that stores a "
+        "value, like setval or LAST_INSERT_ID, would keep it unmasked): " + ", ".join(names),
     )
 
 

@@ -26,11 +26,11 @@ blocking proxies run them, the asyncio proxies await them, blocking calls
 (the audit sink, the approval store, an approver) in a thread. The hot path,
 a statement decided before with nothing to wait for, makes no step at all.
 
-``commit()`` goes through the same pipeline as the SQL ``COMMIT``: judged
-with the identity current at the call, recorded before the driver commits
-(the write-ahead COMMIT record) and after (its outcome); it has no span of
-its own, as in other database instrumentations. ``rollback()`` is never
-refused (it can only undo) and is recorded after.
+``commit()`` (and driver APIs that commit as a side effect) are judged as
+the SQL ``COMMIT`` with the identity current at the call, recorded before
+the driver commits (the write-ahead COMMIT record) and after (its outcome);
+they have no span of their own, as in other database instrumentations.
+``rollback()`` is never refused (it can only undo) and is recorded after.
 """
 
 from __future__ import annotations
@@ -238,9 +238,7 @@ class Guard:
             self.read_only = None  # re-asserted before this statement runs
         return analysis, ident, verdict, verdict[1] is self.read_only
 
-    def begin(
-        self, query: Any, raw: Any, batch: int = 0, params: Any = None, traced: bool = True
-    ) -> Begun:
+    def begin(self, query: Any, raw: Any, batch: int = 0, params: Any = None) -> Begun:
         """Run the pipeline up to the driver's call; raise if refused.
 
         Returns the operation being recorded (None when nothing records) and
@@ -251,9 +249,9 @@ class Guard:
         """
         analysis, ident, verdict, ready = self.prepare(query, raw)
         if not ready or verdict is None:
-            steps = self.steps(analysis, ident, verdict, query, raw, batch, params, traced)
+            steps = self.steps(analysis, ident, verdict, query, raw, batch, params)
             return run_steps(self.raw, steps)
-        op = self.opened(analysis, ident, verdict, batch, None, traced)
+        op = self.opened(analysis, ident, verdict, batch)
         audit = self.audit
         if audit is not None:
             self.recorded(op, analysis, audit.decision(*self.record(op, analysis, ident, verdict)))
@@ -261,19 +259,17 @@ class Guard:
         self.engine.arm(analysis, verdict[1])
         return op, (analysis if verdict[2] else None)
 
-    async def begin_async(
-        self, query: Any, raw: Any, batch: int = 0, params: Any = None, traced: bool = True
-    ) -> Begun:
+    async def begin_async(self, query: Any, raw: Any, batch: int = 0, params: Any = None) -> Begun:
         """``begin`` for an asyncio connection: the same pipeline, awaited;
         with an audit trail, the record is written off the event loop."""
         analysis, ident, verdict, ready = self.prepare(query, raw)
         if ready and verdict is not None and self.audit is None:
-            op = self.opened(analysis, ident, verdict, batch, None, traced)
+            op = self.opened(analysis, ident, verdict, batch)
             self.refuse(op, analysis, verdict[0])
             self.engine.arm(analysis, verdict[1])
             return op, (analysis if verdict[2] else None)
         return await run_async(
-            self.raw, self.steps(analysis, ident, verdict, query, raw, batch, params, traced)
+            self.raw, self.steps(analysis, ident, verdict, query, raw, batch, params)
         )
 
     def steps(
@@ -285,7 +281,6 @@ class Guard:
         raw: Any,
         batch: int,
         params: Any,
-        traced: bool = True,
     ) -> Steps[Begun]:
         """Steps 2-8 for a statement ``prepare`` could not settle from its
         caches: ``verdict`` is the cached one, if any (a held statement's is
@@ -316,9 +311,13 @@ class Guard:
                     assert impact is not None
                     yield from self.write_ahead(analysis, ident, "dry-run")
                     wrote_ahead = True
-                    yield from impact.measure(self.driver, self.raw, query_text(query, raw), params)
-            if verdict[1] and verdict[0].action != "block" and analysis.functions:
-                # read-only identities call only functions known not to write
+                    text = query_text(query, raw)
+                    yield from impact.measure(self.driver, self.raw, text, params, analysis)
+            masking = self.masking
+            carries = verdict[2] and masking is not None and masking.may_carry(analysis)
+            if verdict[0].action != "block" and analysis.functions and (verdict[1] or carries):
+                # Read-only identities call only functions known not to write;
+                # masked ones too, when a function might store what it reads.
                 checked = yield from engine.functions_decision(self.raw, analysis, verdict[0])
                 if checked is not verdict[0]:
                     verdict = (checked, *verdict[1:])
@@ -338,7 +337,7 @@ class Guard:
             )
             verdict = (decision, read_only, masked, unmasked)
         rows = impact.count if impact is not None else None
-        op = self.opened(analysis, ident, verdict, batch, rows, traced)
+        op = self.opened(analysis, ident, verdict, batch, rows)
         audit = self.audit
         if audit is not None:
             args = self.record(op, analysis, ident, verdict, rows)
@@ -506,7 +505,7 @@ class Guard:
             why = f"approved by {by} (request {granted.id})"
             return Decision("allow", decision.rule_id, why), None, granted.id
         if impact is not None and not impact.measured:
-            yield from impact.measure(self.driver, self.raw, text, params)
+            yield from impact.measure(self.driver, self.raw, text, params, analysis)
         rid = yield Call(
             self.approvals.hold,
             (
@@ -550,6 +549,44 @@ class Guard:
                 + " (no approval store is configured, so it cannot run)",
             )
         return self.blocked(decision)
+
+    # --- transaction ends ------------------------------------------------------
+
+    def committing(self) -> Steps[Operation | None]:
+        """A commit about to happen (``commit()``, or a driver API that
+        commits): judged as the SQL ``COMMIT`` for the identity current now,
+        its decision record written ahead; refused, nothing is committed.
+        Returns the operation whose end writes the outcome (``commit``)."""
+        analysis = self.cache.get("COMMIT") or analyze("COMMIT", self.dialect)
+        ident = _current.get() or self.identity
+        verdict = self.decisions.get((analysis, ident)) or self.decide(analysis, ident)
+        op = self.opened(analysis, ident, verdict, 0, None, traced=False)
+        audit = self.audit
+        if audit is not None:
+            args = self.record(op, analysis, ident, verdict)
+            self.recorded(op, analysis, (yield Call(audit.decision, args)))
+        self.refuse(op, analysis, verdict[0])
+        if verdict[1]:
+            try:
+                yield from self.read_only_commit()
+            except BaseException as exc:
+                if op is not None:
+                    op.failed(exc)
+                raise
+        return op
+
+    def commit_steps(self) -> Steps[None]:
+        """``commit()``: judged and written ahead, committed, its outcome recorded."""
+        op = yield from self.committing()
+        try:
+            yield Commit()
+        except BaseException as exc:
+            if op is not None:
+                op.failed(exc, self.driver.status_code(exc))
+            raise
+        if op is not None:
+            op.executed()
+            op.end()
 
     # --- 8. the session -------------------------------------------------------
 
@@ -664,12 +701,10 @@ class Guard:
         query: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        traced: bool = True,
     ) -> Any:
-        """Guard ``query`` and make one call that returns no rows to count
-        (``commit()`` is judged as COMMIT, recorded and not traced)."""
+        """Guard ``query`` and make one call that returns no rows to count."""
         with self.lock:
-            op, mask = self.begin(query, raw, traced=traced)
+            op, mask = self.begin(query, raw)
             failure = None
             try:
                 result = method(*args, **kwargs)
@@ -696,11 +731,10 @@ class Guard:
         query: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        traced: bool = True,
     ) -> Any:
         """``run`` for an asyncio connection: ``method`` returns an awaitable."""
         async with self.alock:
-            op, mask = await self.begin_async(query, raw, traced=traced)
+            op, mask = await self.begin_async(query, raw)
             failure = None
             try:
                 result = await method(*args, **kwargs)
@@ -786,8 +820,10 @@ class _Impact:
             raise _Unmeasured
         return self.count
 
-    def measure(self, driver: Driver, conn: Any, sql: str, params: Any) -> Steps[None]:
-        self.count = yield from driver.dry_run(conn, sql, params)
+    def measure(
+        self, driver: Driver, conn: Any, sql: str, params: Any, analysis: Analysis
+    ) -> Steps[None]:
+        self.count = yield from driver.dry_run(conn, sql, params, analysis.tables)
         self.measured = True
 
 

@@ -15,6 +15,7 @@ module states the trust boundary.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sqlite3
 import sys
@@ -25,6 +26,7 @@ import wrapt
 
 from . import _surface
 from ._pipeline import Guard, failed
+from ._steps import run as run_steps
 from .approvals import Approver
 from .drivers import ConnectionFacts, Driver
 from .errors import Error as GuardedError
@@ -561,6 +563,14 @@ class ConnectionBase(wrapt.BaseObjectProxy[Any]):
         if guard.audit is not None:
             guard.audit.ended_transaction("rollback", _current.get() or guard.identity)
 
+    def _self_commit_open(self) -> None:
+        """Commit through the guard if a transaction is open (so the driver's
+        own implicit commit finds nothing left to commit)."""
+        raw = self.__wrapped__
+        driver = self._self_guard.driver
+        if raw.in_transaction if driver.module == "sqlite3" else driver.in_transaction(raw):
+            self.commit()
+
     def _self_commits_on_exit(self) -> bool:
         """Whether the driver's ``with conn:`` commits (sqlite3, psycopg) rather
         than only closing (PyMySQL): then guardeddb judges that commit itself."""
@@ -605,8 +615,9 @@ class GuardedConnection(ConnectionBase):
     def commit(self) -> None:
         """Commit, judged like the SQL ``COMMIT`` for the identity current now
         and recorded before the driver commits (and its outcome after)."""
-        raw = self.__wrapped__
-        self._self_guard.run(raw, raw.commit, "COMMIT", (), {}, traced=False)
+        guard = self._self_guard
+        with guard.lock:
+            run_steps(self.__wrapped__, guard.commit_steps())
 
     def rollback(self) -> None:
         """Roll back (never refused: it can only undo), and record it."""
@@ -751,6 +762,79 @@ class _ReadOnly:
 
     def set_read_only(self: Any, value: Any) -> Any:
         return self.__wrapped__.set_read_only(_read_only_value(self, value))
+
+
+class _EndsWithCommit:
+    """Driver APIs that commit the open transaction as a side effect (sqlite3's
+    ``isolation_level = None`` or ``autocommit = True``, PyMySQL's
+    ``autocommit(True)`` and ``begin()``, psycopg's ``transaction()``): the
+    commit goes through ``commit()`` first, judged and recorded."""
+
+    @property
+    def isolation_level(self: Any) -> Any:
+        return self.__wrapped__.isolation_level
+
+    @isolation_level.setter
+    def isolation_level(self: Any, value: Any) -> None:
+        if value is None and self._self_guard.driver.module == "sqlite3":
+            self._self_commit_open()
+        self.__wrapped__.isolation_level = value
+
+
+class _SqliteAutocommit:
+    @property
+    def autocommit(self: Any) -> Any:
+        return self.__wrapped__.autocommit
+
+    @autocommit.setter
+    def autocommit(self: Any, value: Any) -> None:
+        if value is True and self._self_guard.driver.module == "sqlite3":
+            self._self_commit_open()
+        self.__wrapped__.autocommit = value
+
+
+class _PyMySQLTransactions:
+    def autocommit(self: Any, value: Any) -> Any:
+        """PyMySQL's ``autocommit(True)`` commits the open transaction."""
+        if value:
+            self._self_commit_open()
+        return self.__wrapped__.autocommit(value)
+
+    def begin(self: Any) -> Any:
+        """PyMySQL's ``begin()``: MySQL commits the open transaction first."""
+        self._self_commit_open()
+        return self.__wrapped__.begin()
+
+
+class _Transaction:
+    @contextlib.contextmanager
+    def transaction(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        """psycopg's ``transaction()``: the outermost block's commit goes
+        through ``commit()`` (judged, recorded) before psycopg's own, which
+        then has nothing left to commit."""
+        raw = self.__wrapped__
+        guard = self._self_guard
+        outermost = not guard.driver.in_transaction(raw)
+        op = None
+        with raw.transaction(*args, **kwargs) as tx:
+            yield tx
+            if outermost and not kwargs.get("force_rollback"):
+                op = run_steps(raw, guard.committing())  # refused: psycopg rolls back
+        if op is not None:
+            op.executed()
+            op.end()
+
+
+def _sqlite_connection(raw_type: type) -> bool:
+    return issubclass(raw_type, sqlite3.Connection) and hasattr(raw_type, "autocommit")
+
+
+def _pymysql_connection(raw_type: type) -> bool:
+    return raw_type.__module__.startswith("pymysql") and hasattr(raw_type, "autocommit")
+
+
+def _psycopg_connection(raw_type: type) -> bool:
+    return raw_type.__module__.startswith("psycopg") and hasattr(raw_type, "transaction")
 
 
 def _read_only_value(conn: Any, value: Any) -> Any:
@@ -967,6 +1051,10 @@ _CONNECTION_MIXINS = (
     ("info", _InfoView),
     ("read_only", _ReadOnly),
     ("adapters", _Adapters),
+    ("isolation_level", _EndsWithCommit),
+    (_sqlite_connection, _SqliteAutocommit),
+    (_pymysql_connection, _PyMySQLTransactions),
+    (_psycopg_connection, _Transaction),
 )
 _CLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}
 

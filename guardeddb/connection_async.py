@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import _surface
 from ._pipeline import Guard, failed
+from ._steps import run_async
 from .connection import (
     ConnectionBase,
     CursorBase,
@@ -268,8 +269,9 @@ class GuardedAsyncConnection(ConnectionBase):
     async def commit(self) -> None:
         """Commit, judged like the SQL ``COMMIT`` for the identity current now
         and recorded before the driver commits (and its outcome after)."""
-        raw = self.__wrapped__
-        await self._self_guard.run_async(raw, raw.commit, "COMMIT", (), {}, traced=False)
+        guard = self._self_guard
+        async with guard.alock:
+            await run_async(self.__wrapped__, guard.commit_steps())
 
     async def rollback(self) -> None:
         """Roll back (never refused: it can only undo), and record it."""

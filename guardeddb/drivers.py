@@ -12,7 +12,7 @@ import contextlib
 import importlib
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from types import ModuleType
@@ -69,15 +69,31 @@ class Driver:
         err = getattr(mod, "ProgrammingError", None)
         return err if isinstance(err, type) and issubclass(err, BaseException) else None
 
-    def dry_run(self, conn: Any, sql: str, params: Any) -> Steps[int | None]:
+    def dry_run(
+        self, conn: Any, sql: str, params: Any, tables: Iterable[str] = ()
+    ) -> Steps[int | None]:
         """How many rows ``sql`` would touch: run inside a SAVEPOINT, then
         rolled back. None when it cannot be measured safely (an unknown
-        driver, a statement that fails, a count the driver does not give).
+        driver, a statement that fails, a count the driver does not give,
+        MariaDB tables a rollback does not undo).
 
         Written as steps (see ``_steps``) so that a blocking and an asyncio
         connection run the same statements."""
         if self.module not in ("sqlite3", "psycopg", "pymysql"):
             return None
+        if self.module == "pymysql":
+            # MyISAM, Aria and MEMORY tables ignore ROLLBACK, and a trigger
+            # may write to one: run nothing unless every table the statement
+            # names is InnoDB without triggers (or it cannot be told).
+            names = sorted(tables)
+            if not names:
+                return None
+            check, args = _undoable_check(names)
+            try:
+                if (yield Sql(check, args)) != 0:
+                    return None
+            except Exception:
+                return None
         opened = False
         try:
             if not self.in_transaction(conn) and self._autocommit(conn):
@@ -329,3 +345,24 @@ def connect_callable(target: Any) -> Callable[..., Any]:
     if callable(target):
         return target  # type: ignore[no-any-return]
     raise TypeError(f"cannot connect to {target!r}: pass a URL, a connect callable or a module")
+
+
+def _undoable_check(tables: list[str]) -> tuple[str, tuple[str, ...]]:
+    """A query whose row count is the number of ``tables`` a dry run could not
+    undo on MariaDB: not InnoDB (views too), with a trigger, or not found."""
+    where: list[str] = []
+    args: list[str] = []
+    for name in tables:
+        schema, _, table = name.rpartition(".")
+        where.append("(%s, %s)" if schema else "(lower(DATABASE()), %s)")
+        args.extend((schema, table) if schema else (table,))
+    wanted = ", ".join(where)
+    return (
+        "SELECT 1 FROM (SELECT 1 AS x) AS one WHERE "
+        f"(SELECT count(*) FROM information_schema.TABLES WHERE "
+        f"(lower(TABLE_SCHEMA), lower(TABLE_NAME)) IN ({wanted}) AND ENGINE = 'InnoDB' "
+        f"AND NOT EXISTS (SELECT 1 FROM information_schema.TRIGGERS tr "
+        f"WHERE tr.EVENT_OBJECT_SCHEMA = TABLE_SCHEMA AND tr.EVENT_OBJECT_TABLE = TABLE_NAME)"
+        f") <> {len(tables)}",
+        (*args,),
+    )

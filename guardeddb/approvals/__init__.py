@@ -141,13 +141,17 @@ def _identity_key(ident: Identity | None) -> str:
 
 
 def database_key(system: str | None, facts: Any) -> str:
-    """The database a query runs on: system, namespace, server address and port."""
+    """The database a query runs on: system, namespace, server address and
+    port, and where unqualified names resolve (MariaDB's ``USE``, PostgreSQL's
+    search path), so an approval given in one database never runs in another."""
+    schemas = getattr(facts, "schemas", None)
     return json.dumps(
         [
             system,
             getattr(facts, "namespace", None),
             getattr(facts, "address", None),
             getattr(facts, "port", None),
+            sorted(schemas) if schemas is not None else None,
         ]
     )
 

@@ -227,6 +227,17 @@ class Masking:
             return True
         return not (ident.roles & self.unmask_roles or (ident.user in self.unmask_users))
 
+    def may_carry(self, analysis: Analysis) -> bool:
+        """Whether ``analysis`` may read a value this masking hides: any text
+        when detectors scan, else a column a rule names (or one it cannot
+        tell: a star, unknown lineage)."""
+        if self.scanner is not None:
+            return True
+        reads = _reads(analysis)
+        if reads is None:
+            return True
+        return any(src.endswith(".*") or self._rule(src) is not None for src in reads)
+
     def unmasks(self, ident: Identity | None) -> bool:
         """Whether ``ident`` sees raw values where others see masked ones."""
         return self.active and not self.applies_to(ident)
