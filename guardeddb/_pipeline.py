@@ -724,35 +724,6 @@ class Guard:
         op.end()
         return result
 
-    async def run_async(
-        self,
-        raw: Any,
-        method: Callable[..., Any],
-        query: Any,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-    ) -> Any:
-        """``run`` for an asyncio connection: ``method`` returns an awaitable."""
-        async with self.alock:
-            op, mask = await self.begin_async(query, raw)
-            failure = None
-            try:
-                result = await method(*args, **kwargs)
-            except BaseException as exc:
-                failure = self.replacement(exc, mask is not None)
-                if op is not None:
-                    self.fail(op, exc if failure is None else failure)
-                if failure is None:
-                    raise
-                if isinstance(failure, QueryBlocked):
-                    raise failure from exc
-        if failure is not None:
-            raise failure from None
-        if op is not None:
-            op.executed()
-            op.end()
-        return result
-
 
 _UNDO = frozenset({"rollback"})
 _ENDS = frozenset({"commit", "rollback"})
