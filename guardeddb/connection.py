@@ -19,7 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -47,7 +47,7 @@ from .masking.plan import Masking, MaskRun
 from .policy.decision import Decision
 from .policy.model import Policy
 from .sql.analysis import MAX_CACHED_TEXT, Analysis, analyze, cache_for
-from .telemetry import Operation, Telemetry
+from .telemetry import Operation, Telemetry, batch_size
 
 _log = logging.getLogger("guardeddb")
 _DECISION_CACHE_SIZE = 8192
@@ -943,12 +943,6 @@ def query_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The parameters of a driver call ``(query, *args, **kwargs)``, for
     approvals and dry runs: psycopg names them ``params``."""
     return args[0] if args else kwargs.get("params")
-
-
-def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """``db.operation.batch.size`` of an executemany: its parameter sets (1 if unsized)."""
-    seq = args[0] if args else next(iter(kwargs.values()), None)
-    return max(len(seq) if isinstance(seq, Sized) else 1, 1)
 
 
 class _ExecuteScript:

@@ -37,13 +37,13 @@ from .connection import (
     _ReadOnly,
     _RowFactory,
     _Settled,
-    batch_size,
     failed,
     query_params,
     stream_ended,
     streamed_row,
 )
 from .identity import Identity
+from .telemetry import batch_size
 
 if TYPE_CHECKING:
     from .approvals import Approver
