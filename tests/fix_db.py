@@ -64,6 +64,17 @@ class Backend:
         """The port the DSN names, or None when it uses the server's default."""
         return None if self.name == "sqlite" else urlsplit(self.url).port
 
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows read past guardeddb, on a raw connection of their own: what
+        is really in the database."""
+        raw = self.connect_raw()
+        try:
+            cur = raw.cursor()
+            cur.execute(sql)
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            raw.close()
+
     def sql(self, text: str) -> str:
         """Write tests with ``?`` markers; this rewrites them for the driver."""
         return text if self.placeholder == "?" else text.replace("?", self.placeholder)

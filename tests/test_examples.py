@@ -152,16 +152,9 @@ def test_alembic_migrates_as_its_own_identity(
 
     command.upgrade(config, "head")
 
-    raw = pg_backend.connect_raw()
-    try:
-        rows = raw.execute(
-            f"SELECT id, name, email, phone FROM {pg_schema}.customers ORDER BY id"
-        ).fetchall()
-        assert rows == [(1, "Ada Lovelace", "ada@example.com", "+44 20 7946 0958")]
-        version = raw.execute(f"SELECT version_num FROM {pg_schema}.alembic_version").fetchall()
-        assert version == [("0002",)]
-    finally:
-        raw.close()
+    rows = pg_backend.rows(f"SELECT id, name, email, phone FROM {pg_schema}.customers")
+    assert rows == [(1, "Ada Lovelace", "ada@example.com", "+44 20 7946 0958")]
+    assert pg_backend.rows(f"SELECT version_num FROM {pg_schema}.alembic_version") == [("0002",)]
     records = [json.loads(line) for line in audit.read_text().splitlines()]
     ddl = [r for r in records if r["event"] == "decision" and "create" in r["kinds"]]
     assert ddl and {r["decision"]["rule"] for r in ddl} == {"migrations-change-the-schema"}
@@ -178,15 +171,10 @@ def test_alembic_migrates_as_its_own_identity(
         engine.dispose()
 
     command.downgrade(config, "base")
-    raw = pg_backend.connect_raw()
-    try:
-        left = raw.execute(
-            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s",
-            (pg_schema,),
-        ).fetchall()
-        assert left == [("alembic_version",)]
-    finally:
-        raw.close()
+    left = pg_backend.rows(
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{pg_schema}'"
+    )
+    assert left == [("alembic_version",)]
 
 
 _MASKING: dict[str, Any] = {
@@ -226,16 +214,8 @@ def test_pandas_reads_masked_and_appends_through_a_guarded_engine(
             assert info.value.orig.decision.rule_id == "no-ddl"
     finally:
         engine.dispose()
-    raw = backend.connect_raw()
-    try:
-        cur = raw.cursor()
-        cur.execute(f"SELECT name, email FROM {table} WHERE id = 4")
-        assert cur.fetchall() in (
-            [("Edsger", "edsger@example.com")],
-            (("Edsger", "edsger@example.com"),),
-        )
-    finally:
-        raw.close()
+    rows = backend.rows(f"SELECT name, email FROM {table} WHERE id = 4")
+    assert rows == [("Edsger", "edsger@example.com")]
 
 
 def test_langchain_sql_toolkit_over_a_guarded_engine(backend: Backend, table: str) -> None:
@@ -268,10 +248,4 @@ def test_langchain_sql_toolkit_over_a_guarded_engine(backend: Backend, table: st
             assert refused.startswith("Error: ") and "no-ddl" in refused
     finally:
         engine.dispose()
-    raw = backend.connect_raw()
-    try:
-        cur = raw.cursor()
-        cur.execute(f"SELECT count(*) FROM {table}")
-        assert cur.fetchone()[0] == 3
-    finally:
-        raw.close()
+    assert backend.rows(f"SELECT count(*) FROM {table}") == [(3,)]  # the DROP never ran
