@@ -22,6 +22,13 @@ import guardeddb
 
 __all__ = ["main"]
 
+#: What ``guardeddb --help`` says first: plain words, not the module's reST.
+DESCRIPTION = (
+    "Guardrails, masking, tracing and audit for database connections: judge SQL "
+    "under a policy, validate and replay policies, show and verify audit trails, "
+    "decide held queries, serve a database to an AI agent over MCP, or run the demo."
+)
+
 
 def _span_rows(spans: Sequence[Any]) -> list[dict[str, Any]]:
     """What each span says, for the demo's JSON."""
@@ -205,16 +212,37 @@ def _load_policy(source: str | None) -> Any:
         return None
 
 
-def _audit_records(path: str) -> Iterator[dict[str, Any]]:
-    """The records of a JSONL audit file (torn lines are for ``audit verify``)."""
+#: Fields every audit record has (audit/chain.py writes them all).
+_RECORD_FIELDS = {"ts": str, "event": str, "seq": int, "hash": str}
+
+
+def _audit_problem(line: str) -> tuple[dict[str, Any] | None, str | None]:
+    """One line of a JSONL trail as a record, or why it is not one."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None, "not JSON"
+    if not isinstance(record, dict):
+        return None, "not a JSON object"
+    absent = [k for k, t in _RECORD_FIELDS.items() if not isinstance(record.get(k), t)]
+    if absent:
+        return None, f"not an audit record (no {', '.join(absent)})"
+    return record, None
+
+
+def _audit_records(path: str, problems: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    """The records of a JSONL audit file. Lines that are not records are
+    skipped, and said in ``problems`` (``FILE:LINE: why``) when given;
+    ``audit verify`` says more about a broken chain."""
     with open(path, encoding="utf-8", errors="replace") as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except ValueError:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
                 continue
-            if isinstance(record, dict):
+            record, why = _audit_problem(line)
+            if record is not None:
                 yield record
+            elif problems is not None:
+                problems.append(f"{_safe(path)}:{number}: {why}")
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -388,7 +416,13 @@ def _audit(args: argparse.Namespace) -> int:
         print(f"{name}: {report.verified} records, chain intact")
         return 0
     rows = []
-    for rec in _audit_records(args.file):
+    problems: list[str] = []
+    try:
+        records = list(_audit_records(args.file, problems))
+    except OSError as exc:  # a missing or unreadable file
+        print(f"error: {_safe(exc)}", file=sys.stderr)
+        return 2
+    for rec in records:
         ident = rec.get("identity") or {}
         decision = rec.get("decision") or {}
         if args.user and ident.get("user") != args.user:
@@ -414,6 +448,16 @@ def _audit(args: argparse.Namespace) -> int:
             f"{_safe(rec.get('seq', '?')):>5}  {_safe(str(rec.get('ts', ''))[:19])}  "
             f"{_safe(who):40}  {_safe(what):40}  {_safe(rec.get('statement') or '')}"
         )
+    if problems:
+        for line in problems[: 20 if records else 1]:
+            print(line, file=sys.stderr)
+        what = "is not a guardeddb audit trail" if not records else "has lines that are not records"
+        print(
+            f"error: {_safe(args.file)} {what} ({len(problems)} lines); "
+            "`guardeddb audit verify` checks a trail",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
@@ -477,8 +521,26 @@ def _approvals(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``guardeddb`` console script."""
-    parser = argparse.ArgumentParser(prog="guardeddb", description=__doc__.splitlines()[0])
+    """Entry point of the ``guardeddb`` console script.
+
+    A reader that goes away (``guardeddb audit show FILE | head``) ends the
+    command quietly, as it ends ``cat``: no traceback, and the exit status a
+    shell gives a command that SIGPIPE ended.
+    """
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        # Python would print an error while flushing stdout again at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + 13  # SIGPIPE
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    parser = argparse.ArgumentParser(prog="guardeddb", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run an agent scenario on an embedded SQLite database")
     demo.add_argument(

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import sys
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import wrapt
@@ -37,7 +37,7 @@ from .masking.plan import MaskRun
 from .policy.decision import Decision
 from .policy.model import Policy
 from .sql.analysis import Analysis
-from .telemetry import Operation, Telemetry
+from .telemetry import Operation, Telemetry, batch_size
 
 _log = logging.getLogger("guardeddb")
 
@@ -380,12 +380,6 @@ def query_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """The parameters of a driver call ``(query, *args, **kwargs)``, for
     approvals and dry runs: psycopg names them ``params``."""
     return args[0] if args else kwargs.get("params")
-
-
-def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
-    """``db.operation.batch.size`` of an executemany: its parameter sets (1 if unsized)."""
-    seq = args[0] if args else next(iter(kwargs.values()), None)
-    return max(len(seq) if isinstance(seq, Sized) else 1, 1)
 
 
 class _ExecuteScript:

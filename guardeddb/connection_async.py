@@ -35,12 +35,12 @@ from .connection import (
     _PsycopgClientParams,
     _ReadOnly,
     _RowFactory,
-    batch_size,
     query_params,
     stream_ended,
     streamed_row,
 )
 from .identity import Identity
+from .telemetry import batch_size
 
 if TYPE_CHECKING:
     from .approvals import Approver

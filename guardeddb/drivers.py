@@ -271,8 +271,33 @@ def _sqlite_connect(url: str, kwargs: dict[str, Any]) -> Any:
     return sqlite3.connect(unquote(path) or ":memory:", **kwargs)
 
 
+def missing_extra(exc: ModuleNotFoundError, module: str, extra: str, what: str) -> BaseException:
+    """The error to raise when importing ``module`` failed with ``exc``: one
+    that names the extra installing it, or ``exc`` itself when what is
+    missing is something else (a dependency of the module: its own error
+    is clearer).
+
+    A bare ``ModuleNotFoundError: psycopg`` tells a new user neither that
+    the driver is optional nor how guardeddb names it.
+    """
+    if exc.name != module and not (exc.name or "").startswith(module + "."):
+        return exc
+    return ModuleNotFoundError(
+        f"{what} needs {module}, which is not installed: pip install 'guardeddb[{extra}]'",
+        name=module,
+    )
+
+
+def require(module: str, extra: str, what: str) -> ModuleType:
+    """Import an optional dependency, or say which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        raise missing_extra(exc, module, extra, what) from exc
+
+
 def _mysql_connect(url: str, kwargs: dict[str, Any]) -> Any:
-    import pymysql
+    pymysql = require("pymysql", "mysql", "a mysql:// or mariadb:// URL")
 
     parts = urlsplit(url)
     options: dict[str, Any] = {
@@ -290,8 +315,7 @@ def _mysql_connect(url: str, kwargs: dict[str, Any]) -> Any:
 
 
 def _postgres_connect(url: str, kwargs: dict[str, Any]) -> Any:
-    import psycopg
-
+    psycopg = require("psycopg", "postgres", "a postgresql:// URL")
     return psycopg.connect(url, **kwargs)
 
 
@@ -324,8 +348,7 @@ async def connect_url_async(url: str, kwargs: dict[str, Any]) -> Any:
         raise ValueError(
             f"unsupported database URL {scheme or url!r} for asyncio: use postgresql://"
         )
-    import psycopg
-
+    psycopg = require("psycopg", "postgres", "a postgresql:// URL")
     return await psycopg.AsyncConnection.connect(url, **kwargs)
 
 

@@ -17,7 +17,7 @@ import contextlib
 import sys
 import time
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sized
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import context as otel_context
@@ -52,7 +52,15 @@ if TYPE_CHECKING:
 #: statement and who ran it.
 AuditContext = tuple["AuditTrail", Analysis, "Identity | None"]
 
-__all__ = ["DURATION_BUCKETS", "Operation", "Telemetry", "count_decision", "error_type"]
+__all__ = [
+    "DURATION_BUCKETS",
+    "UNSIZED_BATCH",
+    "Operation",
+    "Telemetry",
+    "batch_size",
+    "count_decision",
+    "error_type",
+]
 
 _SCOPE = "guardeddb"
 _VERSION = "0.1.0"
@@ -99,6 +107,34 @@ def _observe_decisions(options: CallbackOptions) -> Iterable[Observation]:
         if rule:
             attrs["guardeddb.decision.rule"] = rule
         yield Observation(count, attrs)
+
+
+#: ``batch`` of an executemany whose parameter sets have no ``len()`` (a
+#: generator): a batch of a size not known before the driver consumes it.
+UNSIZED_BATCH = -1
+#: ``batch`` of an executemany with no parameter set: semconv's empty batch.
+EMPTY_BATCH = -2
+
+
+def batch_size(args: tuple[Any, ...], kwargs: dict[str, Any]) -> int:
+    """The ``batch`` of an executemany ``(query, *args, **kwargs)``: its number
+    of parameter sets, ``EMPTY_BATCH`` for none, ``UNSIZED_BATCH`` when unknown.
+
+    Per the semantic conventions one parameter set is a single operation, not
+    a batch; 0 is reserved for ``execute``.
+    """
+    seq = args[0] if args else next(iter(kwargs.values()), None)
+    if not isinstance(seq, Sized):
+        return UNSIZED_BATCH
+    return len(seq) or EMPTY_BATCH
+
+
+def _with_prefix(prefix: str, summary: str) -> str:
+    """``prefix summary`` within the 255-character cap, cut between words."""
+    text = f"{prefix} {summary}" if summary else prefix
+    while len(text) > _MAX_SUMMARY_NAME:
+        text = text.rsplit(" ", 1)[0]
+    return text
 
 
 def count_decision(system: str, decision: Decision) -> None:
@@ -188,22 +224,26 @@ class Telemetry:
         if cached is not None:
             return cached
         driver, facts = self.driver, self.facts
+        # One parameter set is one operation; 2+, none, or an unknown number
+        # make a batch, whose summary (and so span name) says BATCH.
+        is_batch = batch >= 2 or batch < 0
+        summary = _with_prefix("BATCH", analysis.summary) if is_batch else analysis.summary
         metric: dict[str, Any] = {"db.system.name": driver.system}
         if facts.namespace:
             metric["db.namespace"] = facts.namespace
-        if analysis.summary:
-            metric["db.query.summary"] = analysis.summary
+        if summary:
+            metric["db.query.summary"] = summary
         if facts.address:
             metric["server.address"] = facts.address
         if facts.port is not None and facts.port != driver.default_port:
             metric["server.port"] = facts.port
         span = dict(metric)
         span["db.query.text"] = analysis.sanitized
-        if batch >= 2:
-            span["db.operation.batch.size"] = batch
-        name = analysis.summary or driver.system
-        if batch:
-            name = f"BATCH {name}"
+        if analysis.procedure:
+            span["db.stored_procedure.name"] = analysis.procedure
+        if batch >= 2 or batch == EMPTY_BATCH:
+            span["db.operation.batch.size"] = max(batch, 0)
+        name = summary or driver.system
         result = (name[:_MAX_SUMMARY_NAME], span, metric)
         if len(self._attrs) >= _ATTR_CACHE_SIZE:
             self._attrs.clear()
@@ -225,8 +265,8 @@ class Telemetry:
     ) -> Operation | None:
         """Begin recording one operation; None when nothing records.
 
-        ``batch`` is 0 for execute, else the number of parameter sets of an
-        executemany (1 when it cannot be known without consuming them).
+        ``batch`` is 0 for execute, else what ``batch_size`` says of an
+        executemany.
         ``audit``, when the connection keeps an audit trail, makes sure an
         Operation exists to write the result record, traced or not.
         """

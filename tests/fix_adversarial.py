@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -314,7 +315,7 @@ def _my_admin() -> Any:
 @dataclass
 class MyWorld:
     """One test's objects on MariaDB: table ``t`` (3 rows, made on first use) in
-    the ``test`` database; the session's ``customers`` table there and database
+    the DSN's database; the session's ``customers`` table there and database
     ``billing`` with ``invoices`` holding ``secret``."""
 
     customers: str
@@ -419,11 +420,12 @@ def myw(my_billing: tuple[str, str, str], my_observer: Any) -> Iterator[MyWorld]
 
 @pytest.fixture
 def my_user(myw: MyWorld) -> Iterator[tuple[str, str]]:
-    """A MariaDB login with a password and rights on ``test``: (name, password)."""
+    """A MariaDB login with a password and rights on the DSN's database: (name, password)."""
     name, password = f"gdb_adv_{uuid.uuid4().hex[:10]}", f"pw{uuid.uuid4().hex[:12]}"
     cur = myw.observer().cursor()
     cur.execute(f"CREATE USER '{name}'@'%' IDENTIFIED BY '{password}'")
-    cur.execute(f"GRANT ALL ON test.* TO '{name}'@'%'")
+    database = urlsplit(MYSQL_DSN).path.lstrip("/")
+    cur.execute(f"GRANT ALL ON `{database}`.* TO '{name}'@'%'")
     try:
         yield name, password
     finally:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
@@ -25,7 +26,7 @@ REQUIRE_SERVERS = os.environ.get("GUARDEDDB_REQUIRE_SERVERS") == "1"
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 
 #: For tests of transparency rather than guardrails: every statement allowed.
-PERMISSIVE: dict[str, Any] = {"version": 1, "on_unparsed": "allow"}
+PERMISSIVE: dict[str, Any] = {"version": 1, "extends": [], "on_unparsed": "allow"}
 
 
 @dataclass
@@ -44,6 +45,35 @@ class Backend:
         module = {"sqlite": "sqlite3", "postgresql": "psycopg", "mysql": "pymysql"}[self.name]
         err: type[Exception] = __import__(module).Error
         return err
+
+    @property
+    def database(self) -> str:
+        """The database the DSN names (``db.namespace``): tests derive names
+        from it and never assume one (the suite passes on any database)."""
+        if self.name == "sqlite":
+            return self.url.removeprefix("sqlite:///")
+        return unquote(urlsplit(self.url).path.lstrip("/"))
+
+    @property
+    def host(self) -> str | None:
+        """The server's address as the DSN gives it (None for sqlite)."""
+        return None if self.name == "sqlite" else urlsplit(self.url).hostname
+
+    @property
+    def port(self) -> int | None:
+        """The port the DSN names, or None when it uses the server's default."""
+        return None if self.name == "sqlite" else urlsplit(self.url).port
+
+    def rows(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows read past guardeddb, on a raw connection of their own: what
+        is really in the database."""
+        raw = self.connect_raw()
+        try:
+            cur = raw.cursor()
+            cur.execute(sql)
+            return [tuple(r) for r in cur.fetchall()]
+        finally:
+            raw.close()
 
     def sql(self, text: str) -> str:
         """Write tests with ``?`` markers; this rewrites them for the driver."""

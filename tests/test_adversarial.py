@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import HealthCheck, Phase, given, settings
@@ -50,7 +51,7 @@ from .fix_adversarial import (
     run,
     under,
 )
-from .fix_db import PG_DSN
+from .fix_db import MYSQL_DSN, PG_DSN
 
 pg = pytest.mark.pg
 mysql = pytest.mark.mysql
@@ -1336,7 +1337,7 @@ def test_my_password_cannot_be_changed(
     """An agent logged in as an ordinary user changes its own password (and so
     locks out its operator). Ground truth: the old password still logs in."""
     name, password = my_user
-    url = f"mysql://{name}:{password}@{MYSQL_HOSTPORT}/test"
+    url = f"mysql://{name}:{password}@{MYSQL_HOSTPORT}/{MYSQL_DATABASE}"
     sql = template.format(u=name, h=myw.one("SELECT PASSWORD('pwned')"))
     conn = guard(myw.raw(autocommit=False, url=url), policy_for(preset_name))
     run(conn, sql)
@@ -1345,12 +1346,12 @@ def test_my_password_cannot_be_changed(
 
 
 def _my_hostport() -> str:
-    from .fix_db import MYSQL_DSN
-
     return MYSQL_DSN.split("@", 1)[1].split("/", 1)[0]
 
 
 MYSQL_HOSTPORT = _my_hostport()
+#: The database of GUARDEDDB_TEST_MYSQL_DSN: no test assumes it is called ``test``.
+MYSQL_DATABASE = urlsplit(MYSQL_DSN).path.lstrip("/")
 
 
 # =============================================================================
@@ -1506,7 +1507,7 @@ def test_my_use_does_not_walk_around_a_table_rule(
     [
         "SELECT name FROM {c} ORDER BY id",
         "SELECT name FROM `{c}` ORDER BY id",
-        "SELECT name FROM test.{c} ORDER BY id",
+        "SELECT name FROM {db}.{c} ORDER BY id",
         "select c.name from {c} c where c.id in (1, 2) order by c.id",
     ],
 )
@@ -1516,7 +1517,7 @@ def test_my_table_rule_does_not_block_other_tables(
     """Over-blocking: ``tables: [billing.*]`` must not block ``customers`` in
     the connection's own database. Ground truth: the rows ARE returned."""
     conn = myw.guarded(policy_for(preset_name, f"{myw.billing}.*"))
-    rows = run(conn, template.format(c=myw.customers))
+    rows = run(conn, template.format(c=myw.customers, db=MYSQL_DATABASE))
     got = [tuple(r) for r in rows] if isinstance(rows, list) else rows
     if CONTROL:
         assert got == [("Ada Lovelace",), ("Grace Hopper",)]

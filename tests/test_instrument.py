@@ -163,8 +163,8 @@ def test_pymysql_constructor_names_are_guarded(mysql_backend: Backend, originals
         "host": parts.hostname,
         "port": parts.port or 3306,
         "user": parts.username,
-        "password": "",
-        "database": "test",
+        "password": parts.password or "",
+        "database": parts.path.lstrip("/"),
     }
     guardeddb.instrument(pymysql)
     for opener in (pymysql.connect, pymysql.Connect, pymysql.Connection):

@@ -155,6 +155,13 @@ def test_semconv_cases(dialect: str, query: str, text: str | None, summary: str)
             "SELECT a FROM t WHERE id IN (%s, %s)",
             "SELECT a FROM t WHERE id IN (%s, %s)",
         ),
+        # The deliberate deviation (README, "What is recorded"): parameterized
+        # text is sanitized too, so the driver's markers and ? can mix.
+        (
+            "mysql",
+            "SELECT a FROM t WHERE id = %s AND token = 'sk_live_secret'",
+            "SELECT a FROM t WHERE id = %s AND token = ?",
+        ),
     ],
 )
 def test_placeholders_kept_literals_gone(dialect: str, query: str, text: str) -> None:
@@ -228,3 +235,44 @@ def test_parser_crashes_are_unparsed_not_raised(text: str) -> None:
     for dialect in ("postgres", "mysql", "sqlite"):
         analysis = analyze(text, dialect)
         assert analysis.unparsed is not None or analysis.statements == ()
+
+
+@pytest.mark.parametrize("dialect", ["postgres", "mysql", "sqlite"])
+@pytest.mark.parametrize(
+    ("query", "text", "summary", "procedure"),
+    [
+        ("CALL proc(1)", "CALL proc(?)", "CALL proc", "proc"),
+        (
+            "CALL s.refresh('secret', -2, %s) -- 'secret'",
+            "CALL s.refresh(?, ?, %s) ",
+            "CALL s.refresh",
+            "s.refresh",
+        ),
+        ("CALL a(1); CALL b(2)", "CALL a(?); CALL b(?)", "CALL a; CALL b", ""),
+        (
+            "WITH x AS (SELECT * FROM customers) SELECT * FROM orders JOIN x ON x.id = orders.c",
+            None,
+            "SELECT customers SELECT orders",
+            "",
+        ),
+        (
+            "WITH a (n) AS (SELECT 1), b AS MATERIALIZED (SELECT * FROM a, t) SELECT * FROM b, s.a",
+            None,
+            "SELECT SELECT t SELECT s.a",
+            "",
+        ),
+    ],
+)
+def test_call_and_cte_summaries(
+    dialect: str, query: str, text: str | None, summary: str, procedure: str
+) -> None:
+    """CALL keeps its procedure name (and sanitizes its arguments); a CTE's name
+    is not a target, a schema-qualified table of the same name is."""
+    if dialect == "mysql" and "MATERIALIZED" in query:
+        query = query.replace("MATERIALIZED ", "")
+    a = analyze(query, dialect)
+    if text is not None:
+        assert a.sanitized == text
+    assert "secret" not in a.sanitized
+    assert a.summary == summary
+    assert a.procedure == procedure

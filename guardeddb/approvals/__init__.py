@@ -27,7 +27,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..drivers import unguarded
+from ..drivers import require, unguarded
 from ..identity import Identity
 from ..masking.detectors import DETECTORS, Scanner
 from ..sql.settings import APPROVALS_TABLE as _TABLE
@@ -253,8 +253,7 @@ class ApprovalStore:
             with unguarded():  # the store's own connection, never the caller's
                 conn: Any = sqlite3.connect(self._path, timeout=30, isolation_level=None)
         else:
-            import psycopg
-
+            psycopg = require("psycopg", "postgres", "a postgresql:// approval store")
             with unguarded():
                 conn = psycopg.connect(self._path, autocommit=True)
         if not self._ready:

@@ -36,7 +36,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..drivers import unguarded
+from ..drivers import require, unguarded
 
 __all__ = [
     "GENESIS",
@@ -440,7 +440,7 @@ class PostgresSink:
 
     def _connect(self) -> Any:
         if self._conn is None or self._conn.closed:
-            import psycopg
+            psycopg = require("psycopg", "postgres", "a postgresql:// audit trail")
 
             with unguarded():  # the trail's own connection, never the caller's
                 conn = psycopg.connect(self.url, connect_timeout=5)
@@ -474,7 +474,7 @@ class PostgresSink:
 
     def write(self, fields: Mapping[str, Any]) -> dict[str, Any]:
         """Append one record to the stream's chain (raises OSError when it cannot)."""
-        import psycopg
+        psycopg = require("psycopg", "postgres", "a postgresql:// audit trail")
 
         with self._lock:
             try:
@@ -524,7 +524,7 @@ class PostgresSink:
 def check_postgres(url: str, stream: str = "default") -> Report:
     """``check`` for a PostgreSQL stream, read with a server-side cursor
     (constant memory); ``line`` is the record's seq."""
-    import psycopg
+    psycopg = require("psycopg", "postgres", "a postgresql:// audit trail")
 
     report = Report()
     with unguarded():

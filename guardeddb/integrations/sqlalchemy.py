@@ -60,10 +60,15 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
-import sqlalchemy
-from sqlalchemy.engine import URL, Engine
-from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.pool import ConnectionPoolEntry
+from ..drivers import missing_extra
+
+try:
+    import sqlalchemy
+    from sqlalchemy.engine import URL, Engine
+    from sqlalchemy.engine.interfaces import DBAPIConnection
+    from sqlalchemy.pool import ConnectionPoolEntry
+except ModuleNotFoundError as exc:
+    raise missing_extra(exc, "sqlalchemy", "sqlalchemy", __name__) from exc
 
 from .. import wrap
 from ..approvals import ApprovalRequest

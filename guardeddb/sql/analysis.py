@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
@@ -46,6 +47,38 @@ class _OwnCommandFallbacks(logging.Filter):
 
 
 logging.getLogger("sqlglot").addFilter(_OwnCommandFallbacks())
+_log = logging.getLogger("guardeddb")
+
+# sqlglot's parse errors name its own classes and print whole tokens
+# (``<Token token_type: TokenType.WHERE, text: WHERE, ...>``); a refusal
+# says what was wrong in the user's words, and never quotes a literal.
+_TOKEN_REPR = re.compile(r"<Token token_type: TokenType\.(\w+), text: (.*?), line: \d+.*?>", re.S)
+_MISSING_PART = re.compile(r"Required keyword: '\w+' missing for <class '[\w.]+'>")
+_CLASS_REPR = re.compile(r"<class '[\w.]+'>")
+
+
+def _token_words(m: re.Match[str]) -> str:
+    kind, text = m[1], m[2]
+    if kind.endswith("STRING") or kind == "NUMBER":
+        return "a value"
+    return repr(text[:40])
+
+
+def parse_problem(exc: Exception) -> str:
+    """Why sqlglot could not parse a statement, for a person: where, and what
+    was expected, without parser class names or the values of literals."""
+    errors = getattr(exc, "errors", None)
+    if not errors or not isinstance(errors[0], dict):
+        _log.debug("guardeddb: the SQL parser failed", exc_info=exc)
+        return "parse error: the SQL parser could not read this statement"
+    first = errors[0]
+    what = str(first.get("description") or "not valid SQL")
+    what = _TOKEN_REPR.sub(_token_words, what)
+    what = _MISSING_PART.sub("an incomplete expression", what)
+    what = _CLASS_REPR.sub("an expression", what)
+    line, col = first.get("line"), first.get("col")
+    where = f" at line {line}, column {col}" if line and col else ""
+    return f"parse error{where}: {what[:1].lower()}{what[1:200]}"
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -65,6 +98,8 @@ class Analysis:
     #: (offset, text) of each ``%s``/``%(name)s`` read as a value, outside
     #: comments and strings: where client-side binding may substitute (_surface.py)
     placeholders: tuple[tuple[int, str], ...] = ()
+    #: db.stored_procedure.name: the procedure a lone ``CALL`` runs, else ''
+    procedure: str = ""
 
     @property
     def unparsed(self) -> str | None:
@@ -231,8 +266,7 @@ def _statements(
         try:
             trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(chunk, sql)
         except Exception as exc:  # any parser failure, even its own bugs: not understood
-            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            statements.append(Statement.unknown(f"parse error: {first[:200]}"))
+            statements.append(Statement.unknown(parse_problem(exc)))
             continue
         finally:
             _PARSING.reset(parsing)
@@ -243,7 +277,8 @@ def _statements(
             try:
                 fact = classify(tree, text, name, facts)
             except Exception as exc:  # a tree shape the classifier did not expect
-                fact = Statement.unknown(f"not classified: {type(exc).__name__}")
+                _log.debug("guardeddb: statement not classified", exc_info=exc)
+                fact = Statement.unknown("a statement shape the analyzer does not classify")
             if fact.tables_unknown and not fact.unparsed:
                 # An opaque command (CALL p(pg_read_file(...))): its arguments
                 # were never parsed, but the names it calls are in its tokens.
@@ -278,7 +313,7 @@ def analyze(text: str, dialect: str) -> Analysis:
     if found is not None:
         return found
     d = _dialect(dialect)
-    sanitized, summary, tokens = sanitize_and_summarize(text, d)
+    sanitized, summary, tokens, procedure = sanitize_and_summarize(text, d)
     statements = _statements(text, tokens, d, dialect)
     if dialect == "postgres" and (disagreement := second_opinion(text, statements)):
         why = f"the PostgreSQL parser disagrees: {disagreement}"
@@ -286,7 +321,7 @@ def analyze(text: str, dialect: str) -> Analysis:
     shape = " ".join(sanitized.split()).lower()
     fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
     marks = _marks(text, tokens) if "%" in text and dialect in ("postgres", "mysql") else ()
-    result = Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks)
+    result = Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks, procedure)
     if len(text) > MAX_CACHED_TEXT:
         return result  # one-off giants (bulk loads) would pin megabytes
     if len(cache) >= CACHE_SIZE:

@@ -263,6 +263,9 @@ _NOT_WORDS = frozenset(
     }
 )
 
+#: Tokens that are values: a message may name a keyword, never one of these.
+_VALUE_TOKENS = _NOT_WORDS - {TokenType.IDENTIFIER}
+
 #: MySQL/MariaDB variables that name server files and directories.
 MYSQL_SERVER_PATH_VARIABLES = frozenset(
     {
@@ -391,6 +394,14 @@ def _constant_expression(node: exp.Expr) -> bool:
     )
 
 
+def _not_a_statement(tokens: Sequence[Token]) -> str:
+    """Why a text that parsed as a bare expression (``foo bar``, ``x``) is
+    no statement, in words: the word it starts with, never a value."""
+    if not tokens or tokens[0].token_type in _VALUE_TOKENS:
+        return "not a recognizable statement: it does not start with a SQL command"
+    return f"not a recognizable statement: {tokens[0].text[:40]!r} is not a SQL command"
+
+
 def classify(stmt: exp.Expr, text: str, dialect: str, tokens: Sequence[Token] = ()) -> Statement:
     """The facts of one parsed statement.
 
@@ -407,7 +418,7 @@ def classify(stmt: exp.Expr, text: str, dialect: str, tokens: Sequence[Token] = 
     if root is None:
         # A misparse: sqlglot read a statement it does not know as an alias,
         # a column, a bare expression. Never guess what that does.
-        return Statement.unknown(f"not a recognizable statement ({type(stmt).__name__})")
+        return Statement.unknown(_not_a_statement(tokens))
     kind, klass = root
     kinds = {kind}
     classes = {klass}

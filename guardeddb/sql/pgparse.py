@@ -189,6 +189,13 @@ class _Collector:
         return node
 
 
+def _without_quoted_text(exc: Exception) -> str:
+    """libpg_query's message without the text it quotes (``at or near
+    "'secret'"``): a refusal never repeats a literal of the statement."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return re.sub(r' at or near ".*"', "", first)[:200]
+
+
 def second_opinion(text: str, statements: tuple[Statement, ...]) -> str | None:
     """Why PostgreSQL's parser disagrees with ``statements``, or None.
 
@@ -202,7 +209,7 @@ def second_opinion(text: str, statements: tuple[Statement, ...]) -> str | None:
     try:
         tree = json.loads(parser.parse_sql_json(_server_text(text)), object_hook=collector.hook)
     except Exception as exc:  # pglast.parser.ParseError, or anything else: no agreement
-        return f"it does not parse ({str(exc).splitlines()[0][:200] if str(exc) else exc})"
+        return f"it does not parse ({_without_quoted_text(exc)})"
     raws = tree.get("stmts", [])
     if len(raws) != len(statements) or len(collector.done) != len(raws):
         return f"{len(raws)} statement(s), not {len(statements)}"

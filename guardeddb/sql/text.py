@@ -5,6 +5,8 @@ becomes ``?`` (signs included, all-literal ``IN`` lists collapse to ``(?)``,
 comments dropped, placeholders and everything else kept as written), and the
 summary names the operations and their targets in order of appearance
 (``INSERT orders SELECT customers``), case preserved, at most 255 characters.
+A CTE's name is not a target (what it reads is); ``CALL proc(...)`` is
+summarized ``CALL proc``, and ``proc`` is the statement's stored procedure.
 
 Working on tokens rather than on a parse tree keeps the user's spelling and
 whitespace, and still works for statements no parser understands: a query
@@ -17,11 +19,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
 
-__all__ = ["MAX_SUMMARY", "MAX_TOKENIZED", "sanitize_and_summarize"]
+__all__ = ["MAX_SUMMARY", "MAX_TOKENIZED", "Summarized", "sanitize_and_summarize"]
 
 MAX_SUMMARY = 255
 #: Longer statements are sanitized by the regex fallback alone: tokenizing
@@ -311,7 +314,47 @@ def _read_name(
     return sql[tokens[first].start : tokens[i].end + 1], i + 1
 
 
-def _summarize_statement(sql: str, tokens: Sequence[Token], out: _Summary) -> None:
+def _cte_names(tokens: Sequence[Token]) -> frozenset[str]:
+    """Names a WITH clause defines (``WITH x AS (...)``, ``, y (a, b) AS
+    MATERIALIZED (...)``): they name no collection, so they are no targets.
+
+    Unquoted names are compared case-folded, as the servers compare them.
+    """
+    names: set[str] = set()
+    n = len(tokens)
+    for i in range(n - 2):
+        if _upper(tokens[i]) not in ("WITH", "RECURSIVE") and tokens[i].token_type is not _T.COMMA:
+            continue
+        name_tok = tokens[i + 1]
+        if name_tok.token_type not in (_T.VAR, _T.IDENTIFIER) and not name_tok.text.isidentifier():
+            continue
+        j = i + 2
+        if j < n and tokens[j].token_type is _T.L_PAREN:  # a column list
+            depth = 0
+            while j < n:
+                depth += {_T.L_PAREN: 1, _T.R_PAREN: -1}.get(tokens[j].token_type, 0)
+                j += 1
+                if depth == 0:
+                    break
+        if j < n and _upper(tokens[j]) == "AS":
+            k = j + 1
+            while k < n and _upper(tokens[k]) in ("NOT", "MATERIALIZED"):
+                k += 1
+            if k < n and tokens[k].token_type is _T.L_PAREN:
+                names.add(_fold(name_tok))
+    return frozenset(names)
+
+
+def _fold(tok: Token) -> str:
+    """A name as the server compares it: quoted exactly, unquoted case-folded."""
+    return tok.text if tok.token_type is _T.IDENTIFIER else tok.text.lower()
+
+
+def _summarize_statement(
+    sql: str, tokens: Sequence[Token], out: _Summary, procedure: list[str]
+) -> None:
+    """Add one statement's operations and targets to ``out``; a CALL's
+    procedure name goes to ``procedure`` too."""
     n = len(tokens)
     first = _upper(tokens[0])
     if first in _DDL or first in _CALLS:
@@ -330,7 +373,18 @@ def _summarize_statement(sql: str, tokens: Sequence[Token], out: _Summary) -> No
             name, _ = _read_name(sql, tokens, i, relation=False)
             if name:
                 out.add(name)
+                if first == "CALL":
+                    procedure.append(name)
         return
+
+    ctes = _cte_names(tokens) if first == "WITH" else frozenset()
+
+    def target(name: str | None, at: int) -> str | None:
+        """``name`` unless it is one token naming a CTE of this statement."""
+        if name is None or not ctes:
+            return name
+        tok = tokens[at]
+        return None if tok.end + 1 - tok.start == len(name) and _fold(tok) in ctes else name
 
     depth = 0
     from_depths: list[int] = []
@@ -362,6 +416,7 @@ def _summarize_statement(sql: str, tokens: Sequence[Token], out: _Summary) -> No
                 continue
         elif word in _TABLE_AFTER:
             name, j = _read_name(sql, tokens, i + 1, relation=word != "INTO")
+            name = target(name, j - 1)
             if name:
                 out.add(name)
             if word == "FROM":
@@ -371,7 +426,8 @@ def _summarize_statement(sql: str, tokens: Sequence[Token], out: _Summary) -> No
         elif tt is _T.COMMA and from_depths and from_depths[-1] == depth:
             name, j = _read_name(sql, tokens, i + 1)
             if name:
-                out.add(name)
+                if target(name, j - 1):
+                    out.add(name)
                 i, prev = j, ","
                 continue
         elif word in _FROM_LIST_ENDS and from_depths and from_depths[-1] == depth:
@@ -382,14 +438,57 @@ def _summarize_statement(sql: str, tokens: Sequence[Token], out: _Summary) -> No
         out.add(tokens[0].text)  # BEGIN, COMMIT, SET, SHOW, PRAGMA, GRANT, ...
 
 
-def _fallback(sql: str) -> tuple[str, str, None]:
+class Summarized(NamedTuple):
+    """What the text of a query says for telemetry and audit."""
+
+    sanitized: str  # db.query.text: every literal replaced by ?
+    summary: str  # db.query.summary; '' when nothing could be named
+    tokens: list[Token] | None  # None: the text could not be tokenized
+    procedure: str = ""  # db.stored_procedure.name of a lone CALL
+
+
+def _fallback(sql: str) -> Summarized:
     sanitized = _FALLBACK.sub("?", sql)
     m = _FALLBACK_WORD.match(sql)
-    return sanitized, (m.group(1) if m else ""), None
+    return Summarized(sanitized, (m.group(1) if m else ""), None)
 
 
-def sanitize_and_summarize(sql: str, dialect: Dialect) -> tuple[str, str, list[Token] | None]:
-    """``(sanitized text, summary, tokens)`` of ``sql`` in ``dialect``; never raises.
+def _call_tails(sql: str, tokens: list[Token], dialect: Dialect) -> list[Token]:
+    """``tokens`` with the raw tail of each ``CALL`` tokenized too.
+
+    sqlglot keeps what follows a command keyword as one string token (with
+    an unreliable start offset); read as one literal, ``CALL proc(1)`` would
+    lose its procedure name. A tail that cannot be tokenized stays one
+    literal, sanitized whole. Only for text and summary: the analysis reads
+    commands with its own expansion.
+    """
+    out: list[Token] = []
+    for i, tok in enumerate(tokens):
+        prev = tokens[i - 1] if i else None
+        if (
+            tok.token_type is _T.STRING
+            and prev is not None
+            and prev.token_type is _T.COMMAND
+            and prev.text.upper() == "CALL"
+        ):
+            start = sql.find(tok.text, prev.end + 1)
+            try:
+                tail = dialect.tokenize(tok.text) if start >= 0 else None
+            except Exception:  # a tail the tokenizer cannot read: one literal
+                tail = None
+            if tail is not None and not any(t.token_type is _T.SEMICOLON for t in tail):
+                out.extend(
+                    Token(t.token_type, t.text, t.line, t.col, t.start + start, t.end + start)
+                    for t in tail
+                )
+                continue
+        out.append(tok)
+    return out
+
+
+def sanitize_and_summarize(sql: str, dialect: Dialect) -> Summarized:
+    """Sanitized text, summary, tokens and procedure of ``sql`` in ``dialect``;
+    never raises.
 
     ``tokens`` is None when the text could not be tokenized (or is too long
     to try): the caller must then treat the statement as not understood.
@@ -401,16 +500,24 @@ def sanitize_and_summarize(sql: str, dialect: Dialect) -> tuple[str, str, list[T
     except Exception:  # any tokenizer failure: sanitize by the fallback
         return _fallback(sql)
     hash_comments = "#" in dialect.tokenizer_class.COMMENTS
-    sanitized = _sanitize(sql, tokens, hash_comments)
+    shown = (
+        _call_tails(sql, tokens, dialect)
+        if _T.COMMAND in {t.token_type for t in tokens}
+        else tokens
+    )
+    sanitized = _sanitize(sql, shown, hash_comments)
     summary = _Summary()
-    start = 0
-    for i, tok in enumerate([*tokens, None]):
+    procedures: list[str] = []
+    start = count = 0
+    for i, tok in enumerate([*shown, None]):
         if tok is None or tok.token_type is _T.SEMICOLON:
             if i > start:
+                count += 1
                 if summary.words and not summary.full:
                     summary.words[-1] += ";"
                     summary.length += 1
-                _summarize_statement(sql, tokens[start:i], summary)
+                _summarize_statement(sql, shown[start:i], summary, procedures)
             start = i + 1
     text = " ".join(summary.words).rstrip(";")
-    return sanitized, text, tokens
+    procedure = procedures[0] if count == 1 and procedures else ""
+    return Summarized(sanitized, text, tokens, procedure)
