@@ -228,11 +228,13 @@ class Masking:
         return not (ident.roles & self.unmask_roles or (ident.user in self.unmask_users))
 
     def may_carry(self, analysis: Analysis) -> bool:
-        """Whether ``analysis`` may read a value this masking hides: any text
-        when detectors scan, else a column a rule names (or one it cannot
-        tell: a star, unknown lineage)."""
-        if self.scanner is not None:
-            return True
+        """Whether ``analysis`` may read a column a rule masks (or one it
+        cannot tell: a star, unknown lineage). Values only detectors find
+        are not counted: the functions that store a value for later
+        (``setval``, ``LAST_INSERT_ID``) take numbers, and the rest are
+        refused by the presets."""
+        if not self.rules:
+            return False
         reads = _reads(analysis)
         if reads is None:
             return True

@@ -692,8 +692,8 @@ def _facts(
             star_outside_column = star_outside_column or not isinstance(
                 node.parent, exp.Column | exp.Count
             )
-        elif isinstance(node, exp.Func):
-            functions.add(node.sql_name().lower())
+        elif isinstance(node, exp.Func) and not isinstance(node, exp.Connector):
+            functions.add(node.sql_name().lower())  # AND, OR, XOR are operators
         if node is not stmt:
             nested = _NESTED_KINDS.get(cls)
             if nested is not None:
