@@ -260,10 +260,9 @@ def test_pg_read_only_session_is_reasserted() -> None:
                     conn.__wrapped__.execute(f"SELECT {table}_w()")
                 conn.rollback()
             cur.execute("SET application_name = 'x'")  # allowed, not a plain read
-            conn.commit()
             conn.__wrapped__.execute("SET default_transaction_read_only = off")  # fooled
-            conn.__wrapped__.commit()
-            cur.execute("SELECT 1")  # re-asserted before this runs
+            conn.commit()  # re-asserted inside the transaction this commit keeps
+            cur.execute("SELECT 1")
             conn.commit()
             with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
                 conn.__wrapped__.execute(f"SELECT {table}_w()")
