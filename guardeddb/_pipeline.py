@@ -42,7 +42,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from ._enforce import Engine, engine_for, use_database
+from ._enforce import VALUE_STORING_FUNCTIONS, Engine, engine_for, use_database
 from ._steps import Call, Commit, Sql, Steps, run_async
 from ._steps import run as run_steps
 from .approvals import (
@@ -208,6 +208,14 @@ class Guard:
                 reason = carries_masked(analysis, masking)
                 if reason is not None:
                     decision = Decision("block", "masking-side-channel", reason)
+            stores = analysis.functions & VALUE_STORING_FUNCTIONS
+            if decision.action != "block" and stores and masking and masking.may_carry(analysis):
+                decision = Decision(
+                    "block",
+                    "masking-side-channel",
+                    f"{', '.join(sorted(stores))} would keep a value for the session to read "
+                    "back unmasked; refused for identities whose results are masked",
+                )
         unmasked = masking is not None and not masked
         result = (decision, self.policy.read_only_for(ident), masked, unmasked)
         if len(self.decisions) >= _DECISION_CACHE_SIZE:
@@ -313,11 +321,8 @@ class Guard:
                     wrote_ahead = True
                     text = query_text(query, raw)
                     yield from impact.measure(self.driver, self.raw, text, params, analysis)
-            masking = self.masking
-            carries = verdict[2] and masking is not None and masking.may_carry(analysis)
-            if verdict[0].action != "block" and analysis.functions and (verdict[1] or carries):
-                # Read-only identities call only functions known not to write;
-                # masked ones too, when a function might store what it reads.
+            if verdict[1] and verdict[0].action != "block" and analysis.functions:
+                # read-only identities call only functions known not to write
                 checked = yield from engine.functions_decision(self.raw, analysis, verdict[0])
                 if checked is not verdict[0]:
                     verdict = (checked, *verdict[1:])

@@ -229,10 +229,7 @@ class Masking:
 
     def may_carry(self, analysis: Analysis) -> bool:
         """Whether ``analysis`` may read a column a rule masks (or one it
-        cannot tell: a star, unknown lineage). Values only detectors find
-        are not counted: the functions that store a value for later
-        (``setval``, ``LAST_INSERT_ID``) take numbers, and the rest are
-        refused by the presets."""
+        cannot tell: a star, unknown lineage)."""
         if not self.rules:
             return False
         reads = _reads(analysis)
