@@ -43,6 +43,7 @@ from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
 from .errors import Error as GuardedError
 from .identity import Identity, _current
 from .masking.channels import carries_masked, withheld
+from .masking.filters import filters_masked
 from .masking.plan import Masking, MaskRun
 from .policy.decision import Decision
 from .policy.model import Policy
@@ -169,6 +170,10 @@ class _Guard:
                 reason = carries_masked(analysis, masking)
                 if reason is not None:
                     decision = Decision("block", "masking-side-channel", reason)
+            if decision.action != "block" and masking is not None:
+                reason = filters_masked(analysis, masking)
+                if reason is not None:
+                    decision = Decision("block", "masking-filter", reason)
         unmasked = masking is not None and not masked
         result = (decision, self.policy.read_only_for(ident), masked, unmasked)
         if len(self.decisions) >= _DECISION_CACHE_SIZE:
