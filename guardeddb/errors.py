@@ -200,12 +200,15 @@ def for_driver(cls: type[_E], programming_error: type[BaseException] | None) -> 
 
 def driver_error(cls: type[_E], driver_object: Any) -> Any:
     """``cls`` mixed with the ``ProgrammingError`` of the DB-API module that
-    ``driver_object`` (a raw cursor or connection) comes from, so an error
-    raised where only that object is at hand is still the driver's Error."""
-    root = type(driver_object).__module__.partition(".")[0]
-    err = getattr(sys.modules.get(root), "ProgrammingError", None)
-    ok = isinstance(err, type) and issubclass(err, Exception)
-    return for_driver(cls, err if ok else None)
+    ``driver_object`` (a raw cursor or connection, or an application's
+    subclass of one) comes from, so an error raised where only that object
+    is at hand is still the driver's Error; ``cls`` itself when none is found."""
+    for klass in type(driver_object).__mro__:  # an application's subclass: its driver's
+        root = klass.__module__.partition(".")[0]
+        err = getattr(sys.modules.get(root), "ProgrammingError", None)
+        if isinstance(err, type) and issubclass(err, Exception):
+            return for_driver(cls, err)
+    return cls
 
 
 def _rebuild(
