@@ -38,7 +38,7 @@ class Odd:
 
 
 def _odd_cursor(base: type) -> type:
-    class OddCursor(base):  # type: ignore[misc, valid-type]
+    class OddCursor(base):  # type: ignore[misc]
         def fetchall(self) -> list[Odd]:
             return [Odd(r) for r in super().fetchall()]
 
