@@ -78,6 +78,8 @@ class _Judge:
     def __init__(self, masking: Masking, dialect: str) -> None:
         self.masking = masking
         self.mysql = dialect == "mysql"
+        # the strictest (column, filter) the statement reads, for lost lineage
+        self.unknown: tuple[str, str] | None = None
         fold = not self.mysql
         self.resolver = _Resolver(fold)
         self.fold = fold
@@ -90,12 +92,23 @@ class _Judge:
         for src in sorted(sources):
             rule = self.masking._rule(src)
             mode = rule.filter if rule is not None else "allow"
+            if src.startswith("?.") and self.unknown is not None:
+                # lineage lost (a recursive CTE's self-reference, an unknown
+                # name) in a statement that reads a restricted column: it may be it
+                mode = max(mode, self.unknown[1], key=FILTERS.index)
             if mode != "allow" and (worst is None or FILTERS.index(mode) > FILTERS.index(worst[1])):
                 worst = (src, mode)
         return worst
 
     def refuse(self, found: tuple[str, str], what: str) -> None:
         column, mode = found
+        if column.startswith("?.") and self.masking._rule(column) is None and self.unknown:
+            read = self.unknown[0]
+            raise _Refused(
+                f"{what} uses {column[2:]}, whose origin guardeddb cannot follow, in a "
+                f"statement that reads the masked column {read} (refused to be safe): "
+                + _fix(read, mode)
+            )
         raise _Refused(f"{what} would reveal the masked column {column}: {_fix(column, mode)}")
 
     # -- queries -------------------------------------------------------------
@@ -294,7 +307,8 @@ class _Judge:
                 return  # shown as itself: masked, or compared by the query above
             self.refuse(found, "an expression over it can fail or branch on its value and")
         condition = clause in ("where", "having", "on") and plain
-        if condition and found[1] == "equality" and bare and _equality(col, self.mysql):
+        equal = condition and found[1] == "equality" and bare and _equality(col, self.mysql)
+        if equal and (not self.mysql or self.masked_peers(col, scope)):
             return
         what = {
             "where": "this WHERE condition",
@@ -308,6 +322,24 @@ class _Judge:
             what = "a window's PARTITION BY / ORDER BY, or an ORDER BY inside an aggregate,"
         self.refuse(found, what)
 
+    def masked_peers(self, col: exp.Expr, scope: _Scope) -> bool:
+        """On MySQL, whether every column ``col`` is compared with is masked by
+        some rule too (a string like it); a number column would compare only
+        the leading digits of ``col``'s value."""
+        node = col
+        while isinstance(node.parent, exp.Paren):
+            node = node.parent
+        cmp = node.parent
+        assert cmp is not None
+        for other in cmp.iter_expressions():
+            while isinstance(other, exp.Paren):
+                other = other.this
+            if other is not node and isinstance(other, exp.Column):
+                sources, _ = self.resolver.column(other, scope)
+                if any(self.masking._rule(s) is None for s in sources):
+                    return False
+        return True
+
     def resolve(
         self, col: exp.Column, scope: _Scope, ctes: _Ctes, q: exp.Expr, clause: str
     ) -> tuple[set[str], bool]:
@@ -319,6 +351,8 @@ class _Judge:
             for proj in q.expressions:
                 if isinstance(proj, exp.Alias) and proj.alias.lower() == low:
                     more, _ = self.resolver.expr(proj, scope, ctes)
+                    if all(src.startswith("?.") for src in sources):
+                        sources = set()  # only the alias has that name
                     sources = sources | more
                     bare = False
         return sources, bare
@@ -496,6 +530,7 @@ def filters_masked(analysis: Analysis, masking: Masking) -> str | None:
         if found is None and not st.tables and st.unparsed is None:
             continue
         named = found is not None
+        judge.unknown = found
         found = found or ("a masked column", "deny")
         if st.unparsed is not None:
             return (
