@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from ..sql.lineage import Lineage, Output, _rename, _Resolver, _Scope, _unwrap, _with, identifier
+from ..sql.lineage import Lineage, Output, _Resolver, _Scope, _unwrap, _with, identifier
 from .channels import parsed
 
 if TYPE_CHECKING:
@@ -129,19 +129,9 @@ class _Judge:
         """Judge ``q``; ``output``: its columns are returned (FROM item, CTE,
         the statement) rather than compared (an IN / EXISTS / scalar subquery)."""
         q = _unwrap(q)
-        with_ = _with(q)
-        if isinstance(with_, exp.With):
-            ctes = dict(ctes)
-            for cte in with_.expressions:
-                name = identifier(cte.args["alias"].this, self.fold).lower()
-                if with_.args.get("recursive"):
-                    ctes[name] = None
-                self.query(cte.this, ctes, outer, True)
-                outs = self.resolver.query(cte.this, ctes, outer)
-                cols = cte.args["alias"].columns
-                if cols:
-                    outs = _rename(outs, [identifier(c, True) for c in cols])
-                ctes[name] = outs
+        ctes = self.resolver.with_ctes(
+            q, ctes, outer, lambda cte, seen: self.query(cte, seen, outer, True)
+        )
         if isinstance(q, exp.SetOperation):
             self.query(q.this, ctes, outer, output)
             self.query(q.expression, ctes, outer, output)
