@@ -4,7 +4,9 @@ Shaped like structlog's ``contextvars`` module: a context manager for code,
 ``bind_identity``/``reset_identity`` tokens for frameworks (middleware that
 enters on request start and leaves on request end). Threads and asyncio tasks
 each see their own identity because contextvars are copied per task and are
-empty in a new thread.
+empty in a new thread. A generator shares its caller's context, so a
+``with identity()`` block records its frame: paused at a ``yield``, the block
+binds nothing for the caller (``_Binding.holds``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:  # PyJWT is optional: only from_jwt imports it, lazily
 
 __all__ = [
     "Identity",
+    "IdentityScope",
     "bind_identity",
     "current_identity",
     "identity",
