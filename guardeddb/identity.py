@@ -255,6 +255,20 @@ def _task() -> object | None:
     return None
 
 
+# Generators whose pause is meant to hand the identity to the caller: a
+# contextlib.contextmanager / asynccontextmanager, a pytest yield fixture.
+_LENDERS = ("contextlib", "_pytest.", "pytest_asyncio")
+
+
+def _lends(frame: FrameType) -> bool:
+    """Whether the generator running ``frame`` was resumed by a context
+    manager's ``__enter__`` (or a test fixture), whose caller runs inside
+    the block by design: there the identity is lent until the block exits."""
+    resumer = frame.f_back
+    name = resumer.f_globals.get("__name__", "") if resumer is not None else ""
+    return isinstance(name, str) and (name == "contextlib" or name.startswith(_LENDERS[1:]))
+
+
 class _Current:
     """The identity contextvar, read through the bindings that apply now."""
 
@@ -340,7 +354,7 @@ class IdentityScope(ContextDecorator):
         # Only a generator's frame can pause inside the block and leave it
         # bound for its caller; any other frame is on the stack until exit,
         # so its binding needs no check on every read (the hot path).
-        paused = frame.f_code.co_flags & _PAUSABLE
+        paused = frame.f_code.co_flags & _PAUSABLE and not _lends(frame)
         self._binding = _Binding(self.ident, var.get(), frame if paused else None)
         self._token = var.set(self._binding)
         return self.ident

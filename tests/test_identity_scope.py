@@ -9,6 +9,7 @@ returns (masked or raw) and by the audit record's identity, on every database.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
 from collections.abc import AsyncGenerator, Generator, Iterator
@@ -184,3 +185,35 @@ def test_identity_still_reaches_threads_tasks_and_decorated_functions() -> None:
     assert decorated() == AGENT and decorated() == AGENT
     assert asyncio.run(main()) == [AUDITOR, AUDITOR, AGENT, AUDITOR]
     assert guardeddb.current_identity() is None
+
+
+@pytest.fixture
+def as_auditor() -> Iterator[Identity]:
+    """A yield fixture: its pause is meant to hand the identity to the test."""
+    with guardeddb.identity(AUDITOR) as ident:
+        yield ident
+
+
+def test_context_managers_and_yield_fixtures_lend_their_identity(as_auditor: Identity) -> None:
+    """A generator driven by contextlib (or a pytest yield fixture) lends its
+    identity to the block it wraps, as a context manager should."""
+    assert guardeddb.current_identity() == as_auditor == AUDITOR
+
+    @contextlib.contextmanager
+    def as_agent() -> Iterator[None]:
+        with guardeddb.identity(AGENT):
+            yield
+
+    @contextlib.asynccontextmanager
+    async def as_agent_async() -> AsyncGenerator[None, None]:
+        with guardeddb.identity(AGENT):
+            yield
+
+    async def main() -> Identity | None:
+        async with as_agent_async():
+            return guardeddb.current_identity()
+
+    with as_agent():
+        assert guardeddb.current_identity() == AGENT
+    assert guardeddb.current_identity() == AUDITOR
+    assert asyncio.run(main()) == AGENT
