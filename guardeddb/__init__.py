@@ -25,12 +25,12 @@ from .errors import (
     AuditUnavailable,
     Error,
     IdentityError,
+    MaskingError,
     PolicyError,
     QueryBlocked,
 )
 from .identity import Identity, current_identity, identity
 from .integrations.instrument import instrument, instrumented_raw, uninstrument
-from .masking import MaskingError
 from .policy import Decision, Policy, PolicySource, load_policy
 from .telemetry import Telemetry
 

@@ -59,6 +59,7 @@ from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
 from .identity import Identity, _current
 from .masking.channels import carries_masked, withheld
+from .masking.filters import filters_masked
 from .masking.plan import Masking
 from .policy.decision import Decision
 from .policy.model import Policy
@@ -208,6 +209,10 @@ class Guard:
                 reason = carries_masked(analysis, masking)
                 if reason is not None:
                     decision = Decision("block", "masking-side-channel", reason)
+            if decision.action != "block" and masking is not None:
+                reason = filters_masked(analysis, masking)
+                if reason is not None:
+                    decision = Decision("block", "masking-filter", reason)
             stores = analysis.functions & VALUE_STORING_FUNCTIONS
             if decision.action != "block" and stores and masking and masking.may_carry(analysis):
                 decision = Decision(

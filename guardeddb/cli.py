@@ -356,6 +356,8 @@ def _validate(args: argparse.Namespace) -> int:
         + ", ".join(r.id for r in policy.rules)
         + ")"
     )
+    for line in _effective_masking(policy):
+        print(line)
     for what, url in (
         ("approval store", policy.approvals.get("store")),
         ("audit sink", policy.audit.get("postgresql")),
@@ -367,6 +369,39 @@ def _validate(args: argparse.Namespace) -> int:
                 "outside guardeddb"
             )
     return 0
+
+
+def _effective_masking(policy: guardeddb.Policy) -> list[str]:
+    """The masking a policy applies once its presets are merged: what a
+    reviewer needs to see, since a policy's rules are added before the
+    presets' and its detectors to theirs."""
+    masker = policy.masker
+    if masker is None or not masker.active:
+        return ["masking: none (results are returned as the database sends them)"]
+    raw = policy.masking.get("rules")
+    params = raw if isinstance(raw, list) and len(raw) == len(masker.rules) else None
+    lines = ["masking (effective, presets merged; the first rule naming a column wins):"]
+    for i, rule in enumerate(masker.rules):
+        extra = ""
+        if params is not None and isinstance(params[i], dict):
+            keys = ("keep_first", "keep_last", "fill", "value")
+            given = [f"{k}={params[i][k]!r}" for k in keys if k in params[i]]
+            extra = f" ({', '.join(given)})" if given else ""
+        lines.append(
+            f"  {_safe(', '.join(rule.patterns))}: operator {_safe(rule.name)}{_safe(extra)}, "
+            f"filter {rule.filter}"
+        )
+    if not masker.rules:
+        lines.append("  no column rules")
+    scanner = masker.scanner
+    names = ", ".join(scanner.names) if scanner is not None else "none"
+    lines.append(f"  detectors: {_safe(names)}")
+    roles = ", ".join(sorted(masker.unmask_roles)) or "none"
+    users = ", ".join(sorted(masker.unmask_users)) or "none"
+    lines.append(
+        f"  may unmask (see raw values, audited): roles {_safe(roles)}; users {_safe(users)}"
+    )
+    return lines
 
 
 _UNSAFE = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})

@@ -6,26 +6,27 @@
      +-- Error                      every guardeddb error
           +-- PolicyError           a policy that cannot be loaded (file, line, key)
           +-- IdentityError         a token that does not prove who the caller is; carries .reason
-          +-- MaskingError          rows that cannot be masked, refused (masking/plan.py)
+          +-- MaskingError          rows that cannot be masked, refused; carries .row_type
           +-- AttributeRefused      a driver attribute outside the allowlisted surface
                                     (also an AttributeError: hasattr() answers False)
           +-- QueryBlocked          a query the guardrails refused; carries .decision
                +-- ApprovalRequired held for a human; carries .request_id
                +-- AuditUnavailable no audit record could be written, so no query
 
-Raised from a guarded cursor, ``QueryBlocked`` and its subclasses are
-*also* instances of that driver's ``ProgrammingError`` (see
-``for_driver``), so ``except psycopg.Error:`` handlers and SQLAlchemy's
+Raised from a guarded cursor, ``QueryBlocked`` and its subclasses and
+``MaskingError`` are *also* instances of that driver's ``ProgrammingError``
+(see ``for_driver``), so ``except psycopg.Error:`` handlers and SQLAlchemy's
 DBAPI error wrapping keep working unchanged.
 
 Every error pickles with its fields (``.decision``, ``.request_id``,
-``.source``/``.line``/``.key``, ``.reason``), the driver-mixed classes too,
+``.source``/``.line``/``.key``, ``.reason``, ``.row_type``), the driver-mixed classes too,
 so it crosses a process pool or a task queue intact.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import sys
+from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # the policy package imports errors; only the type is needed here
     from .policy.decision import Decision
@@ -36,8 +37,10 @@ __all__ = [
     "AuditUnavailable",
     "Error",
     "IdentityError",
+    "MaskingError",
     "PolicyError",
     "QueryBlocked",
+    "driver_error",
     "for_driver",
 ]
 
@@ -111,6 +114,21 @@ class AttributeRefused(Error, AttributeError):
         super().__init__(message, name=name)
 
 
+class MaskingError(Error):
+    """A result guardeddb cannot mask (a row type it cannot rebuild), refused
+    instead of returned raw. ``row_type`` names the type, when there is one."""
+
+    __module__ = "guardeddb"
+
+    def __init__(self, message: str, *, row_type: str | None = None) -> None:
+        self.row_type = row_type
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        base, driver = getattr(type(self), "_guardeddb_parts", (type(self), None))
+        return (_rebuild_masking, (base, driver, str(self), self.row_type))
+
+
 class QueryBlocked(Error):
     """The guardrails refused a query before it reached the database."""
 
@@ -157,10 +175,11 @@ class AuditUnavailable(QueryBlocked):
     __module__ = "guardeddb"
 
 
-_DRIVER_CLASSES: dict[tuple[type[QueryBlocked], type[BaseException]], type[QueryBlocked]] = {}
+_E = TypeVar("_E", bound=Error)
+_DRIVER_CLASSES: dict[tuple[type[Error], type[BaseException]], type[Error]] = {}
 
 
-def for_driver(cls: type[QueryBlocked], programming_error: type[BaseException] | None) -> Any:
+def for_driver(cls: type[_E], programming_error: type[BaseException] | None) -> Any:
     """``cls`` mixed with a driver's ``ProgrammingError``; one class per pair, cached.
 
     Returns ``cls`` itself when the driver has no ProgrammingError.
@@ -179,12 +198,36 @@ def for_driver(cls: type[QueryBlocked], programming_error: type[BaseException] |
     return mixed
 
 
+def driver_error(cls: type[_E], driver_object: Any) -> Any:
+    """``cls`` mixed with the ``ProgrammingError`` of the DB-API module that
+    ``driver_object`` (a raw cursor or connection, or an application's
+    subclass of one) comes from, so an error raised where only that object
+    is at hand is still the driver's Error; ``cls`` itself when none is found."""
+    for klass in type(driver_object).__mro__:  # an application's subclass: its driver's
+        root = klass.__module__.partition(".")[0]
+        err = getattr(sys.modules.get(root), "ProgrammingError", None)
+        if isinstance(err, type) and issubclass(err, Exception):
+            return for_driver(cls, err)
+    return cls
+
+
 def _rebuild(
     cls: type[QueryBlocked], programming_error: type[BaseException] | None, args: tuple[Any, ...]
 ) -> QueryBlocked:
     """Unpickle a QueryBlocked (or a subclass), mixed with its driver's error again."""
     target: type[QueryBlocked] = for_driver(cls, programming_error)
     return target(*args)
+
+
+def _rebuild_masking(
+    cls: type[MaskingError],
+    programming_error: type[BaseException] | None,
+    message: str,
+    row_type: str | None,
+) -> MaskingError:
+    """Unpickle a MaskingError, mixed with its driver's error again."""
+    target: type[MaskingError] = for_driver(cls, programming_error)
+    return target(message, row_type=row_type)
 
 
 def _policy_error(

@@ -4,16 +4,21 @@ Shaped like structlog's ``contextvars`` module: a context manager for code,
 ``bind_identity``/``reset_identity`` tokens for frameworks (middleware that
 enters on request start and leaves on request end). Threads and asyncio tasks
 each see their own identity because contextvars are copied per task and are
-empty in a new thread.
+empty in a new thread. A generator shares its caller's context, so a
+``with identity()`` block records its frame: paused at a ``yield``, the block
+binds nothing for the caller (``_Binding.holds``).
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import inspect
+import sys
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import ContextDecorator
 from dataclasses import dataclass, field
-from types import MappingProxyType
+from types import FrameType, MappingProxyType, TracebackType
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # PyJWT is optional: only from_jwt imports it, lazily
@@ -21,6 +26,7 @@ if TYPE_CHECKING:  # PyJWT is optional: only from_jwt imports it, lazily
 
 __all__ = [
     "Identity",
+    "IdentityScope",
     "bind_identity",
     "current_identity",
     "identity",
@@ -188,9 +194,111 @@ class Identity:
         return attrs
 
 
-_current: contextvars.ContextVar[Identity | None] = contextvars.ContextVar(
-    "guardeddb_identity", default=None
-)
+class _Binding:
+    """One identity bound in a context: by ``bind_identity`` (``frame`` None,
+    it holds until reset) or by a ``with identity()`` block in ``frame``, on
+    ``thread`` in ``task``, over ``prev`` (the binding it replaced)."""
+
+    __slots__ = ("frame", "ident", "prev", "task", "thread")
+
+    def __init__(
+        self,
+        ident: Identity | None,
+        prev: _Binding | None,
+        frame: FrameType | None = None,
+    ) -> None:
+        self.ident = ident
+        self.prev = prev
+        self.frame = frame
+        self.thread = threading.get_ident() if frame is not None else 0
+        self.task = _task() if frame is not None else None
+
+    def holds(self) -> bool:
+        """Whether the binding applies to the code running now.
+
+        A generator runs in its caller's context, so a ``with identity()``
+        inside it that is paused at a ``yield`` would stay bound for the
+        caller. The block's frame tells: it is on the running stack while
+        its code runs (the generator's frame is linked to whoever resumed
+        it). Off the stack on the same thread and task, the block is
+        paused (or gone) and does not apply; on another thread or task the
+        context was copied (``to_thread``, a child task) and it does.
+        """
+        frame = self.frame
+        if self.task is _CLOSED:
+            return False
+        if frame is None:
+            return True
+        f: FrameType | None = sys._getframe(2)
+        while f is not None:
+            if f is frame:
+                return True
+            f = f.f_back
+        return self.thread != threading.get_ident() or self.task is not _task()
+
+
+_PAUSABLE = inspect.CO_GENERATOR | inspect.CO_ASYNC_GENERATOR
+_CLOSED = object()  # the task of a binding whose block was exited out of place
+
+
+def _task() -> object | None:
+    """The asyncio task or greenlet running now, or None."""
+    aio = sys.modules.get("asyncio")
+    if aio is not None and aio._get_running_loop() is not None:
+        task: object | None = aio.current_task()
+        if task is not None:
+            return task
+    green = sys.modules.get("greenlet")
+    if green is not None:
+        current: Callable[[], object] = green.getcurrent
+        return current()
+    return None
+
+
+# Generators whose pause is meant to hand the identity to the caller: a
+# contextlib.contextmanager / asynccontextmanager, a pytest yield fixture.
+_LENDERS = ("contextlib", "_pytest.", "pytest_asyncio")
+
+
+def _lends(frame: FrameType) -> bool:
+    """Whether the generator running ``frame`` was resumed by a context
+    manager's ``__enter__`` (or a test fixture), whose caller runs inside
+    the block by design: there the identity is lent until the block exits."""
+    resumer = frame.f_back
+    name = resumer.f_globals.get("__name__", "") if resumer is not None else ""
+    return isinstance(name, str) and (name == "contextlib" or name.startswith(_LENDERS[1:]))
+
+
+class _Current:
+    """The identity contextvar, read through the bindings that apply now."""
+
+    __slots__ = ("var",)
+
+    def __init__(self) -> None:
+        self.var: contextvars.ContextVar[_Binding | None] = contextvars.ContextVar(
+            "guardeddb_identity", default=None
+        )
+
+    def get(self) -> Identity | None:
+        """The innermost binding that applies to the running code (see ``holds``)."""
+        b = self.var.get()
+        while b is not None:
+            if b.frame is None:
+                if b.task is not _CLOSED:
+                    return b.ident
+            elif b.holds():
+                return b.ident
+            b = b.prev
+        return None
+
+    def set(self, ident: Identity | None) -> contextvars.Token[_Binding | None]:
+        return self.var.set(_Binding(ident, self.var.get()))
+
+    def reset(self, token: contextvars.Token[_Binding | None]) -> None:
+        self.var.reset(token)
+
+
+_current = _Current()
 
 
 def current_identity() -> Identity | None:
@@ -198,17 +306,79 @@ def current_identity() -> Identity | None:
     return _current.get()
 
 
-def bind_identity(ident: Identity | None) -> contextvars.Token[Identity | None]:
-    """Bind ``ident`` for this context; pass the token to ``reset_identity``."""
+def bind_identity(ident: Identity | None) -> contextvars.Token[Any]:
+    """Bind ``ident`` for this context; pass the token to ``reset_identity``.
+
+    For frameworks that enter on request start and leave on request end in
+    different frames: unlike ``identity()``, the binding is not tied to a
+    frame, so it holds until reset, also for code a paused generator left.
+    """
     return _current.set(ident)
 
 
-def reset_identity(token: contextvars.Token[Identity | None]) -> None:
+def reset_identity(token: contextvars.Token[Any]) -> None:
     """Restore the identity that was bound before ``bind_identity``."""
     _current.reset(token)
 
 
-@contextmanager
+_MISPLACED = (
+    "guardeddb.identity() exited in another context, or out of order, than it was "
+    "entered in: a generator or coroutine paused inside 'with guardeddb.identity(...)' "
+    "was resumed elsewhere, or closed after its caller bound another identity. "
+    "The identity applied only while the generator ran, never to its caller; the "
+    "caller's binding is left as it is. Enter identity() around the code that consumes "
+    "the generator instead of inside it"
+)
+
+
+class IdentityScope(ContextDecorator):
+    """``with guardeddb.identity(...)``: binds the identity for the block's
+    frame (see ``_Binding.holds``) and checks, on exit, that it is leaving
+    the context and the binding it made."""
+
+    __slots__ = ("_binding", "_token", "ident")
+
+    def __init__(self, ident: Identity) -> None:
+        self.ident = ident
+        self._token: contextvars.Token[_Binding | None] | None = None
+        self._binding: _Binding | None = None
+
+    def _recreate_cm(self) -> IdentityScope:
+        return IdentityScope(self.ident)  # as a decorator: one scope per call
+
+    def __enter__(self) -> Identity:
+        if self._token is not None:
+            raise RuntimeError("this guardeddb.identity() block is already entered")
+        var = _current.var
+        frame = sys._getframe(1)
+        # Only a generator's frame can pause inside the block and leave it
+        # bound for its caller; any other frame is on the stack until exit,
+        # so its binding needs no check on every read (the hot path).
+        paused = frame.f_code.co_flags & _PAUSABLE and not _lends(frame)
+        self._binding = _Binding(self.ident, var.get(), frame if paused else None)
+        self._token = var.set(self._binding)
+        return self.ident
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        token, binding = self._token, self._binding
+        self._token = self._binding = None
+        if token is None or binding is None:
+            return
+        if _current.var.get() is not binding:
+            binding.task = _CLOSED  # left under another binding: it never holds again
+            raise RuntimeError(_MISPLACED)
+        try:
+            _current.var.reset(token)
+        except ValueError:  # "created in a different Context"
+            binding.task = _CLOSED
+            raise RuntimeError(_MISPLACED) from None
+
+
 def identity(
     ident: Identity | None = None,
     /,
@@ -218,11 +388,14 @@ def identity(
     roles: Iterable[str] = (),
     session: str | None = None,
     attributes: Mapping[str, Any] | None = None,
-) -> Iterator[Identity]:
+) -> IdentityScope:
     """Run the block as ``ident`` (or as the identity the keywords describe).
 
     Nested blocks replace the outer identity and restore it on exit, also when
-    the block raises.
+    the block raises. The identity applies to the code of the block (and what
+    it calls, threads and tasks it starts); a generator paused inside the
+    block does not lend it to its caller, and a block exited in another
+    context or out of order raises RuntimeError.
     """
     if ident is None:
         ident = Identity(
@@ -234,8 +407,4 @@ def identity(
         )
     elif user or agent or roles or session or attributes:
         raise TypeError("pass either an Identity or keyword fields, not both")
-    token = _current.set(ident)
-    try:
-        yield ident
-    finally:
-        _current.reset(token)
+    return IdentityScope(ident)

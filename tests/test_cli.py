@@ -189,3 +189,47 @@ def test_policy_validate(tmp_path: object, capsys: pytest.CaptureFixture[str]) -
         f.write("version: 1\nrules:\n  - id: x\n    action: maybe\n")
     assert main(["policy", "validate", bad]) == 1
     assert f"{bad}:4: rules[0].action: must be one of" in capsys.readouterr().err
+
+
+def test_policy_validate_prints_the_effective_masking(
+    tmp_path: object, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After the presets merge: each column rule with its operator, parameters
+    and filter, the preset's detectors added to the file's, who may unmask;
+    a bad filter is named by file, line and key (#11)."""
+    from guardeddb.masking.detectors import DETECTORS
+
+    path = f"{tmp_path}/masking.yaml"
+    with open(path, "w") as f:
+        f.write(
+            "version: 1\n"
+            "extends: [agent-safe]\n"
+            "masking:\n"
+            "  rules:\n"
+            "    - {columns: [customers.ssn], operator: redact, filter: deny}\n"
+            "    - {columns: ['*.iban'], operator: partial, keep_first: 2, filter: equality}\n"
+            "    - {columns: ['*.email'], operator: email}\n"
+            "  unmask: {roles: [compliance], users: [dpo@example.com]}\n"
+        )
+    assert main(["policy", "validate", path]) == 0
+    out = capsys.readouterr().out
+    assert "customers.ssn: operator redact, filter deny" in out
+    assert "*.iban: operator partial (keep_first=2), filter equality" in out
+    assert "*.email: operator email, filter allow" in out
+    detectors = next(line for line in out.splitlines() if "detectors:" in line)
+    assert set(detectors.split(":", 1)[1].strip().split(", ")) == set(DETECTORS)
+    assert "roles compliance; users dpo@example.com" in out
+    none = f"{tmp_path}/none.yaml"
+    with open(none, "w") as f:
+        f.write("version: 1\nextends: []\n")
+    assert main(["policy", "validate", none]) == 0
+    assert "masking: none" in capsys.readouterr().out
+    bad = f"{tmp_path}/bad_filter.yaml"
+    with open(bad, "w") as f:
+        f.write(
+            "version: 1\nextends: []\nmasking:\n  rules:\n"
+            "    - columns: [ssn]\n      operator: redact\n      filter: sometimes\n"
+        )
+    assert main(["policy", "validate", bad]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}:7: masking.rules[0].filter: must be one of allow, equality, deny" in err

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import MaskingError
 from .detectors import DETECTORS, Scanner
 from .operators import OPERATORS, Operator
-from .plan import ColumnRule, Masking, MaskingError, MaskPlan, MaskRun
+from .plan import ColumnRule, Masking, MaskPlan, MaskRun
 
 __all__ = [
     "DETECTORS",

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from ..sql.analysis import Analysis
     from .plan import Masking
 
-__all__ = ["carries_masked", "withheld"]
+__all__ = ["carries_masked", "parsed", "withheld"]
 
 # SHOW WARNINGS / SHOW ERRORS / SHOW COUNT(*) WARNINGS and GET DIAGNOSTICS
 # replay a statement's messages, which quote the values that failed.
@@ -105,6 +105,20 @@ def _source_names(tree: exp.Expression) -> set[str] | None:
     return names
 
 
+def parsed(analysis: Analysis) -> list[Any] | None:
+    """The statements' syntax trees again (the analysis keeps only facts);
+    None when they cannot be had. Only statements that read a masked column
+    come here, once per statement and identity (decisions are cached)."""
+    try:
+        # pyformat markers read as ? on MySQL, NULL elsewhere: sqlglot's MySQL
+        # parser takes %s for a modulo, its PostgreSQL one ? for a JSON operator
+        mark = "?" if analysis.dialect == "mysql" else "NULL"
+        text = _PYFORMAT.sub(mark, analysis.text)
+        return list(sqlglot.parse(text, read=analysis.dialect))
+    except Exception:
+        return None
+
+
 def carries_masked(analysis: Analysis, masking: Masking) -> str | None:
     """Why ``analysis`` would carry a masked column's value past masking, or
     None. Only columns the policy's rules mask count (and a star over a table
@@ -113,13 +127,7 @@ def carries_masked(analysis: Analysis, masking: Masking) -> str | None:
     if _DIAGNOSTICS.search(text):
         return "SHOW WARNINGS/ERRORS and GET DIAGNOSTICS can quote masked values"
     assigns = bool(_ASSIGNS.search(text))
-    trees: list[Any] | None
-    try:
-        # pyformat markers read as NULL: sqlglot's MySQL parser takes %s for a modulo
-        text_ = _PYFORMAT.sub("NULL", analysis.text)
-        trees = list(sqlglot.parse(text_, read=analysis.dialect))
-    except Exception:
-        trees = None
+    trees = parsed(analysis)
     for i, st in enumerate(analysis.statements):
         masked = sorted(c for c in st.columns if masking._rule(c) is not None)
         if not masked:

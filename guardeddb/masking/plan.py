@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import Error
+from ..errors import MaskingError, driver_error
 from ..identity import Identity
 from ..sql.analysis import Analysis
 from ..sql.lineage import Lineage, Output
@@ -30,25 +30,22 @@ _SCAN = object()  # a dict key whose text the detectors scan
 _PLAN_CACHE_SIZE = 4096
 
 
-class MaskingError(Error):
-    """A result guardeddb cannot mask, refused instead of returned raw."""
-
-    __module__ = "guardeddb"
-
-
 @dataclass(frozen=True, slots=True)
 class ColumnRule:
     """Mask columns matching ``patterns`` (``*.email``, ``customers.ssn``, ``ssn``).
 
     ``keyed``, when set, gives the operator for one column by name: ``hash``
     keys its pseudonyms per column, so no other column's (or literal's)
-    pseudonym can be matched against this one's.
+    pseudonym can be matched against this one's. ``filter`` (``allow``,
+    ``equality``, ``deny``) bounds how a masked identity's query may use the
+    column beyond showing it (``filters.py``): predicates are an oracle.
     """
 
     patterns: tuple[str, ...]
     operator: Operator
     name: str
     keyed: Callable[[str], Operator] | None = None
+    filter: str = "allow"
 
 
 class MaskPlan:
@@ -131,9 +128,11 @@ class MaskRun:
             return sqlite3.Row(self.cursor, tuple(self._values(list(row))))
         if row is None:
             return None
-        raise MaskingError(
-            f"guardeddb cannot mask rows of type {cls.__module__}.{cls.__qualname__}; "
-            "use tuple, dict or namedtuple rows (or a policy that unmasks this identity)"
+        name = f"{cls.__module__}.{cls.__qualname__}"
+        raise driver_error(MaskingError, self.cursor)(
+            f"guardeddb cannot mask rows of type {name}; use tuple, dict or namedtuple "
+            "rows (or a policy that unmasks this identity)",
+            row_type=name,
         )
 
     def rows(self, rows: Any) -> Any:

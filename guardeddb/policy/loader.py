@@ -22,6 +22,7 @@ from ..approvals import parse_ttl
 from ..errors import PolicyError
 from ..masking import operators
 from ..masking.detectors import DETECTORS, Scanner
+from ..masking.filters import FILTERS
 from ..masking.plan import ColumnRule, Masking
 from ..sql.classify import CLASSES, KINDS
 from .model import ACTIONS, IdentityMatch, Match, Policy, Rule
@@ -59,7 +60,7 @@ _MATCH_KEYS = {
 }
 _IDENTITY_KEYS = {"user", "agent", "roles", "roles_absent"}
 _MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
-_MASK_RULE_KEYS = {"columns", "operator", "keep_first", "keep_last", "fill", "value"}
+_MASK_RULE_KEYS = {"columns", "operator", "keep_first", "keep_last", "fill", "value", "filter"}
 _UNMASK_KEYS = {"roles", "users"}
 _AUDIT_KEYS = {"jsonl", "postgresql", "stream", "required", "fsync"}
 _APPROVALS_KEYS = {"store", "ttl"}
@@ -450,9 +451,16 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
         else:
             known = ", ".join(sorted({*operators.OPERATORS, "partial", "fixed", "hash"}))
             raise ctx.error(opath, f"unknown operator {op!r} (operators: {known})")
+        mode = rule.get("filter", "allow")
+        if mode not in FILTERS:
+            raise ctx.error(
+                (*rpath, "filter"),
+                f"must be one of {', '.join(FILTERS)} (how a masked identity's query may "
+                f"use the column beyond showing it), not {mode!r}",
+            )
         extra = (
             set(rule)
-            - {"columns", "operator"}
+            - {"columns", "operator", "filter"}
             - (
                 {"keep_first", "keep_last", "fill"}
                 if op == "partial"
@@ -463,7 +471,7 @@ def _masking(ctx: _Context, raw: Mapping[str, Any]) -> Masking | None:
         )
         if extra:
             raise ctx.error((*rpath, sorted(extra)[0]), f"not a parameter of operator {name}")
-        rules.append(ColumnRule(columns, operator, name, keyed))
+        rules.append(ColumnRule(columns, operator, name, keyed, mode))
     scanner = None
     detectors = raw.get("detectors")
     if detectors is not None:

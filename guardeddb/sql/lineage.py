@@ -17,7 +17,7 @@ unknown lineage whenever the statement touches a masked column at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -199,16 +199,7 @@ class _Resolver:
         self, q: exp.Expr, ctes: dict[str, list[Output] | None], outer: _Scope | None
     ) -> list[Output] | None:
         q = _unwrap(q)
-        with_ = _with(q)
-        if isinstance(with_, exp.With):
-            ctes = dict(ctes)
-            for cte in with_.expressions:
-                name = identifier(cte.args["alias"].this, self.fold).lower()
-                if with_.args.get("recursive"):
-                    ctes[name] = None  # its self-reference: not followed
-                outs = self.query(cte.this, ctes, outer)
-                cols = _alias_columns(cte)
-                ctes[name] = _rename(outs, cols) if cols else outs
+        ctes = self.with_ctes(q, ctes, outer)
         if isinstance(q, exp.SetOperation):
             left = self.query(q.this, ctes, outer)
             right = self.query(q.expression, ctes, outer)
@@ -245,6 +236,31 @@ class _Resolver:
                 sources, bare = self.expr(proj, scope, ctes)
                 out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
         return _merge_stars(out)
+
+    def with_ctes(
+        self,
+        q: exp.Expr,
+        ctes: dict[str, list[Output] | None],
+        outer: _Scope | None,
+        visit: Callable[[exp.Expr, dict[str, list[Output] | None]], None] | None = None,
+    ) -> dict[str, list[Output] | None]:
+        """``ctes`` with the CTEs of ``q``'s WITH added, each renamed by its
+        column list; ``visit`` sees each CTE's query first, with the CTEs
+        it can refer to (masking/filters.py judges them so)."""
+        with_ = _with(q)
+        if not isinstance(with_, exp.With):
+            return ctes
+        ctes = dict(ctes)
+        for cte in with_.expressions:
+            name = identifier(cte.args["alias"].this, self.fold).lower()
+            if with_.args.get("recursive"):
+                ctes[name] = None  # its self-reference: not followed
+            if visit is not None:
+                visit(cte.this, ctes)
+            outs = self.query(cte.this, ctes, outer)
+            cols = _alias_columns(cte)
+            ctes[name] = _rename(outs, cols) if cols else outs
+        return ctes
 
     def values(
         self, q: exp.Values, ctes: dict[str, list[Output] | None], scope: _Scope | None
