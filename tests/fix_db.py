@@ -25,7 +25,7 @@ REQUIRE_SERVERS = os.environ.get("GUARDEDDB_REQUIRE_SERVERS") == "1"
 BACKENDS = ["sqlite", "postgresql", "mysql"]
 
 #: For tests of transparency rather than guardrails: every statement allowed.
-PERMISSIVE: dict[str, Any] = {"version": 1, "on_unparsed": "allow"}
+PERMISSIVE: dict[str, Any] = {"version": 1, "extends": [], "on_unparsed": "allow"}
 
 
 @dataclass

@@ -265,7 +265,7 @@ def test_identity_switch_inside_a_transaction_is_refused(backend: Backend, table
 
 
 def _policy(**kwargs: Any) -> Policy:
-    return guardeddb.load_policy({"version": 1, **kwargs})
+    return guardeddb.load_policy({"version": 1, "extends": [], **kwargs})
 
 
 def test_first_matching_rule_wins_and_default_applies() -> None:
@@ -660,7 +660,7 @@ def test_sqlite_shortcuts_are_judged_as_the_statements_they_amount_to(tmp_path: 
             conn.enable_load_extension(True)
     conn.close()
     permissive = guardeddb.connect(
-        f"sqlite:///{path}", policy={"version": 1, "on_unparsed": "allow"}
+        f"sqlite:///{path}", policy={"version": 1, "extends": [], "on_unparsed": "allow"}
     )
     assert any("CREATE TABLE files" in line for line in permissive.iterdump())
     permissive.close()

@@ -150,6 +150,7 @@ class Policy:
     approvals: dict[str, object] = field(default_factory=dict)
     limits: dict[str, float] = field(default_factory=dict)  # statement_timeout (s), max_rows
     source: str | None = None
+    extends: tuple[str, ...] = ()  # the presets it was built on, in order
 
     __module__ = "guardeddb"
 
