@@ -605,7 +605,8 @@ def test_opentelemetry_instrument_with_a_hostile_policy_file_refuses(
 def test_an_idle_instrumentor_patches_nothing_and_says_so_once(
     instrumentor: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """No variable, no option: no driver is patched, and the log says why, once."""
+    """No variable, no option: no driver is patched, and the log says why, once.
+    Idle is not "instrumented": options passed from code later still guard."""
     from guardeddb.integrations import _instrumentor
 
     monkeypatch.delenv("GUARDEDDB_POLICY", raising=False)
@@ -615,11 +616,15 @@ def test_an_idle_instrumentor_patches_nothing_and_says_so_once(
     instrumentor.instrument()
     assert not any(is_instrumented(name) for name in TARGETS)
     assert type(sqlite3.connect(":memory:")) is sqlite3.Connection
-    instrumentor.uninstrument()
     instrumentor.instrument()
     idle = [r for r in caplog.records if "idle" in r.getMessage()]
     assert len(idle) == 1 and "GUARDEDDB_POLICY" in idle[0].getMessage()
     assert not any(is_instrumented(name) for name in TARGETS)
+    instrumentor.instrument(policy="readonly")
+    conn = sqlite3.connect(":memory:")
+    with pytest.raises(QueryBlocked, match="only reads"):
+        conn.execute("CREATE TABLE t (a)")
+    conn.close()
 
 
 # --- #13 finding 4: instrument() then guard_engine() guard once -----------------

@@ -75,6 +75,14 @@ class GuardeddbInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # an untyp
     """
 
     _modules: tuple[str, ...] = ()
+    _idle = False
+
+    def instrument(self, **kwargs: Any) -> None:
+        """BaseInstrumentor's, except that staying idle does not count as
+        instrumented: a later call with options from code still guards."""
+        super().instrument(**kwargs)
+        if self._idle:
+            self._is_instrumented_by_opentelemetry = False
 
     def instrumentation_dependencies(self) -> Collection[str]:
         """None required: each driver is guarded only if it is importable."""
@@ -82,7 +90,8 @@ class GuardeddbInstrumentor(BaseInstrumentor):  # type: ignore[misc]  # an untyp
 
     def _instrument(self, **kwargs: Any) -> None:
         global _said_idle
-        if not _opted_in(kwargs):
+        self._idle = not _opted_in(kwargs)
+        if self._idle:
             if not _said_idle:
                 _said_idle = True
                 _log.info(
