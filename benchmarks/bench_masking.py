@@ -62,11 +62,11 @@ def main() -> None:
     query = "SELECT id, name, email, ssn, card_number, city FROM customers"
     raw = _database(args.rows)
     rules_only = guardeddb.wrap(
-        _database(args.rows), policy={"version": 1, "masking": {"rules": RULES}}
+        _database(args.rows), policy={"version": 1, "extends": [], "masking": {"rules": RULES}}
     )
     with_detectors = guardeddb.wrap(
         _database(args.rows),
-        policy={"version": 1, "masking": {"rules": RULES, "detectors": "all"}},
+        policy={"version": 1, "extends": [], "masking": {"rules": RULES, "detectors": "all"}},
     )
     cases: dict[str, Callable[[], Any]] = {
         "raw sqlite3": lambda: raw.execute(query).fetchall(),

@@ -346,9 +346,14 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    """Load a policy and report whether it is valid."""
-    policy = _load_policy(args.file)
-    if policy is None:
+    """Load a policy and report whether it is valid, and what in it looks like a mistake."""
+    from .errors import PolicyError
+    from .policy.loader import lint_policy
+
+    try:
+        policy, warnings = lint_policy(args.file)
+    except PolicyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 1
     print(
         f"{args.file}: valid (mode {policy.mode}, default {policy.default}, "
@@ -368,6 +373,19 @@ def _validate(args: argparse.Namespace) -> int:
                 "the application's DSN cannot use), or an agent's process could change it "
                 "outside guardeddb"
             )
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    """Print the effective policy: a preset or a file with its ``extends`` resolved."""
+    from .policy.render import policy_yaml
+
+    policy = _load_policy(args.source)
+    if policy is None:
+        return 1
+    sys.stdout.write(policy_yaml(policy))
     return 0
 
 
@@ -587,7 +605,9 @@ def _main(argv: Sequence[str] | None) -> int:
     )
     check = sub.add_parser("check", help="judge one SQL statement under a policy (no database)")
     source = check.add_mutually_exclusive_group()
-    source.add_argument("--policy", help="policy YAML file (default: the agent-safe preset)")
+    source.add_argument(
+        "--policy", help="policy YAML file or preset name (default: the agent-safe preset)"
+    )
     source.add_argument("--preset", choices=["agent-safe", "readonly"], help="a built-in policy")
     check.add_argument("--user")
     check.add_argument("--agent")
@@ -600,11 +620,15 @@ def _main(argv: Sequence[str] | None) -> int:
     policy_cmd = sub.add_parser("policy", help="work with policy files")
     policy_sub = policy_cmd.add_subparsers(dest="policy_command", required=True)
     validate = policy_sub.add_parser("validate", help="check a policy file and list its rules")
-    validate.add_argument("file")
+    validate.add_argument("file", help="a policy YAML file or a preset name")
+    show = policy_sub.add_parser(
+        "show", help="print the effective policy (presets it extends written out) as YAML"
+    )
+    show.add_argument("source", help="a preset name (agent-safe, readonly) or a policy YAML file")
     replay = policy_sub.add_parser(
         "replay", help="re-judge an audit trail under a new policy and print what would change"
     )
-    replay.add_argument("--policy", required=True, help="the new policy YAML")
+    replay.add_argument("--policy", required=True, help="the new policy YAML or preset name")
     replay.add_argument("audit", help="an audit JSONL file")
     audit_cmd = sub.add_parser("audit", help="verify or show an audit trail")
     audit_sub = audit_cmd.add_subparsers(dest="audit_command", required=True)
@@ -665,7 +689,7 @@ def _main(argv: Sequence[str] | None) -> int:
     if args.command == "check":
         return _check(args)
     if args.command == "policy":
-        return _replay(args) if args.policy_command == "replay" else _validate(args)
+        return {"replay": _replay, "show": _show}.get(args.policy_command, _validate)(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -110,7 +110,7 @@ def test_connect_async_url_callable_and_wrap_async(backend: Backend) -> None:
             psycopg.AsyncConnection.connect, backend.url, policy=PERMISSIVE
         )
         raw = await psycopg.AsyncConnection.connect(backend.url)
-        wrapped = guardeddb.wrap_async(raw, policy=PERMISSIVE)
+        wrapped: Any = guardeddb.wrap_async(raw, policy=PERMISSIVE)  # the proxy: __wrapped__
         for conn in (by_url, by_callable, wrapped):
             assert isinstance(conn, GuardedAsyncConnection)
             assert isinstance(conn, psycopg.AsyncConnection)
@@ -139,7 +139,7 @@ def test_async_and_blocking_entry_points_refuse_each_others_connections(
         await raw.close()
         blocking = psycopg.connect(backend.url)
         with pytest.raises(TypeError, match=r"guardeddb\.wrap\(\)"):
-            guardeddb.wrap_async(blocking)  # type: ignore[arg-type]
+            guardeddb.wrap_async(blocking)
         blocking.close()
         with pytest.raises(TypeError, match="not an async connect callable"):
             await guardeddb.connect_async(psycopg.connect, backend.url)

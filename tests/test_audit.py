@@ -197,7 +197,7 @@ def test_policy_replay_shows_what_a_new_policy_would_change(
     path = tmp_path / "audit.jsonl"
     conn = guardeddb.connect(
         "sqlite:///:memory:",
-        policy={"version": 1, "on_unparsed": "allow", "audit": {"jsonl": str(path)}},
+        policy={"version": 1, "extends": [], "on_unparsed": "allow", "audit": {"jsonl": str(path)}},
     )
     conn.__wrapped__.execute("CREATE TABLE t (a)")
     with guardeddb.identity(AGENT):

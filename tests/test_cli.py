@@ -233,3 +233,81 @@ def test_policy_validate_prints_the_effective_masking(
     assert main(["policy", "validate", bad]) == 1
     err = capsys.readouterr().err
     assert f"{bad}:7: masking.rules[0].filter: must be one of allow, equality, deny" in err
+
+
+# --- #13: validate warns about policies that protect nothing; policy show ----
+
+
+@pytest.mark.parametrize(
+    ("text", "warning"),
+    [
+        ("", "the policy is empty"),
+        ("version: 1\nextends: []\n", "extends no preset (extends: []) and does not block DDL"),
+        (
+            "version: 1\nextends: []\nrules:\n  - {id: ro, match: {statements: [write]}, "
+            "action: block}\n",
+            "does not block DDL",
+        ),
+    ],
+)
+def test_policy_validate_warns_about_a_policy_that_protects_nothing(
+    text: str, warning: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Still valid (exit 0), but said on stderr, where a CI log shows it."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    assert main(["policy", "validate", str(path)]) == 0
+    captured = capsys.readouterr()
+    assert "valid" in captured.out
+    assert "warning: " in captured.err and warning in captured.err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'version: 1\nmasking:\n  rules: [{columns: ["*.email"], operator: email}]\n',
+        "version: 1\nextends: [readonly]\n",
+        "version: 1\nextends: []\nrules:\n  - {id: no-ddl, match: {statements: [ddl]}, "
+        "action: block}\n",
+    ],
+)
+def test_policy_validate_is_quiet_about_protective_policies(
+    text: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(text)
+    assert main(["policy", "validate", str(path)]) == 0
+    assert "warning" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("source", ["readonly", "agent-safe", "FILE"])
+def test_policy_show_prints_the_effective_policy_and_it_loads_back(
+    source: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """policy show NAME|FILE writes the presets out: what a file means, in YAML
+    that loads back to the same rules, limits and masking."""
+    import guardeddb
+
+    if source == "FILE":
+        path = tmp_path / "mine.yaml"
+        path.write_text(
+            'version: 1\nmasking:\n  rules: [{columns: ["*.email"], operator: email}]\n'
+            "  hash_key: s3cret-key\n"
+        )
+        source = str(path)
+    assert main(["policy", "show", source]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret-key" not in out  # a key is never printed
+    shown = tmp_path / "shown.yaml"
+    shown.write_text(out.replace("<set, not shown>", "another-key"))
+    original, again = guardeddb.load_policy(source), guardeddb.load_policy(str(shown))
+    assert again.rules == original.rules and again.extends == ()
+    assert again.limits == original.limits and again.on_unparsed == original.on_unparsed
+    assert again.masking.get("detectors") == original.masking.get("detectors")
+    if source.endswith("mine.yaml"):
+        assert "no-ddl" in out and "built on agent-safe" in out
+
+
+def test_policy_show_of_an_unknown_name_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["policy", "show", "read-only"]) == 1
+    assert "cannot read policy" in capsys.readouterr().err

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import sqlite3
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import guardeddb
-from guardeddb import GuardedConnection, GuardedCursor, QueryBlocked
+from guardeddb import GuardedConnection, GuardedCursor, Identity, QueryBlocked
 
 from .fix_db import PERMISSIVE, Backend
+from .fix_otel import Otel
 
 
 def _connect(backend: Backend, **kwargs: Any) -> GuardedConnection:
@@ -311,3 +317,107 @@ def test_fetchmany_arguments_are_the_drivers(backend: Backend, table: str) -> No
         assert len(c.fetchmany(size=2)) == 2
     raw.close()
     conn.close()
+
+
+# --- #13 finding 8: one options object; connect/wrap in their own module -----
+
+
+def test_wrap_of_a_guarded_connection_returns_it_or_refuses_new_options(
+    backend: Backend,
+) -> None:
+    """wrap(guarded) is the same object; wrap(guarded, policy=...) is a
+    TypeError, as guard_engine's is: which of two guards would win is a guess."""
+    conn = _connect(backend)
+    try:
+        assert guardeddb.wrap(conn) is conn
+        with pytest.raises(TypeError, match="already guarded"):
+            guardeddb.wrap(conn, policy="readonly")
+        with pytest.raises(TypeError, match="already guarded"):
+            guardeddb.wrap(conn, guard_options=guardeddb.GuardOptions(identity=Identity(user="x")))
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        assert cur.fetchone()[0] == 1  # still the one guard, still working
+    finally:
+        conn.close()
+
+
+def test_guard_options_is_one_frozen_object_every_entry_point_takes(
+    backend: Backend, table: str, otel: Otel
+) -> None:
+    """The same GuardOptions guards a connection opened by URL and a wrapped one;
+    giving it and keyword options together is refused."""
+    opts = guardeddb.GuardOptions(
+        policy="readonly",
+        identity=Identity(user="etl@example.com"),
+        tracer_provider=otel.tracer_provider,
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        opts.policy = None  # type: ignore[misc]
+    with pytest.raises(TypeError, match="not both"):
+        guardeddb.connect(backend.url, policy="readonly", guard_options=opts)
+    for conn in (
+        guardeddb.connect(backend.url, guard_options=opts),
+        guardeddb.wrap(backend.connect_raw(), guard_options=opts),
+    ):
+        try:
+            cur = conn.cursor()
+            with pytest.raises(guardeddb.QueryBlocked, match="only reads"):
+                cur.execute(f"DELETE FROM {table} WHERE id = 1")
+            conn.rollback()
+        finally:
+            conn.close()
+    spans = [s for s in otel.spans() if (s.attributes or {}).get("guardeddb.decision.rule")]
+    assert len(spans) == 2
+    assert all((s.attributes or {}).get("enduser.id") == "etl@example.com" for s in spans)
+    raw = backend.connect_raw()
+    cur = raw.cursor()
+    cur.execute(f"SELECT count(*) FROM {table}")
+    assert cur.fetchone()[0] == 3
+    raw.close()
+
+
+def test_guard_options_keywords_match_every_entry_point() -> None:
+    """The six options are spelled the same by every entry point, each also
+    taking guard_options: nothing drifts when an option is added."""
+    from guardeddb.integrations import sqlalchemy as gsa
+
+    fields = {f.name for f in dataclasses.fields(guardeddb.GuardOptions)}
+    assert fields == {
+        "policy",
+        "identity",
+        "tracer_provider",
+        "meter_provider",
+        "approver",
+        "approver_timeout",
+    }
+    for fn in (
+        guardeddb.connect,
+        guardeddb.connect_async,
+        guardeddb.wrap,
+        guardeddb.wrap_async,
+        guardeddb.instrument,
+        gsa.guard_engine,
+        gsa.create_engine,
+    ):
+        params = inspect.signature(fn).parameters
+        assert fields | {"guard_options"} <= set(params), fn.__name__
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        "guardeddb.integrations.instrument",
+        "guardeddb.integrations.sqlalchemy",
+        "guardeddb._connect",
+    ],
+)
+def test_no_import_cycle_whichever_module_comes_first(first: str) -> None:
+    """connect/wrap live in guardeddb._connect, and __init__ only re-exports:
+    any module imported first in a fresh interpreter loads."""
+    code = (
+        f"import {first}; import guardeddb; "
+        "assert guardeddb.wrap.__module__ == 'guardeddb._connect'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    init = Path(guardeddb.__file__).read_text()
+    assert "\ndef " not in init and "\nclass " not in init

@@ -102,12 +102,13 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
 
         def wrap(raw: Any) -> guardeddb.GuardedConnection:
             # PEP 249 checks create and drop tables: transparency, not guardrails.
-            return guardeddb.wrap(
+            conn: guardeddb.GuardedConnection = guardeddb.wrap(
                 raw,
                 policy=PERMISSIVE,
                 tracer_provider=otel.tracer_provider,
                 meter_provider=otel.meter_provider,
             )
+            return conn
 
         target.wrap = wrap
         target.label += "-guarded"

@@ -144,12 +144,13 @@ def test_limits_are_loaded_and_inherited() -> None:
     """Durations in seconds; presets give defaults; a policy's own key wins."""
     assert load_policy(None).limits == {"statement_timeout": 30.0, "max_rows": 10000}
     assert load_policy({"version": 1, "extends": ["readonly"]}).limits["statement_timeout"] == 30
+    # Without extends a policy builds on agent-safe, limits included (#13).
     p = load_policy({"version": 1, "limits": {"statement_timeout": "500ms"}})
-    assert p.limits == {"statement_timeout": 0.5}
+    assert p.limits == {"statement_timeout": 0.5, "max_rows": 10000}
     assert load_policy({"version": 1, "extends": []}).limits == {}
-    assert load_policy({"version": 1, "limits": {"statement_timeout": 2}}).limits == {
-        "statement_timeout": 2.0
-    }
+    assert load_policy(
+        {"version": 1, "extends": [], "limits": {"statement_timeout": 2}}
+    ).limits == {"statement_timeout": 2.0}
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,7 @@ def test_anchors_and_aliases_within_limits_still_load(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text(
         "version: 1\n"
+        "extends: []\n"
         "rules:\n"
         "  - id: no-ddl\n"
         "    action: block\n"
@@ -320,7 +321,7 @@ def _pg_drop(table: str) -> None:
 
 
 def _permissive_audit(**audit: Any) -> dict[str, Any]:
-    return {"version": 1, "on_unparsed": "allow", "audit": audit}
+    return {"version": 1, "extends": [], "on_unparsed": "allow", "audit": audit}
 
 
 @pytest.mark.pg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import uuid
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -267,7 +268,7 @@ def test_identity_switch_inside_a_transaction_is_refused(backend: Backend, table
 
 
 def _policy(**kwargs: Any) -> Policy:
-    return guardeddb.load_policy({"version": 1, **kwargs})
+    return guardeddb.load_policy({"version": 1, "extends": [], **kwargs})
 
 
 def test_first_matching_rule_wins_and_default_applies() -> None:
@@ -662,7 +663,7 @@ def test_sqlite_shortcuts_are_judged_as_the_statements_they_amount_to(tmp_path: 
             conn.enable_load_extension(True)
     conn.close()
     permissive = guardeddb.connect(
-        f"sqlite:///{path}", policy={"version": 1, "on_unparsed": "allow"}
+        f"sqlite:///{path}", policy={"version": 1, "extends": [], "on_unparsed": "allow"}
     )
     assert any("CREATE TABLE files" in line for line in permissive.iterdump())
     permissive.close()
@@ -683,3 +684,162 @@ def test_own_command_fallbacks_do_not_log_but_others_still_do(
         assert not caplog.records
         sqlglot.parse("SHOW gdb_unrelated thing", read="postgres")
     assert any("Falling back" in r.getMessage() for r in caplog.records)
+
+
+# --- #13 finding 1: a policy without extends builds on agent-safe -------------
+
+MASKING_ONLY_YAML = """\
+version: 1
+masking:
+  rules:
+    - {columns: ["*.email"], operator: email}
+"""
+
+
+def _table_exists(backend: Backend, name: str) -> bool:
+    raw = backend.connect_raw()
+    try:
+        cur = raw.cursor()
+        cur.execute(f"SELECT count(*) FROM {name}")
+        cur.fetchall()
+        return True
+    except Exception:
+        return False
+    finally:
+        raw.close()
+
+
+def test_a_masking_only_policy_file_still_refuses_ddl(
+    backend: Backend, table: str, tmp_path: Path
+) -> None:
+    """The new user's masking-only file: its masking applies, and so does
+    agent-safe underneath it, so DROP TABLE never reaches the server."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(MASKING_ONLY_YAML)
+    conn = guardeddb.connect(backend.url, policy=str(path))
+    try:
+        cur = conn.cursor()
+        cur.execute(backend.sql(f"SELECT email FROM {table} WHERE id = ?"), (1,))
+        assert [tuple(r) for r in cur.fetchall()] == [("a***@example.com",)]
+        with pytest.raises(QueryBlocked) as blocked:
+            cur.execute(f"DROP TABLE {table}")
+        assert blocked.value.decision.rule_id == "no-ddl"
+        conn.rollback()
+    finally:
+        conn.close()
+    assert _table_exists(backend, table)
+
+
+def test_extends_empty_is_the_explicit_opt_out(backend: Backend, tmp_path: Path) -> None:
+    """extends: [] means only what is written: the same file then lets DDL run."""
+    path = tmp_path / "policy.yaml"
+    path.write_text("extends: []\n" + MASKING_ONLY_YAML)
+    name = f"defaults_optout_{uuid.uuid4().hex[:10]}"
+    conn = guardeddb.connect(backend.url, policy=str(path))
+    try:
+        conn.cursor().execute(f"CREATE TABLE {name} (id INTEGER)")
+        conn.commit()
+        assert _table_exists(backend, name)
+        conn.cursor().execute(f"DROP TABLE {name}")
+        conn.commit()
+    finally:
+        conn.close()
+    assert not _table_exists(backend, name)
+
+
+def test_a_dict_is_read_as_the_same_yaml_and_a_policy_object_as_it_is() -> None:
+    """A dict is the YAML it stands for (agent-safe underneath unless it says
+    extends); a Policy object was resolved when it was built and is used as is."""
+    as_dict = guardeddb.load_policy({"version": 1})
+    assert as_dict.extends == ("agent-safe",)
+    assert [r.id for r in as_dict.rules] == [r.id for r in preset("agent-safe").rules]
+    assert as_dict.check("DROP TABLE t").action == "block"
+    assert guardeddb.load_policy({"version": 1, "extends": []}).check("DROP TABLE t").action == (
+        "allow"
+    )
+    bare = Policy()  # built in code: exactly what it says, nothing inherited
+    assert guardeddb.load_policy(bare) is bare and bare.check("DROP TABLE t").action == "allow"
+    with pytest.raises(PolicyError, match=r"extends: \[\]"):
+        guardeddb.load_policy({"version": 1, "extends": None})
+
+
+def test_a_user_rule_comes_before_the_inherited_ones() -> None:
+    """Written rules are tried first, so a policy can allow what agent-safe blocks."""
+    policy = guardeddb.load_policy(
+        {
+            "version": 1,
+            "rules": [
+                {"id": "migrations", "match": {"identity": {"user": "migrate"}}, "action": "allow"}
+            ],
+        }
+    )
+    assert [r.id for r in policy.rules][:2] == ["migrations", "no-ddl"]
+    assert policy.check("DROP TABLE t", Identity(user="migrate")).action == "allow"
+    assert policy.check("DROP TABLE t", Identity(user="app")).rule_id == "no-ddl"
+
+
+# --- #13 finding 2: presets by name wherever a policy is accepted -------------
+
+
+def test_connect_takes_a_preset_by_name(backend: Backend, table: str) -> None:
+    """policy="readonly" is the preset: reads run, the INSERT never reaches the server."""
+    conn = guardeddb.connect(backend.url, policy="readonly")
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT count(*) FROM {table}")
+        assert cur.fetchone()[0] == 3
+        with pytest.raises(QueryBlocked, match="only reads"):
+            cur.execute(backend.sql(f"INSERT INTO {table} VALUES (?, ?, ?)"), (9, "x", "y"))
+        conn.rollback()
+    finally:
+        conn.close()
+    raw = backend.connect_raw()
+    cur = raw.cursor()
+    cur.execute(f"SELECT count(*) FROM {table}")
+    assert cur.fetchone()[0] == 3
+    raw.close()
+
+
+def test_a_bare_preset_name_beats_a_file_of_that_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file planted in the working directory under a preset's name does not
+    replace the preset; ./readonly (or a Path) reads the file."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "readonly").write_text("version: 1\nextends: []\n")
+    assert guardeddb.load_policy("readonly") is preset("readonly")
+    assert guardeddb.load_policy("./readonly").rules == ()
+    assert guardeddb.load_policy(tmp_path / "readonly").rules == ()
+    with pytest.raises(PolicyError, match="cannot read policy"):
+        guardeddb.load_policy("read-only")  # not a preset: a missing file
+
+
+def test_every_entry_point_takes_a_preset_by_name(tmp_path: Path) -> None:
+    """wrap, guard_engine, create_engine and instrument accept policy="readonly" too."""
+    import sqlite3
+
+    import sqlalchemy as sa
+
+    from guardeddb.integrations.sqlalchemy import create_engine, guard_engine
+
+    db = tmp_path / "x.db"
+    sqlite3.connect(db).close()
+    wrapped = guardeddb.wrap(sqlite3.connect(db), policy="readonly")
+    with pytest.raises(QueryBlocked, match="only reads"):
+        wrapped.execute("CREATE TABLE t (a)")
+    wrapped.close()
+    for engine in (
+        guard_engine(sa.create_engine(f"sqlite:///{db}"), policy="readonly"),
+        create_engine(f"sqlite:///{db}", policy="readonly"),
+    ):
+        with engine.connect() as conn, pytest.raises(sa.exc.ProgrammingError, match="only reads"):
+            conn.execute(sa.text("CREATE TABLE t (a)"))
+        engine.dispose()
+    guardeddb.instrument(sqlite3, policy="readonly")
+    try:
+        instrumented = sqlite3.connect(db)
+        with pytest.raises(QueryBlocked, match="only reads"):
+            instrumented.execute("CREATE TABLE t (a)")
+        instrumented.close()
+    finally:
+        guardeddb.uninstrument(sqlite3)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import os
 import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,7 +27,7 @@ from guardeddb import GuardedConnection, QueryBlocked
 from guardeddb.approvals import ApprovalStore
 from guardeddb.integrations.instrument import TARGETS, is_instrumented
 
-from .fix_db import PERMISSIVE, Backend
+from .fix_db import PERMISSIVE, PG_DSN, Backend
 from .fix_otel import Otel
 
 AGENT = guardeddb.Identity(user="alice@example.com", agent="support-bot")
@@ -256,7 +258,9 @@ def test_wrap_with_explicit_options_regards_an_instrumented_connection(
     with pytest.raises(QueryBlocked):
         strict.execute("CREATE TABLE t (x INTEGER)")
     own = guardeddb.wrap(sqlite3.connect(path), policy=PERMISSIVE)
-    assert guardeddb.wrap(own, policy=READONLY) is own  # the caller's own guard is kept
+    assert guardeddb.wrap(own) is own
+    with pytest.raises(TypeError, match="already guarded"):  # which guard wins is no guess
+        guardeddb.wrap(own, policy=READONLY)
     strict.close()
     own.close()
 
@@ -496,3 +500,178 @@ def test_instrumentor_is_an_entry_point_and_import_guardeddb_stays_light() -> No
         "assert 'opentelemetry.instrumentation' not in sys.modules, 'imported eagerly'"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+# --- #13 finding 3: the opentelemetry-instrument entry point is opt-in ---------
+
+OPT_IN_APP = """\
+import sys
+
+import psycopg
+
+import guardeddb
+
+dsn, table = sys.argv[1], sys.argv[2]
+conn = psycopg.connect(dsn, autocommit=True)  # the app's own connect, as any app opens it
+print("guarded" if isinstance(conn, guardeddb.GuardedConnection) else "raw")
+print(conn.execute(f"SELECT email FROM {table}").fetchone()[0])
+try:
+    conn.execute(f"CREATE TABLE {table}_ddl (id int)")  # what a migration does
+    print("created")
+except guardeddb.QueryBlocked as exc:
+    print("blocked", exc.decision.rule_id)
+conn.close()
+"""
+
+
+def _opt_in_run(tmp_path: Path, **env_extra: str) -> tuple[list[str], bool]:
+    """OPT_IN_APP under ``opentelemetry-instrument`` on PostgreSQL, with only
+    ``env_extra`` among the GUARDEDDB_* variables: its output lines, and whether
+    its CREATE TABLE reached the server."""
+    table = f"defaults_optin_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_DSN, autocommit=True) as raw:
+        raw.execute(f"CREATE TABLE {table} (id int, email text)")
+        raw.execute(f"INSERT INTO {table} VALUES (1, 'ada@example.com')")
+    app = tmp_path / "app.py"
+    app.write_text(OPT_IN_APP)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GUARDEDDB_"))}
+    env.update(OTEL_TRACES_EXPORTER="none", OTEL_METRICS_EXPORTER="none", OTEL_LOGS_EXPORTER="none")
+    env.update(env_extra)
+    exe = Path(sys.executable).parent / "opentelemetry-instrument"
+    try:
+        done = subprocess.run(
+            [str(exe), sys.executable, str(app), PG_DSN, table],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as raw:
+            created = raw.execute("SELECT to_regclass(%s)", (f"{table}_ddl",)).fetchone()
+            raw.execute(f"DROP TABLE IF EXISTS {table}_ddl")
+            raw.execute(f"DROP TABLE {table}")
+    assert done.returncode == 0 or "refuses to connect" in done.stderr, done.stderr
+    return done.stdout.splitlines(), created != (None,)
+
+
+@pytest.mark.pg
+@pytest.mark.slow
+def test_opentelemetry_instrument_without_the_variables_changes_nothing(
+    tmp_path: Path, pg_backend: Backend
+) -> None:
+    """Installing guardeddb does not change an app: without GUARDEDDB_POLICY or
+    GUARDEDDB_ENABLED its connections are raw, its DDL runs, nothing is masked."""
+    out, created = _opt_in_run(tmp_path)
+    assert out == ["raw", "ada@example.com", "created"]
+    assert created
+    out, created = _opt_in_run(tmp_path, GUARDEDDB_ENABLED="0")
+    assert out == ["raw", "ada@example.com", "created"] and created
+
+
+@pytest.mark.pg
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("variable", "value", "rule"),
+    [
+        ("GUARDEDDB_ENABLED", "1", "no-ddl"),  # the agent-safe preset
+        ("GUARDEDDB_POLICY", "readonly", "read-only"),  # a preset by name
+    ],
+)
+def test_opentelemetry_instrument_with_the_variable_applies_the_policy(
+    variable: str, value: str, rule: str, tmp_path: Path, pg_backend: Backend
+) -> None:
+    """Opted in, the app's own psycopg.connect() is guarded: the email comes
+    back masked and the DDL is refused before it reaches the server."""
+    out, created = _opt_in_run(tmp_path, **{variable: value})
+    assert out == ["guarded", "a***@example.com", f"blocked {rule}"]
+    assert not created
+
+
+@pytest.mark.pg
+@pytest.mark.slow
+def test_opentelemetry_instrument_with_a_hostile_policy_file_refuses(
+    tmp_path: Path, pg_backend: Backend
+) -> None:
+    """Opted in with a policy file that does not load: no connection at all."""
+    bad = tmp_path / "policy.yaml"
+    bad.write_text("version: 1\nmode: !!python/name:os.system\n")
+    out, created = _opt_in_run(tmp_path, GUARDEDDB_POLICY=str(bad))
+    assert out == [] and not created
+
+
+def test_an_idle_instrumentor_patches_nothing_and_says_so_once(
+    instrumentor: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No variable, no option: no driver is patched, and the log says why, once.
+    Idle is not "instrumented": options passed from code later still guard."""
+    from guardeddb.integrations import _instrumentor
+
+    monkeypatch.delenv("GUARDEDDB_POLICY", raising=False)
+    monkeypatch.delenv("GUARDEDDB_ENABLED", raising=False)
+    monkeypatch.setattr(_instrumentor, "_said_idle", False)
+    caplog.set_level("INFO", logger="guardeddb")
+    instrumentor.instrument()
+    assert not any(is_instrumented(name) for name in TARGETS)
+    assert type(sqlite3.connect(":memory:")) is sqlite3.Connection
+    instrumentor.instrument()
+    idle = [r for r in caplog.records if "idle" in r.getMessage()]
+    assert len(idle) == 1 and "GUARDEDDB_POLICY" in idle[0].getMessage()
+    assert not any(is_instrumented(name) for name in TARGETS)
+    instrumentor.instrument(policy="readonly")
+    conn = sqlite3.connect(":memory:")
+    with pytest.raises(QueryBlocked, match="only reads"):
+        conn.execute("CREATE TABLE t (a)")
+    conn.close()
+
+
+# --- #13 finding 4: instrument() then guard_engine() guard once -----------------
+
+
+@pytest.mark.pg
+def test_guard_engine_over_an_instrumented_driver_guards_once(
+    pg_backend: Backend, originals: Any, otel: Otel
+) -> None:
+    """instrument(psycopg) then guard_engine(create_engine(...)): each pooled
+    connection is guarded once, by the engine's options when it has any (the
+    instrumented connect hands back the raw connection), else by instrument's."""
+    import sqlalchemy as sa
+
+    from guardeddb.integrations.sqlalchemy import guard_engine
+
+    table = f"defaults_engine_{uuid.uuid4().hex[:10]}"
+    url = pg_backend.url.replace("postgresql://", "postgresql+psycopg://", 1)
+    with psycopg.connect(PG_DSN, autocommit=True) as raw:
+        raw.execute(f"CREATE TABLE {table} (id int)")
+    guardeddb.instrument(psycopg, policy=READONLY)
+    engines = []
+    try:
+        # The engine's own (permissive) options win over the instrumentation's.
+        engine = guard_engine(
+            sa.create_engine(url), policy=PERMISSIVE, tracer_provider=otel.tracer_provider
+        )
+        engines.append(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f"INSERT INTO {table} VALUES (1)"))
+            dbapi: Any = conn.connection.dbapi_connection
+            assert isinstance(dbapi, GuardedConnection)
+            assert type(dbapi.__wrapped__) is psycopg.Connection  # one guard, not two
+        # Without options, the instrumentation's read-only guard is the only one.
+        plain = guard_engine(sa.create_engine(url))
+        engines.append(plain)
+        with plain.connect() as conn:
+            assert conn.execute(sa.text(f"SELECT count(*) FROM {table}")).scalar() == 1
+            dbapi = conn.connection.dbapi_connection
+            assert type(dbapi.__wrapped__) is psycopg.Connection
+            with pytest.raises(sa.exc.ProgrammingError, match="only reads"):
+                conn.execute(sa.text(f"INSERT INTO {table} VALUES (2)"))
+    finally:
+        for e in engines:
+            e.dispose()
+        guardeddb.uninstrument(psycopg)  # the cleanup below needs the raw driver
+        with psycopg.connect(PG_DSN, autocommit=True) as raw:
+            count = raw.execute(f"SELECT count(*) FROM {table}").fetchone()
+            raw.execute(f"DROP TABLE {table}")
+    assert count == (1,)

@@ -413,7 +413,12 @@ def test_generated_secrets_never_leave_a_guarded_cursor(cells: list[tuple[str, s
     """Rows of text with generated emails, valid cards, SSNs and IBANs come back masked."""
     conn = guardeddb.connect(
         "sqlite:///:memory:",
-        policy={"version": 1, "on_unparsed": "allow", "masking": {"detectors": "all"}},
+        policy={
+            "version": 1,
+            "extends": [],
+            "on_unparsed": "allow",
+            "masking": {"detectors": "all"},
+        },
     )
     raw = conn.__wrapped__
     raw.execute("CREATE TABLE t (a TEXT, b TEXT)")

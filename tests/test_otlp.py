@@ -160,7 +160,7 @@ def _run(args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Complete
 
 
 def _child_env(receiver: Receiver, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GUARDEDDB_POL"))}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OTEL_", "GUARDEDDB_"))}
     env.update(
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
@@ -216,14 +216,15 @@ def _opentelemetry_instrument() -> str:
 def test_opentelemetry_instrument_guards_a_plain_sqlite_app(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    """`opentelemetry-instrument python app.py` loads GuardeddbInstrumentor by its
-    entry point: the app's own sqlite3.connect() is guarded, its DROP is
-    blocked, and the spans and metrics go to the OTLP endpoint of OTEL_*."""
+    """`GUARDEDDB_ENABLED=1 opentelemetry-instrument python app.py` loads
+    GuardeddbInstrumentor by its entry point: the app's own sqlite3.connect() is
+    guarded, its DROP is blocked, and the spans and metrics go to the OTLP
+    endpoint of OTEL_*. (Without the variable it stays idle: test_instrument.py.)"""
     db = tmp_path / "app.db"
     table = _sqlite_table(db)
     app = tmp_path / "app.py"
     app.write_text(APP.format(table=table))
-    env = _child_env(receiver, OTEL_SERVICE_NAME="instrumented-app")
+    env = _child_env(receiver, OTEL_SERVICE_NAME="instrumented-app", GUARDEDDB_ENABLED="1")
     done = _run([_opentelemetry_instrument(), sys.executable, str(app), str(db)], env, tmp_path)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split("\n")[:3] == ["guarded", "3 rows", "blocked"], done.stderr

@@ -26,6 +26,7 @@ from .fix_db import MYSQL_DSN, PG_DSN, Backend
 
 MASKED_POLICY: dict[str, Any] = {
     "version": 1,
+    "extends": [],
     "on_unparsed": "allow",
     "masking": {
         "rules": [{"columns": ["*.ssn"], "operator": "redact"}],
@@ -112,7 +113,9 @@ def test_an_unclassified_attribute_is_refused_by_name() -> None:
     """Reading a public name outside the table names it in the error; the error
     is an AttributeError too, so hasattr() answers False. Assigning a name the
     table forwards read-only, or refuses, is refused as well."""
-    conn = guardeddb.wrap(sqlite3.connect(":memory:"), policy=MASKED_POLICY)
+    # Typed as the proxy (Any): wrap() is typed as the driver's class, whose
+    # stubs know neither the refusals nor __wrapped__.
+    conn: Any = guardeddb.wrap(sqlite3.connect(":memory:"), policy=MASKED_POLICY)
     with pytest.raises(guardeddb.AttributeRefused, match="no_such_attribute"):
         conn.no_such_attribute  # noqa: B018
     assert not hasattr(conn, "no_such_attribute")
@@ -179,7 +182,7 @@ def test_psycopg_raw_apis_cannot_read_a_masked_column(pg_backend: Backend) -> No
     with psycopg.connect(PG_DSN, autocommit=True) as setup:
         setup.execute(f"CREATE TABLE {table} (id int, ssn text)")
         setup.execute(f"INSERT INTO {table} VALUES (1, '123-45-6789')")
-    conn = guardeddb.wrap(psycopg.connect(PG_DSN, autocommit=True), policy=MASKED_POLICY)
+    conn: Any = guardeddb.wrap(psycopg.connect(PG_DSN, autocommit=True), policy=MASKED_POLICY)
     try:
         cur = conn.cursor()
         cur.execute(f"SELECT ssn FROM {table}")

@@ -35,7 +35,9 @@ earlier ones for connections opened from then on (open ones keep theirs).
 ``guardeddb.connect()`` and guardeddb's own approval stores and audit tables
 reach the original function, so their connections are guarded once, with
 their own options; ``guardeddb.wrap(conn, policy=...)`` of a connection the
-instrumentation guarded re-guards the raw connection with the explicit options.
+instrumentation guarded re-guards the raw connection with the explicit options,
+and so does a SQLAlchemy engine given to ``guard_engine`` with options (without
+options, the instrumentation's guard is the engine's).
 """
 
 from __future__ import annotations
@@ -50,12 +52,14 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from .._connect import guard, mark_instrumented
 from ..approvals import ApprovalRequest
 from ..connection import GuardedConnection
 from ..drivers import is_unguarded
 from ..errors import PolicyError
 from ..identity import Identity
-from ..policy import Policy, PolicySource, load_policy
+from ..options import DEFAULT_APPROVER_TIMEOUT, GuardOptions
+from ..policy import PolicySource
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -73,41 +77,17 @@ TARGETS: dict[str, tuple[str, ...]] = {
     "psycopg": ("connect", "Connection.connect"),
     "pymysql": ("connect", "Connect", "Connection"),
 }
-_MARK = "_self_guardeddb_instrumented"  # on the proxies the instrumentation made
 
 
 class _Options:
     """How connections are guarded: replaced whole, never changed in place,
-    so a concurrent connect sees one set or the other, never half of each.
-    (A plain class: a frozen dataclass costs milliseconds at import.)"""
+    so a concurrent connect sees one set or the other, never half of each."""
 
-    __slots__ = (
-        "approver",
-        "approver_timeout",
-        "identity",
-        "meter_provider",
-        "policy",
-        "refusal",
-        "tracer_provider",
-    )
+    __slots__ = ("guard", "refusal")
 
-    def __init__(
-        self,
-        policy: Policy | None,
-        identity: Identity | None,
-        tracer_provider: TracerProvider | None,
-        meter_provider: MeterProvider | None,
-        approver: Callable[[ApprovalRequest], bool] | None,
-        approver_timeout: float,
-        refusal: PolicyError | None = None,  # a policy that failed to load: refuse to connect
-    ) -> None:
-        self.policy = policy
-        self.identity = identity
-        self.tracer_provider = tracer_provider
-        self.meter_provider = meter_provider
-        self.approver = approver
-        self.approver_timeout = approver_timeout
-        self.refusal = refusal
+    def __init__(self, guard: GuardOptions, refusal: PolicyError | None = None) -> None:
+        self.guard = guard
+        self.refusal = refusal  # a policy that failed to load: refuse to connect
 
 
 class _Patch:
@@ -149,23 +129,13 @@ class _Instrumented:
         raw = wrapped(*args, **kwargs)
         if isinstance(raw, GuardedConnection):
             return raw
-        from .. import wrap
-
         try:
-            conn = wrap(
-                raw,
-                policy=options.policy,
-                identity=options.identity,
-                tracer_provider=options.tracer_provider,
-                meter_provider=options.meter_provider,
-                approver=options.approver,
-                approver_timeout=options.approver_timeout,
-            )
+            conn = guard(raw, options.guard)
         except BaseException:
             with contextlib.suppress(Exception):  # not guarded: not handed out either
                 raw.close()
             raise
-        setattr(conn, _MARK, True)
+        mark_instrumented(conn)
         return conn
 
 
@@ -246,18 +216,27 @@ def instrument(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     approver: Callable[[ApprovalRequest], bool] | None = None,
-    approver_timeout: float = 30.0,
+    approver_timeout: float = DEFAULT_APPROVER_TIMEOUT,
+    guard_options: GuardOptions | None = None,
 ) -> None:
     """Make every ``connect`` of ``module`` (``sqlite3``, ``psycopg``,
     ``pymysql``, or the name of one) return a guarded connection, anywhere in
     the process. The options are ``guardeddb.connect``'s; the policy is loaded
     now, so a bad one fails here. Calling again replaces the options."""
     name = _module_name(module)
-    options = _Options(
-        load_policy(policy), identity, tracer_provider, meter_provider, approver, approver_timeout
+    guard_options = GuardOptions.of(
+        guard_options,
+        policy=policy,
+        identity=identity,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        approver=approver,
+        approver_timeout=approver_timeout,
     )
     _install(
-        name, module if isinstance(module, ModuleType) else importlib.import_module(name), options
+        name,
+        module if isinstance(module, ModuleType) else importlib.import_module(name),
+        _Options(guard_options),
     )
 
 
@@ -273,19 +252,6 @@ def uninstrument(module: ModuleType | str) -> None:
 def is_instrumented(module: ModuleType | str) -> bool:
     """Whether ``instrument()`` patched the module and ``uninstrument()`` has not undone it."""
     return _module_name(module) in _active
-
-
-def instrumented_raw(conn: GuardedConnection) -> Any | None:
-    """The raw connection under one the instrumentation guarded, that guard
-    released (for ``wrap()`` to re-guard it with explicit options); None for
-    any other connection."""
-    if not getattr(conn, _MARK, False):
-        return None
-    guard = conn._self_guard
-    guard.telemetry.end_all()
-    if guard.audit is not None:
-        guard.audit.close()
-    return conn.__wrapped__
 
 
 def __getattr__(name: str) -> Any:

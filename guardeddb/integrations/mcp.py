@@ -47,7 +47,7 @@ from ..errors import ApprovalRequired, QueryBlocked
 from ..identity import Identity
 from ..masking import DETECTORS, MaskingError, Scanner
 from ..policy import Policy, load_policy
-from ..policy.presets import PRESETS
+from ..policy.loader import is_preset_name
 
 if TYPE_CHECKING:
     from mcp.server import Server
@@ -172,11 +172,7 @@ def _jsonable(value: Any) -> Any:
 
 
 def _policy(source: str | None) -> Policy:
-    """A policy file, or a preset named by itself when no such file exists."""
-    if source in PRESETS and not os.path.exists(source):
-        from ..policy.loader import preset
-
-        return preset(source)
+    """A preset by name, or a policy file (``load_policy`` decides which)."""
     return load_policy(source)
 
 
@@ -501,7 +497,7 @@ class GuardedTools:
         policy = self.settings.policy
         where = (
             f"--policy {os.path.abspath(policy)} "
-            if policy and os.path.exists(policy)
+            if policy and not is_preset_name(policy) and os.path.exists(policy)
             else "--policy POLICY.yaml "
         )
         return ToolResult(

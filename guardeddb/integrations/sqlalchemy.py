@@ -30,6 +30,10 @@ ROLLBACK (the pool's reset on checkin too) under the guard.
   database lives and dies with its connection. And the dialect's
   first-connect queries run once per engine: guarded only if the engine had
   not connected yet.
+- Over a driver module ``guardeddb.instrument()`` patched, each connection
+  is still guarded once: with ``guard_engine``'s options when any is given
+  (the instrumented ``connect`` hands the raw connection back), else with
+  the instrumentation's.
 - Calling ``guard_engine`` again *replaces* the guard: the new policy and
   options apply to every connection opened from then on, and the pool is
   disposed again so that none keeps the old policy. Connections are never
@@ -70,11 +74,13 @@ try:
 except ModuleNotFoundError as exc:
     raise missing_extra(exc, "sqlalchemy", "sqlalchemy", __name__) from exc
 
-from .. import wrap
+from .._connect import guard, is_instrumented_connection
 from ..approvals import ApprovalRequest
 from ..connection import GuardedConnection
+from ..drivers import unguarded
 from ..identity import Identity
-from ..policy import Policy, PolicySource, load_policy
+from ..options import DEFAULT_APPROVER_TIMEOUT, GuardOptions
+from ..policy import PolicySource
 
 if TYPE_CHECKING:
     from opentelemetry.metrics import MeterProvider
@@ -105,14 +111,22 @@ class _GuardedCreator:
     __slots__ = ("inner", "options")
 
     def __init__(
-        self, inner: Callable[[ConnectionPoolEntry], DBAPIConnection], options: dict[str, Any]
+        self, inner: Callable[[ConnectionPoolEntry], DBAPIConnection], options: GuardOptions
     ) -> None:
         self.inner = inner
         self.options = options
 
     # One positional argument: SQLAlchemy's pool then passes the connection record.
     def __call__(self, rec: ConnectionPoolEntry) -> DBAPIConnection:
-        raw = self.inner(rec)
+        if self.options.given:
+            # The engine's options win over a driver ``instrument()`` patched:
+            # its connect hands the raw connection back here, guarded once below.
+            with unguarded():
+                raw = self.inner(rec)
+        else:
+            raw = self.inner(rec)
+            if isinstance(raw, GuardedConnection) and is_instrumented_connection(raw):
+                return cast("DBAPIConnection", raw)  # instrument()'s guard, the only one
         if isinstance(raw, GuardedConnection):
             raw.close()
             raise TypeError(
@@ -122,7 +136,7 @@ class _GuardedCreator:
             )
         try:
             # A proxy: every DB-API attribute of the raw connection is there.
-            return cast("DBAPIConnection", wrap(raw, **self.options))
+            return cast("DBAPIConnection", guard(raw, self.options))
         except BaseException:
             raw.close()  # a connection that cannot be guarded is never handed out
             raise
@@ -136,7 +150,8 @@ def guard_engine(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     approver: Callable[[ApprovalRequest], bool] | None = None,
-    approver_timeout: float = 30.0,
+    approver_timeout: float = DEFAULT_APPROVER_TIMEOUT,
+    guard_options: GuardOptions | None = None,
 ) -> Engine:
     """Guard every connection ``engine`` uses from now on; returns the engine.
 
@@ -145,6 +160,9 @@ def guard_engine(
     one fails before any connection is touched. The pool is disposed (its
     idle connections closed) and each new connection is guarded. A second
     call replaces the guard with the new options (see the module docstring).
+    Over a driver that ``guardeddb.instrument()`` patched, each connection is
+    guarded once: with these options if any is given, else with the
+    instrumentation's.
     """
     if not isinstance(engine, Engine):
         raise TypeError(
@@ -160,21 +178,19 @@ def guard_engine(
             f"the {engine.dialect.name}+{engine.dialect.driver} dialect is asyncio; "
             "guardeddb guards synchronous DB-API drivers only"
         )
-    resolved: Policy = load_policy(policy)
+    opts = GuardOptions.of(
+        guard_options,
+        policy=policy,
+        identity=identity,
+        tracer_provider=tracer_provider,
+        meter_provider=meter_provider,
+        approver=approver,
+        approver_timeout=approver_timeout,
+    )
     pool = engine.pool
     current = pool._creator
     inner = current.inner if isinstance(current, _GuardedCreator) else pool._invoke_creator
-    pool._creator = _GuardedCreator(
-        inner,
-        {
-            "policy": resolved,
-            "identity": identity,
-            "tracer_provider": tracer_provider,
-            "meter_provider": meter_provider,
-            "approver": approver,
-            "approver_timeout": approver_timeout,
-        },
-    )
+    pool._creator = _GuardedCreator(inner, opts)
     # Close the connections opened unguarded; the new pool inherits the creator.
     engine.dispose()
     if engine.pool is not pool:
@@ -197,21 +213,22 @@ def create_engine(
     tracer_provider: TracerProvider | None = None,
     meter_provider: MeterProvider | None = None,
     approver: Callable[[ApprovalRequest], bool] | None = None,
-    approver_timeout: float = 30.0,
+    approver_timeout: float = DEFAULT_APPROVER_TIMEOUT,
+    guard_options: GuardOptions | None = None,
     **engine_kwargs: Any,
 ) -> Engine:
     """``sqlalchemy.create_engine(url, **engine_kwargs)``, guarded by ``guard_engine``."""
-    resolved = load_policy(policy)  # a bad policy fails before the engine exists
-    engine = sqlalchemy.create_engine(url, **engine_kwargs)
-    return guard_engine(
-        engine,
-        policy=resolved,
+    # A bad policy fails before the engine exists.
+    opts = GuardOptions.of(
+        guard_options,
+        policy=policy,
         identity=identity,
         tracer_provider=tracer_provider,
         meter_provider=meter_provider,
         approver=approver,
         approver_timeout=approver_timeout,
     )
+    return guard_engine(sqlalchemy.create_engine(url, **engine_kwargs), guard_options=opts)
 
 
 def is_guarded(engine: Engine) -> bool:

@@ -20,6 +20,7 @@ import yaml
 
 from ..approvals import parse_ttl
 from ..errors import PolicyError
+from ..identity import Identity
 from ..masking import operators
 from ..masking.detectors import DETECTORS, Scanner
 from ..masking.filters import FILTERS
@@ -28,9 +29,12 @@ from ..sql.classify import CLASSES, KINDS
 from .model import ACTIONS, IdentityMatch, Match, Policy, Rule
 from .presets import PRESETS
 
-__all__ = ["PolicySource", "load_policy"]
+__all__ = ["DEFAULT_EXTENDS", "PolicySource", "is_preset_name", "lint_policy", "load_policy"]
 
 PolicySource = Policy | str | os.PathLike[str] | Mapping[str, Any]
+
+#: What a policy file or dict extends when it does not say (``extends: []`` opts out).
+DEFAULT_EXTENDS: tuple[str, ...] = ("agent-safe",)
 
 _TOP_KEYS = {
     "version",
@@ -632,9 +636,14 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
     version = top.get("version", 1)
     if version != 1:
         raise ctx.error(("version",), f"unsupported policy version {version!r} (expected 1)")
-    extends = top.get("extends", [])
+    # A user's policy builds on agent-safe unless it says otherwise; the
+    # presets themselves (a non-empty stack) start from nothing.
+    extends = top.get("extends", [] if stack else list(DEFAULT_EXTENDS))
+    if extends is None:
+        raise ctx.error(("extends",), "must be a list of presets; write extends: [] to extend none")
+    names = _strings(ctx, extends, ("extends",)) if extends != [] else []
     bases: list[Policy] = []
-    for i, name in enumerate(_strings(ctx, extends, ("extends",)) if extends else []):
+    for i, name in enumerate(names):
         if name not in PRESETS:
             raise ctx.error(
                 ("extends", i), f"unknown preset {name!r} (presets: {', '.join(sorted(PRESETS))})"
@@ -679,19 +688,43 @@ def _build(raw: Any, ctx: _Context, stack: tuple[str, ...] = ()) -> Policy:
         else inherit("approvals", {}),
         limits=_limits(ctx, top, bases, stack[-1] if stack else None),
         source=ctx.source,
+        extends=tuple(names),
     )
 
 
 def load_policy(source: PolicySource | None = None) -> Policy:
-    """A validated Policy from a YAML file path, a dict, or a Policy.
+    """A validated Policy from a preset name, a YAML file path, a dict, or a Policy.
 
-    ``None`` gives the secure default, the ``agent-safe`` preset. To opt out
-    of guardrails say so explicitly: ``{"version": 1, "on_unparsed": "allow"}``.
+    ``None`` gives the secure default, the ``agent-safe`` preset. A file or a
+    dict that does not say ``extends`` extends ``agent-safe`` too: what it
+    writes is added to the preset. ``extends: []`` opts out, and then only
+    what is written applies. A ``Policy`` object is taken as it is (its
+    ``extends`` were resolved when it was loaded). A bare preset name
+    (``"readonly"``, see ``is_preset_name``) is the preset, even if a file of
+    that name exists: write ``./readonly`` for the file.
     """
     if isinstance(source, Policy):
         return source
     if source is None:
         return preset("agent-safe")
+    if is_preset_name(source):
+        return preset(str(source))
+    raw, ctx = _read(source)
+    return _checked(raw, ctx)
+
+
+def is_preset_name(source: object) -> bool:
+    """Whether ``source`` names a built-in preset rather than a file.
+
+    Only a plain string that is exactly a preset's name: no path separator,
+    no ``.yaml`` suffix, no ``PathLike``. So a file planted in the working
+    directory under a preset's name never replaces the preset.
+    """
+    return type(source) is str and source in PRESETS
+
+
+def _read(source: str | os.PathLike[str] | Mapping[str, Any]) -> tuple[Any, _Context]:
+    """The raw policy data of a file or a dict, and where it came from."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         try:
@@ -700,10 +733,46 @@ def load_policy(source: PolicySource | None = None) -> Policy:
         except (OSError, ValueError) as exc:
             raise PolicyError(f"cannot read policy: {exc}", source=str(path), line=1) from None
         raw, lines = _compose(_decode(data, str(path)), str(path))
-        return _checked(raw, _Context(str(path), lines))
+        return raw, _Context(str(path), lines)
     if isinstance(source, Mapping):
-        return _checked(dict(source), _Context("<dict>", {}))
-    raise TypeError(f"a policy is a Policy, a YAML path or a dict, not {type(source).__name__}")
+        return dict(source), _Context("<dict>", {})
+    raise TypeError(
+        f"a policy is a Policy, a preset name, a YAML path or a dict, not {type(source).__name__}"
+    )
+
+
+#: DDL that any policy meant to protect a database should refuse.
+_DDL_PROBES = ("DROP TABLE guardeddb_probe", "CREATE TABLE guardeddb_probe (id int)")
+
+
+def lint_policy(source: PolicySource) -> tuple[Policy, list[str]]:
+    """Load ``source`` like ``load_policy`` and say what in it is likely a
+    mistake: an empty file, or a policy that extends no preset and lets
+    DDL run (for ``guardeddb policy validate``)."""
+    if isinstance(source, Policy) or is_preset_name(source):
+        return load_policy(source), []
+    raw, ctx = _read(source)
+    policy = _checked(raw, ctx)
+    warnings: list[str] = []
+    if raw is None or raw == {}:
+        warnings.append(
+            "the policy is empty: it is the agent-safe preset and nothing more "
+            "(write extends: [] to mean no guardrails)"
+        )
+    if not policy.extends:
+        anyone = Identity(user="someone", agent="some-agent")
+        allowed = [
+            sql
+            for sql in _DDL_PROBES
+            if policy.check(sql, anyone).action in ("allow", "warn") or policy.mode == "report"
+        ]
+        if allowed:
+            warnings.append(
+                "the policy extends no preset (extends: []) and does not block DDL: "
+                f"{allowed[0].split(' guardeddb_probe')[0]} runs; add a rule blocking "
+                "statements [ddl] or extend agent-safe"
+            )
+    return policy, warnings
 
 
 def _checked(raw: Any, ctx: _Context) -> Policy:

@@ -151,6 +151,7 @@ class Policy:
     # statement_timeout (s), max_rows, max_statement_bytes (default 1 MB, see _pipeline)
     limits: dict[str, float] = field(default_factory=dict)
     source: str | None = None
+    extends: tuple[str, ...] = ()  # the presets it was built on, in order
 
     __module__ = "guardeddb"
 
