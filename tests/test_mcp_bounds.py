@@ -151,8 +151,9 @@ class _Raw:
     would never send, and to watch the process itself."""
 
     def __init__(self, cmd: list[str], errlog: Path) -> None:
+        self.errlog = errlog.open("ab")
         self.proc = subprocess.Popen(
-            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=errlog.open("ab")
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.errlog
         )
         self.next_id = 100
 
@@ -212,6 +213,7 @@ class _Raw:
         for stream in (self.proc.stdin, self.proc.stdout):
             if stream is not None:
                 stream.close()
+        self.errlog.close()
 
 
 @pytest.fixture

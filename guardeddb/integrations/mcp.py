@@ -1181,12 +1181,19 @@ def build_server(tools: GuardedTools) -> Server[Any]:
         cancelled (notifications/cancelled, stdin closed, a signal), its
         statement is cancelled on the server and the thread left to roll back."""
         call = object()
+        done = threading.Event()
+
+        def work() -> Any:
+            try:
+                return fn(*args, call=call)
+            finally:
+                done.set()
+
         try:
-            return await anyio.to_thread.run_sync(
-                lambda: fn(*args, call=call), abandon_on_cancel=True
-            )
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
         except anyio.get_cancelled_exc_class():
-            tools.cancel(call)
+            if not done.is_set():  # else nothing is left to stop (and nothing to remember)
+                tools.cancel(call)
             raise
 
     async def wait(ident: Identity, request_id: str, timeout: float) -> ToolResult:
