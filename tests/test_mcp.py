@@ -236,7 +236,7 @@ async def test_refusals_name_the_rule(backend: Backend, table: str, tmp_path: Pa
         assert dropped.is_error
         assert _text(dropped) == (
             "blocked by rule 'no-ddl': schema changes (CREATE, ALTER, DROP, TRUNCATE) "
-            "are not allowed"
+            f"are not allowed. Instead: {_payload(dropped)['suggestion']}"
         )
         assert _payload(dropped)["rule"] == "no-ddl"
         deleted = await s.call_tool("query", {"sql": f"DELETE FROM {table}"})

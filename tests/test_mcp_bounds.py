@@ -650,3 +650,30 @@ async def test_an_approved_statement_does_not_run_under_a_replaced_token(
         ("Grace",),
         ("Linus",),
     ]
+
+
+@pytest.mark.parametrize("preset_name", ["agent-safe", "readonly"])
+def test_every_preset_rule_has_its_own_suggestion(preset_name: str) -> None:
+    """Each rule of the presets, and each refusal guardeddb makes itself,
+    gets a suggestion of its own, not the generic fallback."""
+    from guardeddb.integrations._mcp_advice import suggestion
+    from guardeddb.policy.decision import Decision
+    from guardeddb.policy.loader import preset
+
+    generic = "change the statement; do not send it again as it is"
+    policy = preset(preset_name)
+    own = [
+        "on_unparsed",
+        "read-only-functions",
+        "masking-side-channel",
+        "masking-copy",
+        "parameter-placement",
+        "kernel",
+        "require_identity",
+    ]
+    seen = set()
+    for rule_id in [r.id for r in policy.rules] + own:
+        text = suggestion(Decision("block", rule_id, "x"), policy)
+        assert text and text != generic, rule_id
+        seen.add(text)
+    assert len(seen) >= len(policy.rules)  # not one sentence for every rule

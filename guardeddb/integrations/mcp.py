@@ -142,9 +142,13 @@ class ToolResult:
 
     @property
     def text(self) -> str:
-        """What goes in the result's text content: the message, or the payload as JSON."""
+        """What goes in the result's text content: the message (and the
+        suggestion), or the payload as JSON."""
         if self.error:
-            return str(self.payload.get("message", "error"))
+            message = str(self.payload.get("message", "error"))
+            suggestion = self.payload.get("suggestion")
+            # Many models read only the text: what would be allowed goes there too.
+            return f"{message}. Instead: {suggestion}" if suggestion else message
         return json.dumps(self.payload, ensure_ascii=False)
 
     @classmethod
