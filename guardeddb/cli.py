@@ -665,6 +665,18 @@ def _main(argv: Sequence[str] | None) -> int:
     mcp_cmd.add_argument(
         "--approvals-wait", type=float, default=30.0, help="wait_for_approval's default seconds"
     )
+    mcp_cmd.add_argument(
+        "--statement-timeout",
+        type=float,
+        help="seconds a call may run (default: the policy's limits.statement_timeout, else 30; "
+        "the policy's limit wins when it is shorter)",
+    )
+    mcp_cmd.add_argument(
+        "--max-bytes", type=int, default=256 * 1024, help="bytes of rows (as JSON) per result"
+    )
+    mcp_cmd.add_argument(
+        "--max-cell-bytes", type=int, default=8 * 1024, help="bytes per cell before it is cut"
+    )
     token = mcp_cmd.add_argument_group(
         "verified identity", "a signed OIDC token instead of --user/--agent/--roles"
     )

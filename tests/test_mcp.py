@@ -213,7 +213,7 @@ async def test_query_returns_masked_rows_capped_at_max_rows(
         payload = _payload(result)
         assert payload["columns"] == ["id", "name", "email"]
         assert payload["rows"] == [[1, "Ada", "a***@example.com"], [2, "Grace", "g***@example.com"]]
-        assert payload["truncated"] is True and payload["row_count"] == 2
+        assert payload["truncated"]["rows"] is True and payload["row_count"] == 2
         assert "ada@example.com" not in _text(result)
         one = await s.call_tool(
             "query",
@@ -241,7 +241,7 @@ async def test_refusals_name_the_rule(backend: Backend, table: str, tmp_path: Pa
         assert dropped.is_error
         assert _text(dropped) == (
             "blocked by rule 'no-ddl': schema changes (CREATE, ALTER, DROP, TRUNCATE) "
-            "are not allowed"
+            f"are not allowed. Instead: {_payload(dropped)['suggestion']}"
         )
         assert _payload(dropped)["rule"] == "no-ddl"
         deleted = await s.call_tool("query", {"sql": f"DELETE FROM {table}"})
@@ -501,10 +501,8 @@ def test_cells_become_json_values_without_losing_exactness() -> None:
     json.dumps(converted, allow_nan=False)
 
 
-@pytest.mark.anyio
-async def test_unanswered_request_expires(tmp_path: Path) -> None:
-    """A request nobody decides within its TTL ends wait_for_approval with an
-    error, and its statement never runs."""
+def _two_rows(tmp_path: Path) -> Backend:
+    """A SQLite file with a table ``t`` of two rows, for the approval tests."""
     import sqlite3
 
     db = tmp_path / "shop.db"
@@ -513,7 +511,14 @@ async def test_unanswered_request_expires(tmp_path: Path) -> None:
     setup.executemany("INSERT INTO t VALUES (?)", [(1,), (2,)])
     setup.commit()
     setup.close()
-    backend = Backend("sqlite", f"sqlite:///{db}", lambda: sqlite3.connect(db), "?", "sqlite")
+    return Backend("sqlite", f"sqlite:///{db}", lambda: sqlite3.connect(db), "?", "sqlite")
+
+
+@pytest.mark.anyio
+async def test_unanswered_request_expires(tmp_path: Path) -> None:
+    """A request nobody decides within its TTL ends wait_for_approval with an
+    error, and its statement never runs."""
+    backend = _two_rows(tmp_path)
     policy = str(_policy(tmp_path, ttl="1s"))
     async with _served(backend, tmp_path, "--policy", policy) as s:
         held = _payload(await s.call_tool("query", {"sql": "DELETE FROM t WHERE id > 0"}))

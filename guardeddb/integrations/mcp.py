@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import dataclasses
 import datetime
 import decimal
 import importlib
@@ -35,7 +36,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -46,8 +47,21 @@ from ..approvals import ApprovalRequest, ApprovalStore, parse_ttl
 from ..errors import ApprovalRequired, QueryBlocked
 from ..identity import Identity
 from ..masking import DETECTORS, MaskingError, Scanner
+from ..masking.channels import withheld
 from ..policy import Policy, load_policy
+from ..policy.decision import Decision
 from ..policy.loader import is_preset_name
+from ..sql.analysis import analyze
+from . import _mcp_advice
+from ._mcp_bounds import (
+    BATCH_ROWS,
+    Budget,
+    Canceller,
+    batches,
+    collect,
+    release_session_state,
+    timeout_error,
+)
 
 if TYPE_CHECKING:
     from mcp.server import Server
@@ -73,7 +87,19 @@ UNNAMED_AGENT = "mcp-client"
 MAX_TABLES = 1000
 #: ``wait_for_approval`` waits at most this long per call, whatever it is asked.
 MAX_WAIT_SECONDS = 3600.0
+#: wait_for_approval polls the store this often at first, backing off to _POLL_MAX.
 _POLL_SECONDS = 0.25
+_POLL_MAX = 5.0
+#: At most this many wait_for_approval calls wait at once per identity.
+MAX_WAITERS = 4
+#: A call's statement timeout when neither the policy nor --statement-timeout sets one.
+DEFAULT_TIMEOUT = 30.0
+#: The watchdog cancels a call this long after its statement timeout (the
+#: engine's own timeout fires first; the watchdog covers fetching and masking).
+_GRACE_SECONDS = 1.0
+#: A statement still running after a cancel is cancelled again this often, this many times.
+_CANCEL_EVERY = 0.25
+_CANCEL_RETRIES = 40
 # One identifier part: what every dialect accepts unquoted. Anything else is
 # refused before it reaches a catalog query (where it is bound, never spliced).
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,127}")
@@ -95,6 +121,9 @@ class McpSettings:
     roles: frozenset[str] = frozenset()
     max_rows: int = 100
     approvals_wait: float = 30.0  # wait_for_approval's default timeout, seconds
+    statement_timeout: float | None = None  # None: the policy's limit, else DEFAULT_TIMEOUT
+    max_bytes: int = 256 * 1024  # rows as JSON per result
+    max_cell_bytes: int = 8 * 1024  # one cell before it is cut
     # A verified identity (``Identity.from_jwt``), checked again on every call
     # so an expired or replaced token stops working; it replaces user, agent,
     # roles and the client's name: nothing asserted overrides what a token proves.
@@ -113,9 +142,13 @@ class ToolResult:
 
     @property
     def text(self) -> str:
-        """What goes in the result's text content: the message, or the payload as JSON."""
+        """What goes in the result's text content: the message (and the
+        suggestion), or the payload as JSON."""
         if self.error:
-            return str(self.payload.get("message", "error"))
+            message = str(self.payload.get("message", "error"))
+            suggestion = self.payload.get("suggestion")
+            # Many models read only the text: what would be allowed goes there too.
+            return f"{message}. Instead: {suggestion}" if suggestion else message
         return json.dumps(self.payload, ensure_ascii=False)
 
     @classmethod
@@ -176,15 +209,29 @@ def _policy(source: str | None) -> Policy:
     return load_policy(source)
 
 
+def _timed(policy: Policy, wanted: float | None) -> tuple[Policy, float]:
+    """The policy with the call timeout in its limits (so the engine enforces
+    it: statement_timeout, max_statement_time, a progress handler), and that
+    timeout: the shorter of the policy's and ``wanted``, else DEFAULT_TIMEOUT."""
+    given = [t for t in (policy.limits.get("statement_timeout"), wanted) if t]
+    timeout = float(min(given)) if given else DEFAULT_TIMEOUT
+    if policy.limits.get("statement_timeout") != timeout:
+        policy = dataclasses.replace(policy, limits={**policy.limits, "statement_timeout": timeout})
+    return policy, timeout
+
+
 class GuardedTools:
     """The tools' work, synchronous and transport-free: one guarded
     connection, one call at a time, each call its own transaction."""
 
     def __init__(self, settings: McpSettings) -> None:
         self.settings = settings
-        self.policy = _policy(settings.policy)
+        self.policy, self.timeout = _timed(_policy(settings.policy), settings.statement_timeout)
+        self.budget = Budget(settings.max_rows, settings.max_bytes, settings.max_cell_bytes)
         self.conn = self._connect()
         self.driver = drivers.detect(self.conn.__wrapped__)
+        self.canceller = Canceller(self.driver, settings.dsn)
+        self.canceller.attach(self.conn.__wrapped__)
         self.dialect = self.driver.dialect
         self.placeholder = "?" if self.dialect == "sqlite" else "%s"
         self.driver_error: type[BaseException] = importlib.import_module(self.driver.module).Error
@@ -198,6 +245,14 @@ class GuardedTools:
         # One call at a time on the connection; re-entrant because a decided
         # approval is looked up and its statement run under the same hold.
         self._lock = threading.RLock()
+        # Which call runs now, which were cancelled before they ran, and why
+        # the running one is being stopped ("timeout", "cancelled").
+        self._state = threading.Lock()
+        self._running: object | None = None
+        self._cancelled: set[object] = set()
+        self._why: str | None = None
+        self._closing = False
+        self.waiters: dict[tuple[Any, ...], int] = {}
 
     def _connect(self) -> guardeddb.GuardedConnection:
         scheme = self.settings.dsn.split("://", 1)[0].lower()
@@ -214,9 +269,61 @@ class GuardedTools:
         return bool(getattr(raw, "closed", False))  # psycopg; sqlite3 has no such state
 
     def close(self) -> None:
-        """Close the connection (and with it the audit sink)."""
+        """Stop the running statement, then close the connection (and the audit sink)."""
+        self.cancel_all()
         with self._lock:
             self.conn.close()
+
+    # -- cancellation --------------------------------------------------------
+
+    def cancel(self, call: object, why: str = "cancelled") -> None:
+        """Stop ``call``: on the server if it is running, before it starts otherwise."""
+        with self._state:
+            if self._running is not call:
+                self._cancelled.add(call)
+                return
+            self._why = why
+        self._keep_cancelling(call)
+
+    def cancel_all(self) -> None:
+        """The server is going away: stop what runs, start nothing more."""
+        with self._state:
+            self._closing = True
+            call = self._running
+            if call is not None:
+                self._why = "cancelled"
+        if call is not None:
+            self._keep_cancelling(call)
+
+    def _keep_cancelling(self, call: object) -> None:
+        """Cancel now, then again while ``call`` still runs: PostgreSQL drops a
+        cancel that arrives while it is still preparing the statement (JIT
+        compiling it), and a KILL QUERY can arrive between two statements."""
+        self.canceller.cancel()
+
+        def again() -> None:
+            for _ in range(_CANCEL_RETRIES):
+                time.sleep(_CANCEL_EVERY)
+                with self._state:
+                    if self._running is not call:
+                        return
+                self.canceller.cancel()
+
+        threading.Thread(target=again, name="guardeddb-mcp-cancel", daemon=True).start()
+
+    def _start(self, call: object) -> bool:
+        with self._state:
+            if self._closing or call in self._cancelled:
+                self._cancelled.discard(call)
+                return False
+            self._running, self._why = call, None
+            return True
+
+    def _stop(self) -> str | None:
+        with self._state:
+            self._running = None
+            why, self._why = self._why, None
+            return why
 
     def identity_for(self, client_name: str | None) -> Identity:
         """Who runs this call: the verified identity, else the configured user
@@ -228,13 +335,19 @@ class GuardedTools:
 
     # -- the tools ---------------------------------------------------------
 
-    def query(self, ident: Identity, sql: str, params: Sequence[Any] | None = None) -> ToolResult:
-        """Run one statement; rows (masked) up to max-rows, or the rowcount."""
+    def query(
+        self,
+        ident: Identity,
+        sql: str,
+        params: Sequence[Any] | None = None,
+        call: object | None = None,
+    ) -> ToolResult:
+        """Run one statement; rows (masked) within the budget, or the rowcount."""
         bound = None if params is None else tuple(params)
-        return self._guarded(ident, sql, bound, self._rows)
+        return self._guarded(ident, sql, bound, self._rows, call)
 
-    def list_tables(self, ident: Identity) -> ToolResult:
-        """The tables and views this identity's policy lets it list."""
+    def list_tables(self, ident: Identity, call: object | None = None) -> ToolResult:
+        """The tables and views this identity's policy lets it read."""
         if self.dialect == "sqlite":
             sql = (
                 "SELECT 'main', name, type FROM sqlite_master WHERE type IN ('table', 'view') "
@@ -254,31 +367,67 @@ class GuardedTools:
         else:
             return ToolResult.failure("unsupported", f"list_tables does not know {self.dialect!r}")
 
-        def shape(cur: Any) -> ToolResult:
-            rows = cur.fetchmany(MAX_TABLES + 1)
-            tables = [
-                {
-                    "schema": _jsonable(r[0]),
-                    "name": _jsonable(r[1]),
-                    "type": "view" if "view" in str(r[2]).lower() else "table",
-                }
-                for r in rows[:MAX_TABLES]
-            ]
-            return ToolResult({"tables": tables, "truncated": len(rows) > MAX_TABLES})
+        def shape(cur: Any, rows: Iterator[Any]) -> ToolResult:
+            tables: list[dict[str, str]] = []
+            hidden, more = 0, False
+            for r in rows:
+                if len(tables) >= MAX_TABLES:
+                    more = True
+                    break
+                schema, name = str(r[0]), str(r[1])
+                if not self.readable(ident, schema, name):
+                    hidden += 1
+                    continue
+                kind = "view" if "view" in str(r[2]).lower() else "table"
+                tables.append({"schema": schema, "name": name, "type": kind})
+            payload: dict[str, Any] = {"tables": tables, "truncated": more}
+            if hidden:
+                payload["note"] = "tables this identity may not read are not listed"
+            return ToolResult(payload)
 
-        return self._guarded(ident, sql, None, shape)
+        return self._guarded(ident, sql, None, shape, call)
 
-    def describe_table(self, ident: Identity, table: str) -> ToolResult:
-        """A table's columns: name, type, nullable, default, primary key."""
+    def readable(self, ident: Identity, schema: str | None, name: str, column: str = "1") -> bool:
+        """Whether the policy lets ``ident`` read ``column`` of ``schema.name``
+        (``1``: the table at all), judged as the SELECT the agent would send,
+        qualified and unqualified: the stricter wins."""
+        table = _quoted(name, self.dialect)
+        texts = [f"SELECT {column} FROM {table}"]
+        if schema:
+            texts.append(f"SELECT {column} FROM {_quoted(schema, self.dialect)}.{table}")
+        return all(self.policy.check(t, ident, self.dialect).action != "block" for t in texts)
+
+    def _masked_column(self, ident: Identity, schema: str | None, name: str, column: str) -> bool:
+        """Whether the policy's column rules mask ``column`` for ``ident``."""
+        masker = self.policy.masker
+        if masker is None or not masker.applies_to(ident):
+            return False
+        table = _quoted(name, self.dialect)
+        if schema:
+            table = f"{_quoted(schema, self.dialect)}.{table}"
+        text = f"SELECT {_quoted(column, self.dialect)} FROM {table}"
+        plan = masker.plan(analyze(text, self.dialect), (column,))
+        return plan is not None and plan.masked_columns > 0
+
+    def describe_table(self, ident: Identity, table: str, call: object | None = None) -> ToolResult:
+        """A table's columns the identity may read: name, type, nullable,
+        default (withheld for masked columns, scanned otherwise), primary key."""
         try:
             schema, name = table_name(table)
         except ValueError as exc:
             return ToolResult.failure("invalid_table_name", str(exc))
+        if not self.readable(ident, schema, name):
+            return ToolResult.failure(
+                "no_such_table",
+                f"no table {table!r} this identity may read (list_tables shows the tables "
+                "you may query)",
+                suggestion="list_tables shows the tables you may query",
+            )
         params: tuple[Any, ...]
         if self.dialect == "sqlite":
             sql = (
-                'SELECT name, type, "notnull" = 0, dflt_value, pk > 0 '
-                "FROM pragma_table_info(?, ?) ORDER BY cid"
+                'SELECT info.name, info.type, info."notnull" = 0, info.dflt_value, info.pk > 0 '
+                "FROM pragma_table_info(?, ?) AS info ORDER BY info.cid"
             )
             params = (name, schema or "main")
         elif self.dialect == "postgres":
@@ -307,50 +456,86 @@ class GuardedTools:
             return ToolResult.failure(
                 "unsupported", f"describe_table does not know {self.dialect!r}"
             )
+        masker = self.policy.masker
+        scan = masker is not None and masker.applies_to(ident)
 
-        def shape(cur: Any) -> ToolResult:
-            columns = [
-                {
-                    "name": _jsonable(r[0]),
-                    "type": _jsonable(r[1]),
-                    "nullable": bool(r[2]),
-                    "default": _jsonable(r[3]),
-                    "primary_key": bool(r[4]),
-                }
-                for r in cur.fetchall()
-            ]
+        def shape(cur: Any, rows: Iterator[Any]) -> ToolResult:
+            columns: list[dict[str, Any]] = []
+            hidden = 0
+            for r in rows:
+                column = str(r[0])
+                if not self.readable(ident, schema, name, _quoted(column, self.dialect)):
+                    hidden += 1
+                    continue
+                default = _jsonable(r[3])
+                if default is not None and self._masked_column(ident, schema, name, column):
+                    default = "(withheld: the column is masked)"
+                elif scan and isinstance(default, str):
+                    default = _ERROR_SCANNER.scan(default)[0]
+                columns.append(
+                    {
+                        "name": column,
+                        "type": _jsonable(r[1]),
+                        "nullable": bool(r[2]),
+                        "default": default,
+                        "primary_key": bool(r[4]),
+                    }
+                )
             if not columns:
                 return ToolResult.failure(
                     "no_such_table",
                     f"no table {table!r} (list_tables shows the tables there are)",
                 )
-            return ToolResult({"table": table, "columns": columns})
+            payload: dict[str, Any] = {"table": table, "columns": columns}
+            if hidden:
+                payload["note"] = "columns this identity may not read are not listed"
+            return ToolResult(payload)
 
-        return self._guarded(ident, sql, params, shape)
+        return self._guarded(ident, sql, params, shape, call)
 
     def approval(self, request_id: str) -> ApprovalRequest | None:
         """The request as the approval store has it now."""
         return None if self.store is None else self.store.get(request_id)
 
-    def run_approved(self, request_id: str, request: ApprovalRequest) -> ToolResult:
+    def run_approved(
+        self,
+        request_id: str,
+        request: ApprovalRequest,
+        current: Identity | None = None,
+        call: object | None = None,
+    ) -> ToolResult:
         """Re-issue a held statement exactly, under its identity: the guard
-        redeems the approval (once) and runs it."""
-        held = self.held.pop(request_id)
-        result = self._guarded(held.identity, held.sql, held.params, self._rows)
+        redeems the approval (once) and runs it. ``current`` is who calls
+        now (the token read again): a statement held for someone else never
+        runs under the old identity."""
+        held = self.held[request_id]
+        if current is not None and _principal(current) != _principal(held.identity):
+            return ToolResult.failure(
+                "identity_changed",
+                f"request {request_id} was held for another identity than the one this server "
+                "now runs as (its token was replaced): the approved statement was not run",
+                suggestion="send the statement again to ask for approval as the current identity",
+            )
+        self.held.pop(request_id)
+        result = self._guarded(held.identity, held.sql, held.params, self._rows, call)
         if not result.error and result.payload.get("status") == "ok":
             result.payload["approval"] = {"request_id": request_id, "by": request.approver}
         return result
 
-    def approval_outcome(self, request_id: str) -> ToolResult | None:
+    def approval_outcome(
+        self, request_id: str, current: Identity | None = None, call: object | None = None
+    ) -> ToolResult | None:
         """What ``wait_for_approval`` answers now, or None to keep waiting.
 
         Under the lock, so two waits for one request cannot both run it (the
         store would refuse the second use anyway).
         """
         with self._lock:
-            return self._decided(request_id)
+            return self._decided(request_id, current, call)
 
-    def _decided(self, request_id: str) -> ToolResult | None:
+    def _decided(
+        self, request_id: str, current: Identity | None, call: object | None
+    ) -> ToolResult | None:
         if request_id not in self.held:
             return ToolResult.failure(
                 "unknown_request",
@@ -364,7 +549,7 @@ class GuardedTools:
                 "unknown_request", f"request {request_id!r} is not in the approval store"
             )
         if request.status == "approved":
-            return self.run_approved(request_id, request)
+            return self.run_approved(request_id, request, current, call)
         if request.status == "denied":
             self.held.pop(request_id, None)
             by = request.approver or "an approver"
@@ -390,31 +575,78 @@ class GuardedTools:
 
     # -- plumbing ----------------------------------------------------------
 
+    def _streams(self, sql: str) -> bool:
+        """Whether the statement is a plain read whose rows can be streamed
+        (psycopg ``stream()``, PyMySQL's unbuffered cursor) and stopped early."""
+        analysis = analyze(sql, self.dialect)
+        return (
+            len(analysis.statements) == 1
+            and analysis.kinds == frozenset({"select"})
+            and analysis.classes == frozenset({"read"})
+            and not analysis.unparsed
+        )
+
+    def _execute(self, sql: str, params: tuple[Any, ...] | None) -> tuple[Any, Iterator[Any]]:
+        """Run the statement: the guarded cursor and its rows, read lazily in batches."""
+        stream = self._streams(sql)
+        if stream and self.driver.module == "pymysql":
+            import pymysql.cursors
+
+            cur = self.conn.cursor(pymysql.cursors.SSCursor)
+        else:
+            cur = self.conn.cursor()
+        if stream and self.driver.module == "psycopg":
+            args: tuple[Any, ...] = () if params is None else (params,)
+            rows = cur.stream(sql, *args, size=BATCH_ROWS)
+            first = next(rows, _END)  # runs the statement: refusals and errors come here
+            return cur, _chained(first, rows)
+        if params is None:
+            cur.execute(sql)
+        else:
+            cur.execute(sql, params)
+        return cur, (batches(cur) if cur.description else iter(()))
+
     def _guarded(
         self,
         ident: Identity,
         sql: str,
         params: tuple[Any, ...] | None,
-        shape: Callable[[Any], ToolResult],
+        shape: Callable[[Any, Iterator[Any]], ToolResult],
+        call: object | None = None,
     ) -> ToolResult:
-        """Run ``sql`` as ``ident`` in a transaction of its own, and turn
-        what happened (rows, a refusal, a hold, a driver error) into a result."""
+        """Run ``sql`` as ``ident`` in a transaction of its own, within the
+        call's deadline, and turn what happened (rows, a refusal, a hold, a
+        driver error, a timeout) into a result. Nothing the statement holds
+        (a transaction, a lock) outlives the call."""
+        call = object() if call is None else call
         with self._lock, guardeddb.identity(ident):
+            if not self._start(call):
+                return ToolResult.failure("cancelled", "the call was cancelled before it ran")
+            deadline = self.timeout + _GRACE_SECONDS
+            watchdog = threading.Timer(deadline, self.cancel, (call, "timeout"))
+            watchdog.daemon = True
+            watchdog.start()
             cur = None
+            rows: Iterator[Any] = iter(())
             try:
                 if self._lost():
                     # A fresh connection; the statement that met the lost one
                     # is never retried (it may have been half done).
                     self.conn.close()
                     self.conn = self._connect()
-                cur = self.conn.cursor()
-                if params is None:
-                    cur.execute(sql)
+                    self.canceller.attach(self.conn.__wrapped__)
+                cur, rows = self._execute(sql, params)
+                result = shape(cur, rows)
+                truncated = result.payload.get("truncated")
+                early = isinstance(truncated, dict) and (truncated["rows"] or truncated["bytes"])
+                if early and self.driver.module == "pymysql":
+                    self.canceller.cancel()  # else closing the cursor reads every row left
+                _close(rows, cur)
+                cur = None
+                if early:
+                    self._rollback()  # a read stopped on the server: nothing to keep
                 else:
-                    cur.execute(sql, params)
-                result = shape(cur)
-                cur.close()
-                self.conn.commit()
+                    self.conn.commit()
                 return result
             except ApprovalRequired as exc:
                 self._rollback()
@@ -422,13 +654,18 @@ class GuardedTools:
                 return self.pending(exc.request_id, exc.decision.rule_id, exc.decision.message)
             except QueryBlocked as exc:
                 self._rollback()
-                return _refusal(exc)
+                if exc.decision.rule_id == "limits":  # SQLite's progress handler
+                    return self._stopped("timeout")
+                return self._refusal(exc.decision)
             except MaskingError as exc:
                 self._rollback()
                 return ToolResult.failure("masking_refused", f"result refused: {exc}")
             except Exception as exc:
                 self._rollback()
                 if isinstance(exc, self.driver_error):
+                    why = self._stop()
+                    if why is not None or timeout_error(self.driver, exc):
+                        return self._stopped(why or "timeout")
                     return self._database_error(exc, ident)
                 _log.exception("guardeddb mcp: unexpected error")
                 return ToolResult.failure(
@@ -437,26 +674,50 @@ class GuardedTools:
                     "the server's log has the details",
                 )
             finally:
+                watchdog.cancel()
                 if cur is not None:
-                    try:
-                        cur.close()
-                    except Exception:  # a cursor of a broken connection
-                        _log.debug("guardeddb mcp: cursor close failed", exc_info=True)
+                    _close(rows, cur)
+                self._stop()
+                self._release()
 
-    def _rows(self, cur: Any) -> ToolResult:
+    def _stopped(self, why: str) -> ToolResult:
+        """A statement stopped on the server: by its deadline, or a cancel."""
+        if why == "timeout":
+            return ToolResult.failure(
+                "timeout",
+                f"the statement ran longer than {self.timeout:g}s and was stopped on the server "
+                "(its transaction was rolled back)",
+                suggestion=(
+                    "narrow the query: a WHERE on an indexed column, fewer joined rows, a LIMIT, "
+                    "or an aggregate instead of every row"
+                ),
+            )
+        return ToolResult.failure(
+            "cancelled", "the statement was cancelled on the server and rolled back"
+        )
+
+    def _release(self) -> None:
+        """Session-level locks never outlive a call (advisory and named locks)."""
+        if self._lost():
+            return
+        try:
+            release_session_state(self.driver, self.conn.__wrapped__)
+        except Exception:  # the connection is gone; the next call reconnects
+            _log.warning("guardeddb mcp: could not release session locks", exc_info=True)
+
+    def _rows(self, cur: Any, rows: Iterator[Any]) -> ToolResult:
         desc = cur.description
         if not desc:
             count = cur.rowcount
             return ToolResult({"status": "ok", "rowcount": count if count >= 0 else None})
-        limit = self.settings.max_rows
-        rows = cur.fetchmany(limit + 1)
+        got = collect(rows, self.budget, _jsonable)
         return ToolResult(
             {
                 "status": "ok",
                 "columns": [str(d[0]) for d in desc],
-                "rows": [[_jsonable(v) for v in row] for row in rows[:limit]],
-                "row_count": min(len(rows), limit),
-                "truncated": len(rows) > limit,
+                "rows": got.rows,
+                "row_count": len(got.rows),
+                "truncated": got.truncation(self.budget),
             }
         )
 
@@ -467,7 +728,13 @@ class GuardedTools:
             _log.warning("guardeddb mcp: rollback failed", exc_info=True)
 
     def _database_error(self, exc: BaseException, ident: Identity) -> ToolResult:
-        """The driver's own message, without a traceback, masked like rows would be."""
+        """The driver's own message, without a traceback, masked like rows
+        would be: withheld for an identity whose results are masked (a
+        streamed result's errors reach here as the driver raised them)."""
+        masking = self.policy.masker
+        masked = masking is not None and masking.applies_to(ident)
+        if masked:  # idempotent on an error the guard already withheld
+            exc = withheld(exc, self.driver.status_code(exc)) or exc
         diag = getattr(exc, "diag", None)  # psycopg: the primary message, not DETAIL/CONTEXT
         args: tuple[Any, ...] = tuple(getattr(exc, "args", ()))
         if diag is not None and getattr(diag, "message_primary", None):
@@ -476,8 +743,7 @@ class GuardedTools:
             message = str(args[1])
         else:
             message = str(exc)
-        masking = self.policy.masker
-        if masking is not None and masking.applies_to(ident):
+        if masked:
             message = _ERROR_SCANNER.scan(message)[0]
         code = self.driver.status_code(exc)
         return ToolResult.failure(
@@ -485,6 +751,32 @@ class GuardedTools:
             f"database error{f' ({code})' if code else ''}: {message} "
             "(the transaction was rolled back)",
             code=code,
+        )
+
+    def _refusal(self, decision: Decision) -> ToolResult:
+        """A refused query as what a model can act on: the rule, why, and
+        what would be allowed instead."""
+        rule = decision.rule_id
+        why = _mcp_advice.reason(decision)
+        if decision.action == "review":
+            return ToolResult.failure(
+                "blocked",
+                f"held for review by rule {rule!r}: {why} (this server has no approval store, "
+                "so a held statement cannot run)",
+                rule=rule,
+                reason=why,
+                suggestion=(
+                    "ask a person to run it, or to configure approvals.store so that held "
+                    "statements can be approved"
+                ),
+            )
+        who = f"rule {rule!r}" if rule else "the policy's default action"
+        return ToolResult.failure(
+            "blocked",
+            f"blocked by {who}: {why}",
+            rule=rule,
+            reason=why,
+            suggestion=_mcp_advice.suggestion(decision, self.policy),
         )
 
     def pending(
@@ -518,20 +810,44 @@ class GuardedTools:
         )
 
 
-def _refusal(exc: QueryBlocked) -> ToolResult:
-    """A refused query as the sentence a model can act on: which rule, and why."""
-    decision = exc.decision
-    rule = decision.rule_id
-    why = decision.message or str(exc)
-    if decision.action == "review":
-        return ToolResult.failure(
-            "blocked",
-            f"held for review by rule {rule!r}: {why} (this server has no approval store, "
-            "so a held statement cannot run)",
-            rule=rule,
-        )
-    who = f"rule {rule!r}" if rule else "the policy's default action"
-    return ToolResult.failure("blocked", f"blocked by {who}: {why}", rule=rule, reason=why)
+_END = object()
+
+
+def _chained(first: Any, rest: Iterator[Any]) -> Iterator[Any]:
+    """``first`` then ``rest``; closing it closes ``rest`` (psycopg then
+    cancels the rest of a stream on the server)."""
+    if first is _END:
+        return
+    yield first
+    yield from rest
+
+
+def _close(rows: Iterator[Any], cur: Any) -> None:
+    """Close a result's row iterator and its cursor; a broken connection's
+    errors are the next call's to report."""
+    for step in (getattr(rows, "close", None), cur.close):
+        if step is None:
+            continue
+        try:
+            step()
+        except Exception:
+            _log.debug("guardeddb mcp: closing a result failed", exc_info=True)
+
+
+def _quoted(name: str, dialect: str) -> str:
+    """An identifier as the dialect quotes it (for the policy's judgment of a
+    catalog name, never for a statement sent to the database)."""
+    if _IDENTIFIER.fullmatch(name):
+        return name
+    if dialect == "mysql":
+        return "`" + name.replace("`", "``") + "`"
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _principal(ident: Identity) -> tuple[Any, ...]:
+    """Who an identity is, whatever token carried it (a refreshed token of
+    the same subject is the same principal; another subject is not)."""
+    return (ident.user, ident.agent, ident.roles, getattr(ident, "verified", False))
 
 
 def _expired(request: ApprovalRequest) -> bool:
@@ -586,6 +902,9 @@ def settings_from_args(args: argparse.Namespace) -> McpSettings:
         agent=args.agent,
         roles=roles,
         max_rows=args.max_rows,
+        statement_timeout=args.statement_timeout,
+        max_bytes=args.max_bytes,
+        max_cell_bytes=args.max_cell_bytes,
         approvals_wait=args.approvals_wait,
         token_identity=token_identity(args),
     )
@@ -593,8 +912,18 @@ def settings_from_args(args: argparse.Namespace) -> McpSettings:
 
 def run(args: argparse.Namespace) -> int:
     """``guardeddb mcp``: serve the tools over stdio until the client leaves."""
-    if args.max_rows < 1 or args.approvals_wait < 0:
-        print("error: --max-rows must be at least 1, --approvals-wait at least 0", file=sys.stderr)
+    if (
+        args.max_rows < 1
+        or args.approvals_wait < 0
+        or args.max_bytes < 1024
+        or args.max_cell_bytes < 64
+        or (args.statement_timeout is not None and not 0 < args.statement_timeout < 86400)
+    ):
+        print(
+            "error: --max-rows must be at least 1, --approvals-wait at least 0, --max-bytes at "
+            "least 1024, --max-cell-bytes at least 64, --statement-timeout between 0 and 86400",
+            file=sys.stderr,
+        )
         return 2
     try:
         import mcp  # noqa: F401
@@ -649,15 +978,48 @@ def _export_traces() -> Callable[[], None]:
 
 
 def serve(tools: GuardedTools) -> None:
-    """Serve ``tools`` over this process's stdin and stdout."""
+    """Serve ``tools`` over this process's stdin and stdout until stdin ends
+    or a SIGTERM/SIGINT: either way the running statement is cancelled on
+    the server before the process exits."""
+    import signal
+
     import anyio
+    import mcp.types as types
     from mcp.server.stdio import stdio_server
+    from mcp.shared.message import SessionMessage
+
+    from ._mcp_wire import StdinLines
 
     server = build_server(tools)
 
     async def main() -> None:
-        async with stdio_server() as (read_stream, write_stream):
-            await server.run(read_stream, write_stream, server.create_initialization_options())
+        lines = StdinLines()
+        async with anyio.create_task_group() as tg:
+
+            async def on_signal() -> None:
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    async for _ in signals:
+                        tools.cancel_all()
+                        tg.cancel_scope.cancel()
+                        return
+
+            tg.start_soon(on_signal)
+            async with stdio_server(stdin=lines) as (read_stream, write_stream):  # type: ignore[arg-type]
+
+                async def refuse() -> None:
+                    async for code, message, rid in lines.errors:
+                        error = types.JSONRPCError(
+                            jsonrpc="2.0", id=rid, error=types.ErrorData(code=code, message=message)
+                        )
+                        try:
+                            await write_stream.send(SessionMessage(error))
+                        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                            return
+
+                tg.start_soon(refuse)
+                await server.run(read_stream, write_stream, server.create_initialization_options())
+            tools.cancel_all()  # stdin ended: stop what still runs
+            tg.cancel_scope.cancel()
 
     anyio.run(main)
 
@@ -681,10 +1043,32 @@ def _string(args: Mapping[str, Any], key: str) -> str:
     return value
 
 
-def _params(args: Mapping[str, Any]) -> list[Any] | None:
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _params(args: Mapping[str, Any], dialect: str) -> list[Any] | None:
+    """The statement's values: scalars (arrays of scalars on PostgreSQL).
+    An object is refused here, with what to send instead, rather than
+    reaching a driver that would fail on it."""
     value = args.get("params")
-    if value is not None and not isinstance(value, list):
+    if value is None:
+        return None
+    if not isinstance(value, list):
         raise _BadArguments("params must be an array of values (or null)")
+    for i, item in enumerate(value):
+        if isinstance(item, _SCALARS):
+            continue
+        if (
+            dialect == "postgres"
+            and isinstance(item, list)
+            and all(isinstance(v, _SCALARS) for v in item)
+        ):
+            continue
+        kind = "an object" if isinstance(item, dict) else "an array"
+        raise _BadArguments(
+            f"params[{i}] is {kind}: each value must be a string, number, boolean or null "
+            "(pass JSON as a string, e.g. json.dumps of it)"
+        )
     return value
 
 
@@ -706,6 +1090,7 @@ def build_server(tools: GuardedTools) -> Server[Any]:
     from mcp.shared.exceptions import MCPError
 
     mark = tools.placeholder
+    b = tools.budget
     ident_text = (
         "a verified identity"
         if tools.settings.token_identity is not None
@@ -718,9 +1103,11 @@ def build_server(tools: GuardedTools) -> Server[Any]:
             description=(
                 f"Run one SQL statement ({tools.driver.system}) through guardeddb. Pass values "
                 f"as params with {mark} placeholders, never inside the SQL text. Returns columns "
-                f"and rows (at most {tools.settings.max_rows}; `truncated` says when there were "
-                "more; sensitive values come back masked) or the rowcount of a write. A refused "
-                "statement is an error naming the policy rule and why; a statement held for "
+                f"and rows (at most {b.rows} rows and {b.result_bytes} bytes, cells cut at "
+                f"{b.cell_bytes} bytes; `truncated` says what was cut; sensitive values come back "
+                f"masked) or the rowcount of a write. Each call may run {tools.timeout:g}s at "
+                "most (status timeout). A refused statement is an error naming the policy rule, "
+                "why, and a suggestion of what would be allowed; a statement held for "
                 "human approval returns status pending_approval and a request_id to pass to "
                 "wait_for_approval."
             ),
@@ -740,7 +1127,7 @@ def build_server(tools: GuardedTools) -> Server[Any]:
         ),
         types.Tool(
             name="list_tables",
-            description="List the tables and views of the database.",
+            description="List the tables and views of the database this identity may read.",
             input_schema={"type": "object", "properties": {}, "additionalProperties": False},
             annotations=read_only,
         ),
@@ -787,46 +1174,91 @@ def build_server(tools: GuardedTools) -> Server[Any]:
     ) -> types.ListToolsResult:
         return types.ListToolsResult(tools=tool_list)
 
-    async def wait(request_id: str, timeout: float) -> ToolResult:
-        deadline = time.monotonic() + timeout
-        while True:
-            outcome = await anyio.to_thread.run_sync(tools.approval_outcome, request_id)
-            if outcome is not None:
-                return outcome
-            left = deadline - time.monotonic()
-            if left <= 0:
-                result = await anyio.to_thread.run_sync(tools.pending, request_id)
-                result.payload["waited_seconds"] = timeout
-                return result
-            await anyio.sleep(min(_POLL_SECONDS, left))
+    schemas = {t.name: t.input_schema for t in tool_list}
+
+    async def in_thread(fn: Callable[..., Any], *args: Any) -> Any:
+        """Run one database call in a worker thread; when the MCP call is
+        cancelled (notifications/cancelled, stdin closed, a signal), its
+        statement is cancelled on the server and the thread left to roll back."""
+        call = object()
+        done = threading.Event()
+
+        def work() -> Any:
+            try:
+                return fn(*args, call=call)
+            finally:
+                done.set()
+
+        try:
+            return await anyio.to_thread.run_sync(work, abandon_on_cancel=True)
+        except anyio.get_cancelled_exc_class():
+            if not done.is_set():  # else nothing is left to stop (and nothing to remember)
+                tools.cancel(call)
+            raise
+
+    async def wait(ident: Identity, request_id: str, timeout: float) -> ToolResult:
+        """Poll the approval store, backing off from _POLL_SECONDS to _POLL_MAX;
+        at most MAX_WAITERS waits per identity at once."""
+        who = _principal(ident)
+        if tools.waiters.get(who, 0) >= MAX_WAITERS:
+            return ToolResult.failure(
+                "too_many_waiters",
+                f"at most {MAX_WAITERS} wait_for_approval calls may wait at once",
+                suggestion="wait for one of the pending waits to return, then call again",
+            )
+        tools.waiters[who] = tools.waiters.get(who, 0) + 1
+        try:
+            deadline = time.monotonic() + timeout
+            pause = _POLL_SECONDS
+            while True:
+                outcome: ToolResult | None = await in_thread(
+                    tools.approval_outcome, request_id, ident
+                )
+                if outcome is not None:
+                    return outcome
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    result = await anyio.to_thread.run_sync(tools.pending, request_id)
+                    result.payload["waited_seconds"] = timeout
+                    return result
+                await anyio.sleep(min(pause, left))
+                pause = min(pause * 2, _POLL_MAX)
+        finally:
+            tools.waiters[who] -= 1
+            if not tools.waiters[who]:
+                del tools.waiters[who]
 
     async def call_tool(
         ctx: ServerRequestContext[Any], params: types.CallToolRequestParams
     ) -> types.CallToolResult:
         args = params.arguments or {}
+        schema = schemas.get(params.name)
+        if schema is None:
+            raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r}")
+        unknown = sorted(set(args) - set(schema["properties"]))
+        if unknown:
+            allowed = ", ".join(schema["properties"]) or "none"
+            raise MCPError(
+                types.INVALID_PARAMS,
+                f"{params.name}: unknown argument(s) {', '.join(map(repr, unknown))[:200]} "
+                f"(arguments: {allowed})",
+            )
         try:
             ident = tools.identity_for(_client_name(ctx))
             if params.name == "query":
-                result = await anyio.to_thread.run_sync(
-                    tools.query, ident, _string(args, "sql"), _params(args)
-                )
+                sql, values = _string(args, "sql"), _params(args, tools.dialect)
+                result = await in_thread(tools.query, ident, sql, values)
             elif params.name == "list_tables":
-                result = await anyio.to_thread.run_sync(tools.list_tables, ident)
+                result = await in_thread(tools.list_tables, ident)
             elif params.name == "describe_table":
-                result = await anyio.to_thread.run_sync(
-                    tools.describe_table, ident, _string(args, "table")
-                )
-            elif params.name == "wait_for_approval":
-                timeout = _timeout(args, tools.settings.approvals_wait)
-                result = await wait(_string(args, "request_id"), timeout)
+                result = await in_thread(tools.describe_table, ident, _string(args, "table"))
             else:
-                raise MCPError(types.INVALID_PARAMS, f"unknown tool {params.name!r}")
+                timeout = _timeout(args, tools.settings.approvals_wait)
+                result = await wait(ident, _string(args, "request_id"), timeout)
         except _BadArguments as exc:
             result = ToolResult.failure("invalid_arguments", f"{params.name}: {exc}")
         except guardeddb.IdentityError as exc:  # the server's token expired or was replaced
             result = ToolResult.failure("identity_refused", f"identity token refused: {exc}")
-        except MCPError:
-            raise
         except Exception:  # a bug here must not hand the model a traceback
             _log.exception("guardeddb mcp: tool %s failed", params.name)
             result = ToolResult.failure(
