@@ -175,6 +175,8 @@ class MaskRun:
             return None
         cls = types.pop()
         plan = self.plan
+        if cls is dict:
+            return self._dicts(rows)
         if not (cls is tuple or cls is list or cls is sqlite3.Row) and not (
             issubclass(cls, tuple) and hasattr(cls, "_make")
         ):
@@ -196,6 +198,33 @@ class MaskRun:
             return [sqlite3.Row(self.cursor, r) for r in masked]
         make: Callable[[Any], Any] = getattr(cls, "_make")  # noqa: B009 (a namedtuple)
         return list(map(make, masked))
+
+    def _dicts(self, rows: Sequence[dict[str, Any]]) -> list[Any] | None:
+        """Dict rows with the same keys masked column by column, as
+        :meth:`_dict` masks each; None when their keys differ."""
+        shapes = set(map(tuple, map(dict.keys, rows)))
+        if len(shapes) != 1:
+            return None
+        keys = shapes.pop()
+        if not keys:
+            return None
+        plan = self.plan
+        cols: list[Sequence[Any]] = list(zip(*map(dict.values, rows), strict=True))
+        n = 0
+        for i, key in enumerate(keys):
+            name = key if key in plan.by_name else str(key).rsplit(".", 1)[-1]
+            what = plan.by_name.get(name)
+            if what is _KEEP:
+                continue
+            if what is _SCAN:
+                if plan.scanner is None:
+                    continue
+                cols[i], k = plan.scanner.scan_column(cols[i])
+            else:  # an operator, or redact for a key the plan cannot place
+                cols[i], k = _operator_column(redact if what is None else what)(cols[i])
+            n += k
+        self.count += n
+        return [dict(zip(keys, r, strict=True)) for r in zip(*cols, strict=True)]
 
     def _dict(self, row: dict[str, Any]) -> dict[str, Any]:
         plan = self.plan
