@@ -356,6 +356,8 @@ _AWS_PREFIXES = (
     "aws",
 )
 
+_AWS_CLUE = re.compile("|".join(_AWS_PREFIXES))
+
 
 def _clues(text: str) -> set[str]:
     """Which detectors could match ``text`` at all, from cheap substring tests:
@@ -382,7 +384,7 @@ def _clues(text: str) -> set[str]:
         low = text.lower()
         if "eyj" in low:
             clues.add("jwt")
-        if any(p in low for p in _AWS_PREFIXES):
+        if _AWS_CLUE.search(low):
             clues.add("aws")
         if _TOKEN_CLUE.search(low):
             clues.add("tok")

@@ -20,7 +20,7 @@ from ..sql.analysis import Analysis
 from ..sql.lineage import Lineage, Output
 from ..sql.patterns import column_matches
 from .detectors import _NOT_TEXT, DETECTORS, Scanner
-from .operators import Operator, redact
+from .operators import REDACTED, Operator, redact
 
 __all__ = ["ColumnRule", "MaskPlan", "MaskRun", "Masking", "MaskingError"]
 
@@ -61,7 +61,12 @@ def _operator_column(op: Operator) -> ColumnMask:
     """``op`` over a whole column (NULL stays NULL and is not counted)."""
 
     def column(values: Sequence[Any]) -> tuple[Sequence[Any], int]:
-        return [v if v is None else op(v) for v in values], len(values) - values.count(None)
+        nulls = values.count(None)
+        if not nulls:
+            if op is redact and set(map(type, values)) == {str}:
+                return [REDACTED] * len(values), len(values)
+            return list(map(op, values)), len(values)
+        return [v if v is None else op(v) for v in values], len(values) - nulls
 
     return column
 
