@@ -20,11 +20,13 @@ import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from types import NoneType
-from typing import Any
+from typing import Any, TypeVar
 
 from .operators import REDACTED, email, last4
 
 __all__ = ["DETECTORS", "Detector", "Scanner"]
+
+_T = TypeVar("_T")
 
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
@@ -547,13 +549,7 @@ class Scanner:
             if not n:
                 return values, 0
             return [None if v is None else m for v, m in zip(values, masked, strict=True)], n
-        out = []
-        n = 0
-        for v in values:
-            v, k = self.scan_value(v)
-            out.append(v)
-            n += k
-        return out, n
+        return _each(values, self.scan_value)
 
     def scan_many(self, cells: Sequence[str]) -> tuple[Sequence[str], int]:
         """``cells`` masked exactly as :meth:`scan` masks each, and how many
@@ -571,7 +567,7 @@ class Scanner:
             return ([text] if n else cells), n
         joined = _CELL_SEP.join(cells)
         if joined.count(_CELL_SEP) != len(cells) - 1:
-            return self._scan_each(cells)  # a cell holds a NUL: no safe separator
+            return _each(cells, self.scan)  # a cell holds a NUL: no safe separator
         clued = _column_clues(cells, joined)
         if not clued:
             return cells, 0
@@ -643,15 +639,16 @@ class Scanner:
                 n += k
         return (cells if out is None else out), n
 
-    def _scan_each(self, cells: Sequence[str]) -> tuple[Sequence[str], int]:
-        """:meth:`scan_many` cell by cell."""
-        out = []
-        n = 0
-        for c in cells:
-            c, k = self.scan(c)
-            out.append(c)
-            n += k
-        return (out if n else cells), n
+
+def _each(values: Sequence[_T], scan: Callable[[_T], tuple[_T, int]]) -> tuple[Sequence[_T], int]:
+    """``values`` scanned one by one (``values`` itself when nothing was found)."""
+    out = []
+    n = 0
+    for v in values:
+        v, k = scan(v)
+        out.append(v)
+        n += k
+    return (out if n else values), n
 
 
 def _masked(text: str, spans: list[tuple[int, int, str]]) -> tuple[str, int]:
