@@ -393,6 +393,7 @@ def _clues(text: str) -> set[str]:
     return clues
 
 
+_PEM_HINTS = frozenset({"pem"})
 _CELL_SEP = "\x00"  # between a column's cells in one scan: no batch pattern matches it
 
 
@@ -572,11 +573,7 @@ class Scanner:
         if not clued:
             return cells, 0
         picked = list(clued)
-        if len(picked) == len(cells):
-            masked, n = self._scan_joined(joined, cells, list(clued.values()))
-        else:
-            sub = [cells[i] for i in picked]
-            masked, n = self._scan_joined(_CELL_SEP.join(sub), sub, list(clued.values()))
+        masked, n = self._scan_joined([cells[i] for i in picked], list(clued.values()))
         if not n:
             return cells, 0
         out = list(cells)
@@ -585,43 +582,46 @@ class Scanner:
         return out, n
 
     def _scan_joined(
-        self, joined: str, cells: Sequence[str], clue_sets: Sequence[set[str]]
+        self, cells: Sequence[str], clue_sets: Sequence[set[str]]
     ) -> tuple[Sequence[str], int]:
-        """``cells`` (joined by NUL into ``joined``, each with its clues)
-        masked: each detector's batch pattern runs once over ``joined``; a
-        match counts only where :meth:`scan` would have run that detector."""
-        clues: set[str] = set().union(*clue_sets)
-        # starts[i]: where cell i begins in joined; starts[i + 1] - 1: where it ends.
-        starts = [0, *itertools.accumulate(map((1).__add__, map(len, cells)))]
+        """``cells`` (each with its clues) masked: each detector's batch
+        pattern runs once over the cells :meth:`scan` would run it on,
+        joined by NUL, and its matches are mapped back by offset."""
+        # By a detector's hints: the cells it runs on, joined, and where each starts.
+        groups: dict[frozenset[str], tuple[str, list[int], list[int]]] = {}
+
+        def group(hints: frozenset[str]) -> tuple[str, list[int], list[int]]:
+            got = groups.get(hints)
+            if got is None:
+                picked = [i for i, c in enumerate(clue_sets) if hints & c]
+                texts = [cells[i] for i in picked]
+                starts = [0, *itertools.accumulate(map((1).__add__, map(len, texts)))]
+                got = groups[hints] = (_CELL_SEP.join(texts), picked, starts)
+            return got
+
         found: dict[int, list[tuple[int, int, str]]] = {}
-        if self._pem and "pem" in clues:
+        if self._pem:
+            joined, picked, starts = group(_PEM_HINTS)
             at = 0
-            while (begin := _PEM_BEGIN.search(joined, at)) is not None:
-                i = bisect.bisect_right(starts, begin.start()) - 1
-                end = starts[i + 1] - 1
-                if "pem" not in clue_sets[i]:
-                    at = end + 1
-                    continue
+            while picked and (begin := _PEM_BEGIN.search(joined, at)) is not None:
+                j = bisect.bisect_right(starts, begin.start()) - 1
+                end = starts[j + 1] - 1
                 footer = _PEM_END.search(joined, begin.end(), end)
                 at = footer.end() if footer else end
-                s = starts[i]
-                found.setdefault(i, []).append((begin.start() - s, at - s, REDACTED))
+                s = starts[j]
+                found.setdefault(picked[j], []).append((begin.start() - s, at - s, REDACTED))
         for det, pattern in self._batch:
-            if not det.hints & clues:
-                continue
+            joined, picked, starts = group(det.hints)
             at = 0
-            while (m := pattern.search(joined, at)) is not None:
+            while picked and (m := pattern.search(joined, at)) is not None:
                 at = m.end()
                 value = m.group(det.group)
                 if not value:
                     continue
-                i = bisect.bisect_right(starts, m.start()) - 1
-                if not det.hints & clue_sets[i]:
-                    at = starts[i + 1]  # scan() would not run this detector on that cell
-                    continue
+                j = bisect.bisect_right(starts, m.start()) - 1
                 base = m.start(det.group)
-                s = starts[i]
-                cell = found.setdefault(i, [])
+                s = starts[j]
+                cell = found.setdefault(picked[j], [])
                 if det.spans is not None:
                     hits = det.spans(value)
                     for a, b in hits:
