@@ -195,6 +195,6 @@ def test_no_value_is_found_across_two_cells() -> None:
         ["https://user:", "pw@host"],
     ]
     for pair in pairs:
-        cells = [*pair, "filler 1234567"] * 3
+        cells = [*pair, "filler 1234567"] * 6  # enough cells with clues to be joined
         masked, n = SCANNER.scan_many(cells)
         assert (list(masked), n) == _per_cell(cells), pair

@@ -394,6 +394,9 @@ def _clues(text: str) -> set[str]:
 
 
 _PEM_HINTS = frozenset({"pem"})
+# Fewer cells with clues than this are scanned one by one: joining them per
+# detector costs more than it saves.
+_JOIN_FROM = 8
 _CELL_SEP = "\x00"  # between a column's cells in one scan: no batch pattern matches it
 
 
@@ -572,6 +575,17 @@ class Scanner:
         clued = _column_clues(cells, joined)
         if not clued:
             return cells, 0
+        if len(clued) < _JOIN_FROM:
+            out: list[str] | None = None
+            n = 0
+            for i, clues in clued.items():
+                text, k = self._scan(cells[i], clues)
+                if k:
+                    if out is None:
+                        out = list(cells)
+                    out[i] = text
+                    n += k
+            return (cells if out is None else out), n
         picked = list(clued)
         masked, n = self._scan_joined([cells[i] for i in picked], list(clued.values()))
         if not n:
@@ -600,7 +614,8 @@ class Scanner:
             return got
 
         found: dict[int, list[tuple[int, int, str]]] = {}
-        if self._pem:
+        clues: set[str] = set().union(*clue_sets)
+        if self._pem and "pem" in clues:
             joined, picked, starts = group(_PEM_HINTS)
             at = 0
             while picked and (begin := _PEM_BEGIN.search(joined, at)) is not None:
@@ -611,6 +626,8 @@ class Scanner:
                 s = starts[j]
                 found.setdefault(picked[j], []).append((begin.start() - s, at - s, REDACTED))
         for det, pattern in self._batch:
+            if not det.hints & clues:
+                continue
             joined, picked, starts = group(det.hints)
             at = 0
             while picked and (m := pattern.search(joined, at)) is not None:

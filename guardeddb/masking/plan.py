@@ -54,7 +54,7 @@ class ColumnRule:
 # A column's values in, masked values and how many were masked out.
 ColumnMask = Callable[[Sequence[Any]], tuple[Sequence[Any], int]]
 # Results with fewer rows are masked row by row: a batch costs a transpose.
-_BATCH_ROWS = 8
+_BATCH_ROWS = 16
 
 
 def _operator_column(op: Operator) -> ColumnMask:
