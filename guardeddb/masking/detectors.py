@@ -10,15 +10,23 @@ up to their footer (or to the end of the text when it is missing).
 from __future__ import annotations
 
 import bisect
+import datetime
+import decimal
 import functools
 import ipaddress
+import itertools
 import re
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from types import NoneType
+from typing import Any, TypeVar
 
 from .operators import REDACTED, email, last4
 
 __all__ = ["DETECTORS", "Detector", "Scanner"]
+
+_T = TypeVar("_T")
 
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
@@ -115,12 +123,13 @@ def _iban_spans(text: str) -> list[tuple[int, int]]:
 
 
 def _phone_ok(text: str) -> bool:
-    return 7 <= sum(c.isdigit() for c in text) <= 15
+    return 7 <= sum(map(str.isdigit, text)) <= 15
 
 
 def _ipv6_ok(text: str) -> bool:
-    if text.count(":") < 2:
-        return False
+    colons = text.count(":")
+    if colons < 2 or (colons < 7 and "::" not in text):
+        return False  # fewer than 8 groups need "::" (times like 10:22:33 have none)
     try:
         ipaddress.IPv6Address(text)
     except ValueError:
@@ -149,6 +158,7 @@ class Detector:
 
 
 _SEP = r"[ ._/-]"  # what people put between a card's digit groups
+_CARD_RUN = rf"\d+(?:{_SEP}\d+)*"  # digit groups: where card numbers are
 
 _D = [
     Detector(
@@ -164,7 +174,7 @@ _D = [
         "credit_card",
         # Any separator or prefix ("ref-4539..."): the issuer prefix, the length
         # and the Luhn digit decide, not the text around the number.
-        re.compile(rf"(?<!\d)\d+(?:{_SEP}\d+)*"),
+        re.compile(rf"(?<!\d){_CARD_RUN}"),
         frozenset({"d7"}),
         mask=lambda s: str(last4(s)),
         spans=_card_spans,
@@ -310,6 +320,28 @@ _TOKEN_CLUE = re.compile(
     r"gh[pousr]_|github_pat_|glpat-|xox[abprse]-|xapp-|[sr]k_(?:live|test)_|whsec_|sk-|npm_|pypi-|sg\."
     r"|aiza|hooks\.slack"
 )
+# Where _TOKEN_CLUE can match, by its fixed start ("rk_", "sk_" and "sk-" by "k_"
+# and "sk-"), to find cells that may hold a token in bulk.
+_TOKEN_PREFIXES = (
+    "ghp_",
+    "gho_",
+    "ghu_",
+    "ghs_",
+    "ghr_",
+    "github_pat_",
+    "glpat-",
+    "xox",
+    "xapp-",
+    "k_live_",
+    "k_test_",
+    "whsec_",
+    "sk-",
+    "npm_",
+    "pypi-",
+    "sg.",
+    "aiza",
+    "hooks.slack",
+)
 _NO_DIGITS = str.maketrans("", "", "0123456789")
 _AWS_PREFIXES = (
     "akia",
@@ -325,6 +357,8 @@ _AWS_PREFIXES = (
     "acca",
     "aws",
 )
+
+_AWS_CLUE = re.compile("|".join(_AWS_PREFIXES))
 
 
 def _clues(text: str) -> set[str]:
@@ -352,17 +386,90 @@ def _clues(text: str) -> set[str]:
         low = text.lower()
         if "eyj" in low:
             clues.add("jwt")
-        if any(p in low for p in _AWS_PREFIXES):
+        if _AWS_CLUE.search(low):
             clues.add("aws")
         if _TOKEN_CLUE.search(low):
             clues.add("tok")
     return clues
 
 
+_PEM_HINTS = frozenset({"pem"})
+# Fewer cells with clues than this are scanned one by one: joining them per
+# detector costs more than it saves.
+_JOIN_FROM = 8
+_CELL_SEP = "\x00"  # between a column's cells in one scan: no batch pattern matches it
+
+
+def _cell_bound(pattern: re.Pattern[str]) -> re.Pattern[str]:
+    """``pattern`` unable to match a NUL, so a match over cells joined by NUL
+    stays inside one cell: a NUL is added to every negated class and taken
+    out of ``\\W``. Lookarounds see a NUL where a lone cell has its edge,
+    and no lookaround of the detectors tests for one, so they decide alike."""
+    source = pattern.pattern.replace("[^", "[^\\x00").replace("\\W", "[^\\w\\x00]")
+    return re.compile(source, pattern.flags)
+
+
+# The batch patterns. A card needs 12 digits or more in its run: runs with
+# fewer (every "Customer 12") are not matched only to be found to hold none.
+_BATCH_PATTERNS = {d.name: _cell_bound(d.pattern) for d in _D}
+_BATCH_PATTERNS["credit_card"] = re.compile(rf"(?<!\d)(?=(?:{_SEP}?\d){{12}}){_CARD_RUN}")
+# Values of these types hold no text to scan.
+_NOT_TEXT = frozenset(
+    {
+        NoneType,
+        bool,
+        int,
+        float,
+        complex,
+        decimal.Decimal,
+        datetime.date,
+        datetime.datetime,
+        datetime.time,
+        datetime.timedelta,
+        uuid.UUID,
+    }
+)
+
+
+_NOT_DIGIT_BYTES = bytes(c for c in range(256) if not 0x30 <= c <= 0x39 and c != 0)
+_CLUE_TEXT = ("@", ":", "=", "->", "BEGIN", "PuTTY", "begin")  # as _clues looks for them
+
+
+def _column_clues(cells: Sequence[str], joined: str) -> dict[int, set[str]]:
+    """The clues of each cell that has any (by index), ``joined`` being the
+    cells joined by NUL. On ASCII text the cells that may have clues are
+    found in bulk (digit counts from one bytes.translate, substrings by
+    find), and only those have their clues computed one by one."""
+    if not joined.isascii():
+        return {i: got for i, text in enumerate(cells) if (got := _clues(text))}
+    digits = list(map(len, joined.encode().translate(None, _NOT_DIGIT_BYTES).split(b"\0")))
+    most = max(digits)
+    picked: set[int] = {i for i, n in enumerate(digits) if n >= 7} if most >= 7 else set()
+    starts: list[int] | None = None
+    looks: list[tuple[str, tuple[str, ...]]] = [
+        (joined, (*_CLUE_TEXT, ".") if most >= 4 else _CLUE_TEXT)
+    ]
+    if max(map(len, cells)) >= 17:  # _clues looks for these in longer text only
+        looks.append((joined.lower(), ("eyj", *_AWS_PREFIXES, *_TOKEN_PREFIXES)))
+    for text, needles in looks:
+        for needle in needles:
+            at = text.find(needle)
+            if at < 0:
+                continue
+            if starts is None:
+                starts = [0, *itertools.accumulate(map((1).__add__, map(len, cells)))]
+            while at >= 0:
+                i = bisect.bisect_right(starts, at) - 1
+                if needle != "." or digits[i] >= 4:  # "dot" needs 4 digits too
+                    picked.add(i)
+                at = text.find(needle, starts[i + 1])
+    return {i: got for i in sorted(picked) if (got := _clues(cells[i]))}
+
+
 class Scanner:
     """The enabled detectors, run together over one text at a time."""
 
-    __slots__ = ("_detectors", "_pem", "names")
+    __slots__ = ("_batch", "_detectors", "_pem", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = tuple(names)
@@ -371,12 +478,17 @@ class Scanner:
             raise ValueError(f"unknown detectors: {', '.join(unknown)}")
         self._pem = "private_key" in self.names
         self._detectors = [d for n in self.names if (d := DETECTORS[n]) is not None]
+        self._batch = [(d, _BATCH_PATTERNS[d.name]) for d in self._detectors]
 
     def scan(self, text: str) -> tuple[str, int]:
         """``text`` with every detected value masked, and how many were."""
         clues = _clues(text)
         if not clues:
             return text, 0
+        return self._scan(text, clues)
+
+    def _scan(self, text: str, clues: set[str]) -> tuple[str, int]:
+        """:meth:`scan` of a ``text`` whose clues are known."""
         spans: list[tuple[int, int, str]] = []
         if self._pem and "pem" in clues:
             at = 0
@@ -403,22 +515,177 @@ class Scanner:
                     at = m.end() if det.exhaustive else base + found[-1][1] if found else base + 1
                 elif det.valid(value):
                     spans.append((base, m.end(det.group), det.mask(value)))
-        if not spans:
-            return text, 0
-        spans.sort(key=lambda s: (s[0], -s[1]))
-        out: list[str] = []
-        pos = count = 0
-        for start, end, masked in spans:
-            if start < pos:
-                # Overlapping a span already masked (an email in a JWT, an SSN
-                # in a run of digits): its tail beyond that span goes too.
-                if end > pos:
-                    out.append(REDACTED)
-                    pos = end
+        return _masked(text, spans)
+
+    def scan_value(self, value: Any) -> tuple[Any, int]:
+        """Any fetched value, masked where it is text: a ``str`` subclass is
+        scanned as the text it holds and bytes-like values as UTF-8 (bytes
+        that are not stay as they were), so a type guardeddb did not expect
+        never skips the scan; other types (numbers, dates, ...) pass."""
+        if type(value) is str:
+            return self.scan(value)
+        if isinstance(value, str):
+            text, n = self.scan(str.__str__(value))  # the characters, not a __str__ override
+            return (text if n else value), n
+        if isinstance(value, bytes | bytearray | memoryview):
+            text, n = self.scan(bytes(value).decode("utf-8", "surrogateescape"))
+            if not n:
+                return value, 0
+            out = text.encode("utf-8", "surrogateescape")
+            return (bytearray(out) if isinstance(value, bytearray) else out), n
+        return value, 0
+
+    def scan_column(self, values: Sequence[Any]) -> tuple[Sequence[Any], int]:
+        """One fetched column's values masked, and how many values were.
+
+        The Python types of the values decide: a column of numbers, dates or
+        NULLs is not looked at; a column of plain ``str`` is scanned in one
+        pass (see :meth:`scan_many`); anything else value by value with
+        :meth:`scan_value`.
+        """
+        types = set(map(type, values))
+        if types <= _NOT_TEXT:
+            return values, 0
+        if types == {str}:
+            return self.scan_many(values)
+        if types == {str, NoneType}:
+            masked, n = self.scan_many([v if v is not None else "" for v in values])
+            if not n:
+                return values, 0
+            return [None if v is None else m for v, m in zip(values, masked, strict=True)], n
+        return _each(values, self.scan_value)
+
+    def scan_many(self, cells: Sequence[str]) -> tuple[Sequence[str], int]:
+        """``cells`` masked exactly as :meth:`scan` masks each, and how many
+        values were; ``cells`` itself when nothing was found.
+
+        The cells are joined by NUL (which no batch pattern can match) and
+        looked at in bulk: first which cells hold any clue at all (most hold
+        none), then each detector runs once over those cells joined, and its
+        matches are mapped back to their cells by offset.
+        """
+        if len(cells) < 2:
+            if not cells:
+                return cells, 0
+            text, n = self.scan(cells[0])
+            return ([text] if n else cells), n
+        joined = _CELL_SEP.join(cells)
+        if joined.count(_CELL_SEP) != len(cells) - 1:
+            return _each(cells, self.scan)  # a cell holds a NUL: no safe separator
+        clued = _column_clues(cells, joined)
+        if not clued:
+            return cells, 0
+        if len(clued) < _JOIN_FROM:
+            out: list[str] | None = None
+            n = 0
+            for i, clues in clued.items():
+                text, k = self._scan(cells[i], clues)
+                if k:
+                    if out is None:
+                        out = list(cells)
+                    out[i] = text
+                    n += k
+            return (cells if out is None else out), n
+        picked = list(clued)
+        masked, n = self._scan_joined([cells[i] for i in picked], list(clued.values()))
+        if not n:
+            return cells, 0
+        out = list(cells)
+        for i, text in zip(picked, masked, strict=True):
+            out[i] = text
+        return out, n
+
+    def _scan_joined(
+        self, cells: Sequence[str], clue_sets: Sequence[set[str]]
+    ) -> tuple[Sequence[str], int]:
+        """``cells`` (each with its clues) masked: each detector's batch
+        pattern runs once over the cells :meth:`scan` would run it on,
+        joined by NUL, and its matches are mapped back by offset."""
+        # By a detector's hints: the cells it runs on, joined, and where each starts.
+        groups: dict[frozenset[str], tuple[str, list[int], list[int]]] = {}
+
+        def group(hints: frozenset[str]) -> tuple[str, list[int], list[int]]:
+            got = groups.get(hints)
+            if got is None:
+                picked = [i for i, c in enumerate(clue_sets) if hints & c]
+                texts = [cells[i] for i in picked]
+                starts = [0, *itertools.accumulate(map((1).__add__, map(len, texts)))]
+                got = groups[hints] = (_CELL_SEP.join(texts), picked, starts)
+            return got
+
+        found: dict[int, list[tuple[int, int, str]]] = {}
+        clues: set[str] = set().union(*clue_sets)
+        if self._pem and "pem" in clues:
+            joined, picked, starts = group(_PEM_HINTS)
+            at = 0
+            while picked and (begin := _PEM_BEGIN.search(joined, at)) is not None:
+                j = bisect.bisect_right(starts, begin.start()) - 1
+                end = starts[j + 1] - 1
+                footer = _PEM_END.search(joined, begin.end(), end)
+                at = footer.end() if footer else end
+                s = starts[j]
+                found.setdefault(picked[j], []).append((begin.start() - s, at - s, REDACTED))
+        for det, pattern in self._batch:
+            if not det.hints & clues:
                 continue
-            out.append(text[pos:start])
-            out.append(masked)
-            pos = end
-            count += 1
-        out.append(text[pos:])
-        return "".join(out), count
+            joined, picked, starts = group(det.hints)
+            at = 0
+            while picked and (m := pattern.search(joined, at)) is not None:
+                at = m.end()
+                value = m.group(det.group)
+                if not value:
+                    continue
+                j = bisect.bisect_right(starts, m.start()) - 1
+                base = m.start(det.group)
+                s = starts[j]
+                cell = found.setdefault(picked[j], [])
+                if det.spans is not None:
+                    hits = det.spans(value)
+                    for a, b in hits:
+                        cell.append((base - s + a, base - s + b, det.mask(value[a:b])))
+                    at = m.end() if det.exhaustive else base + hits[-1][1] if hits else base + 1
+                elif det.valid(value):
+                    cell.append((base - s, m.end(det.group) - s, det.mask(value)))
+        n = 0
+        out: list[str] | None = None
+        for i, cell in found.items():
+            if cell:
+                if out is None:
+                    out = list(cells)
+                out[i], k = _masked(cells[i], cell)
+                n += k
+        return (cells if out is None else out), n
+
+
+def _each(values: Sequence[_T], scan: Callable[[_T], tuple[_T, int]]) -> tuple[Sequence[_T], int]:
+    """``values`` scanned one by one (``values`` itself when nothing was found)."""
+    out = []
+    n = 0
+    for v in values:
+        v, k = scan(v)
+        out.append(v)
+        n += k
+    return (out if n else values), n
+
+
+def _masked(text: str, spans: list[tuple[int, int, str]]) -> tuple[str, int]:
+    """``text`` with ``spans`` (start, end, replacement) replaced, and how many."""
+    if not spans:
+        return text, 0
+    spans.sort(key=lambda s: (s[0], -s[1]))
+    out: list[str] = []
+    pos = count = 0
+    for start, end, masked in spans:
+        if start < pos:
+            # Overlapping a span already masked (an email in a JWT, an SSN
+            # in a run of digits): its tail beyond that span goes too.
+            if end > pos:
+                out.append(REDACTED)
+                pos = end
+            continue
+        out.append(text[pos:start])
+        out.append(masked)
+        pos = end
+        count += 1
+    out.append(text[pos:])
+    return "".join(out), count

@@ -87,7 +87,7 @@ def partial(keep_first: int = 1, keep_last: int = 0, fill: str = "*") -> Operato
 
 def email(value: Any) -> Any:
     """``ada@example.com`` becomes ``a***@example.com``; non-emails are redacted."""
-    text = _text(value)
+    text = value if type(value) is str else _text(value)
     if text is None:
         return None
     local, at, domain = text.rpartition("@")
@@ -98,7 +98,7 @@ def email(value: Any) -> Any:
 
 def last4(value: Any) -> Any:
     """Only the last four digits stay: ``************4242``."""
-    text = _text(value)
+    text = value if type(value) is str else _text(value)
     if text is None:
         return None
     digits = text if text.isdigit() else _NOT_DIGITS.sub("", text)

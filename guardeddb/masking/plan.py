@@ -19,8 +19,8 @@ from ..identity import Identity
 from ..sql.analysis import Analysis
 from ..sql.lineage import Lineage, Output
 from ..sql.patterns import column_matches
-from .detectors import DETECTORS, Scanner
-from .operators import Operator, redact
+from .detectors import _NOT_TEXT, DETECTORS, Scanner
+from .operators import REDACTED, Operator, redact
 
 __all__ = ["ColumnRule", "MaskPlan", "MaskRun", "Masking", "MaskingError"]
 
@@ -48,10 +48,30 @@ class ColumnRule:
     filter: str = "allow"
 
 
+# A column's values in, masked values and how many were masked out.
+ColumnMask = Callable[[Sequence[Any]], tuple[Sequence[Any], int]]
+# Results with fewer rows are masked row by row: a batch costs a transpose.
+_BATCH_ROWS = 16
+
+
+def _operator_column(op: Operator) -> ColumnMask:
+    """``op`` over a whole column (NULL stays NULL and is not counted)."""
+
+    def column(values: Sequence[Any]) -> tuple[Sequence[Any], int]:
+        nulls = values.count(None)
+        if not nulls:
+            if op is redact and set(map(type, values)) == {str}:
+                return [REDACTED] * len(values), len(values)
+            return list(map(op, values)), len(values)
+        return [v if v is None else op(v) for v in values], len(values) - nulls
+
+    return column
+
+
 class MaskPlan:
     """What to do with each column of one result shape."""
 
-    __slots__ = ("by_name", "masked_columns", "ops", "scan_cols", "scanner", "width")
+    __slots__ = ("by_name", "columns", "masked_columns", "ops", "scan_cols", "scanner", "width")
 
     def __init__(
         self,
@@ -65,6 +85,11 @@ class MaskPlan:
         self.scanner = scanner
         self.width = len(names)
         self.masked_columns = len(self.ops)
+        # Each column's mask, made once per plan, for batches of rows.
+        columns: list[tuple[int, ColumnMask]] = [(i, _operator_column(op)) for i, op in ops]
+        if scanner is not None:
+            columns += [(i, scanner.scan_column) for i in scan_cols]
+        self.columns = tuple(columns)
         # For dict rows, what to do by key: an operator, _SCAN, or _KEEP; the
         # strictest when a name repeats (dict rows keep one of them).
         by_name: dict[str, Any] = {}
@@ -106,6 +131,9 @@ class MaskRun:
                 if type(v) is str:
                     vals[i], k = scanner.scan(v)
                     n += k
+                elif type(v) not in _NOT_TEXT:
+                    vals[i], k = scanner.scan_value(v)
+                    n += k
         self.count += n
         return vals
 
@@ -137,8 +165,70 @@ class MaskRun:
 
     def rows(self, rows: Any) -> Any:
         """Every row of a fetchmany/fetchall result, in the same container type."""
-        masked = [self.row(r) for r in rows]
+        masked = self._batch(rows) if len(rows) >= _BATCH_ROWS else None
+        if masked is None:
+            masked = [self.row(r) for r in rows]
         return tuple(masked) if type(rows) is tuple else masked
+
+    def _batch(self, rows: Sequence[Any]) -> list[Any] | None:
+        """``rows`` masked column by column (each column's mask runs once over
+        all its values), or None when they are not rows of one sequence type
+        and the plan's width, which are then masked one by one."""
+        types = set(map(type, rows))
+        if len(types) != 1:
+            return None
+        cls = types.pop()
+        plan = self.plan
+        if cls is dict:
+            return self._dicts(rows)
+        if not (cls is tuple or cls is list or cls is sqlite3.Row) and not (
+            issubclass(cls, tuple) and hasattr(cls, "_make")
+        ):
+            return None
+        if plan.width == 0 or set(map(len, rows)) != {plan.width}:
+            return None
+        cols: list[Sequence[Any]] = list(zip(*rows, strict=True))
+        n = 0
+        for i, column in plan.columns:
+            cols[i], k = column(cols[i])
+            n += k
+        self.count += n
+        masked = zip(*cols, strict=True)
+        if cls is tuple:
+            return list(masked)
+        if cls is list:
+            return list(map(list, masked))
+        if cls is sqlite3.Row:
+            return [sqlite3.Row(self.cursor, r) for r in masked]
+        make: Callable[[Any], Any] = getattr(cls, "_make")  # noqa: B009 (a namedtuple)
+        return list(map(make, masked))
+
+    def _dicts(self, rows: Sequence[dict[str, Any]]) -> list[Any] | None:
+        """Dict rows with the same keys masked column by column, as
+        :meth:`_dict` masks each; None when their keys differ."""
+        shapes = set(map(tuple, map(dict.keys, rows)))
+        if len(shapes) != 1:
+            return None
+        keys = shapes.pop()
+        if not keys:
+            return None
+        plan = self.plan
+        cols: list[Sequence[Any]] = list(zip(*map(dict.values, rows), strict=True))
+        n = 0
+        for i, key in enumerate(keys):
+            name = key if key in plan.by_name else str(key).rsplit(".", 1)[-1]
+            what = plan.by_name.get(name)
+            if what is _KEEP:
+                continue
+            if what is _SCAN:
+                if plan.scanner is None:
+                    continue
+                cols[i], k = plan.scanner.scan_column(cols[i])
+            else:  # an operator, or redact for a key the plan cannot place
+                cols[i], k = _operator_column(redact if what is None else what)(cols[i])
+            n += k
+        self.count += n
+        return [dict(zip(keys, r, strict=True)) for r in zip(*cols, strict=True)]
 
     def _dict(self, row: dict[str, Any]) -> dict[str, Any]:
         plan = self.plan
@@ -156,8 +246,8 @@ class MaskRun:
                 out[key] = redact(value)  # a key the plan cannot place: fail closed
                 n += 1
             elif what is _SCAN:
-                if plan.scanner is not None and type(value) is str:
-                    out[key], k = plan.scanner.scan(value)
+                if plan.scanner is not None:
+                    out[key], k = plan.scanner.scan_value(value)
                     n += k
             else:
                 out[key] = what(value)
