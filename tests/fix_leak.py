@@ -78,6 +78,17 @@ def _text(value: Any) -> str:
     return value.decode("utf-8", "replace") if isinstance(value, bytes | bytearray) else str(value)
 
 
+def fetch_every_way(cur: Any) -> list[Any]:
+    """Every row of a result through every fetch path: fetchone, fetchmany, iteration."""
+    rows: list[Any] = []
+    first = cur.fetchone()
+    if first is not None:
+        rows.append(first)
+        rows.extend(cur.fetchmany(1))
+        rows.extend(iter(cur))
+    return rows
+
+
 @dataclass
 class LeakDb:
     """One database with the seeded shop, a guarded connection as the agent,
@@ -103,13 +114,7 @@ class LeakDb:
         cur = self.conn.cursor()
         try:
             cur.execute(self.shop.sql(sql))
-            rows: list[Any] = []
-            first = cur.fetchone()
-            if first is not None:
-                rows.append(first)
-                rows.extend(cur.fetchmany(1))
-                rows.extend(iter(cur))
-            cells += [_text(v) for row in rows for v in row]
+            cells += [_text(v) for row in fetch_every_way(cur) for v in row]
         except self.backend.error as exc:
             failure = exc
             seen += [str(exc), repr(exc), repr(exc.args)]

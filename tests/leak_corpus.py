@@ -241,6 +241,17 @@ _STRUCTURE: list[tuple[str, str]] = [
         "WITH x(a, b, c, d, e, f, g, h, i) AS (SELECT * FROM {c}) SELECT substr(f, 1, 6) FROM x",
         "spm",
     ),
+    # USING / NATURAL merge columns: positions are no longer the catalog's.
+    *[
+        (
+            "WITH x(a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12, a13, a14) AS "
+            f"(SELECT * FROM {{c}} JOIN {{p}} USING (id)) SELECT {a} FROM x",
+            "spm",
+        )
+        for a in ("a10", "a11", "a12", "a13", "substr(a11, 1, 8)")
+    ],
+    ("SELECT * FROM {c} JOIN {p} USING (id)", "spm"),
+    ("SELECT * FROM {c} NATURAL JOIN (SELECT id, token FROM {p}) p", "spm"),
     ("SELECT * FROM {c} AS t(i, n, e)", "p"),
     ("SELECT t.e FROM {c} AS t(i, n, e)", "p"),
     # LATERAL (PostgreSQL; MariaDB has none).

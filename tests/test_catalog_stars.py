@@ -101,3 +101,37 @@ def test_unreadable_catalog_keeps_the_conservative_answer(backend: Backend, shop
         assert sorted(got) == sorted(EMAILS)  # a plain star still follows the description
     finally:
         conn.close()
+
+
+def test_merged_and_hidden_columns_do_not_shift_positions(backend: Backend, shop: Shop) -> None:
+    """A USING join merges a column, a generated column (SQLite) is in the
+    star but not in table_info, an INVISIBLE column (MariaDB) is in the
+    catalog but not in the star: none moves a masked column to a position
+    the catalog calls unmasked."""
+    names = ", ".join(f"a{i}" for i in range(1, 15))
+    conn = guardeddb.connect(backend.url, policy=POLICY, identity=AGENT)
+    try:
+        # a11 is payments.card_number (the join keeps one id): not customer_id
+        got = _column(
+            conn,
+            shop,
+            f"WITH x({names}) AS (SELECT * FROM {{c}} JOIN {{p}} USING (id)) SELECT a11 FROM x",
+        )
+        assert all(v is None or "*" in str(v) or v == "[REDACTED]" for v in got), got
+        extra = {
+            "sqlite": "ALTER TABLE {c} ADD COLUMN lc_g VARCHAR(30) AS (name) VIRTUAL",
+            "mysql": "ALTER TABLE {c} ADD COLUMN lc_i INT INVISIBLE FIRST",
+            "postgresql": "ALTER TABLE {c} DROP COLUMN name",  # email moves to 2nd
+        }[backend.name]
+        conn.cursor().execute(shop.sql(extra))  # on this connection: the catalog is re-read
+        conn.commit()
+        width = 9 if backend.name == "mysql" else 10 if backend.name == "sqlite" else 8
+        cols = ", ".join(f"c{i}" for i in range(1, width + 1))
+        email, name = ("c2", None) if backend.name == "postgresql" else ("c3", "c2")
+        sql = f"WITH x({cols}) AS (SELECT * FROM {{c}}) SELECT "
+        assert sorted(_column(conn, shop, sql + f"{email} FROM x")) == sorted(EMAILS)
+        if name is not None:
+            assert sorted(_column(conn, shop, sql + f"{name} FROM x")) == sorted(NAMES)
+    finally:
+        conn.rollback()
+        conn.close()

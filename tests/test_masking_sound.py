@@ -20,7 +20,7 @@ import guardeddb
 from guardeddb import Identity
 
 from .fix_db import Backend
-from .fix_leak import MARKS, LeakDb
+from .fix_leak import MARKS, LeakDb, fetch_every_way
 from .fix_shop import CUSTOMERS, SECRETS, SHOP_POLICY, Shop
 
 AGENT = Identity(user="alice@example.com", agent="support-bot", roles=frozenset({"support"}))
@@ -123,12 +123,7 @@ def _run(conn: Any, shop: Shop, sql: str) -> list[Any]:
     """Every row through every fetch path: fetchone, fetchmany, iteration."""
     cur = conn.cursor()
     cur.execute(shop.sql(sql))
-    rows: list[Any] = []
-    first = cur.fetchone()
-    if first is not None:
-        rows.append(first)
-        rows.extend(cur.fetchmany(1))
-        rows.extend(iter(cur))
+    rows = fetch_every_way(cur)
     cur.close()
     return rows
 

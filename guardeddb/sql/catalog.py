@@ -3,7 +3,7 @@
 Lineage resolves ``SELECT *`` and positional column lists over a star
 (``WITH x(a, b) AS (SELECT * FROM t)``, ``AS t(i, n, e)``) by position, which
 only the catalog knows. :class:`TableColumns` reads it once per connection
-and table (``PRAGMA table_info``, ``pg_attribute``, MariaDB's
+and table (``PRAGMA table_xinfo``, ``pg_attribute``, MariaDB's
 ``information_schema.COLUMNS``) and forgets everything after a statement
 that may change a schema (DDL, ``USE``, ``SET search_path``, anything not
 understood). A catalog that cannot be read gives None: lineage then keeps
@@ -36,10 +36,15 @@ def _split(table: str) -> tuple[str | None, str]:
 
 
 def _sqlite(table: str) -> tuple[str, tuple[Any, ...]]:
+    # table_xinfo: generated columns are in SELECT * (hidden 2, 3), a virtual
+    # table's hidden ones (1) are not; table_info would leave out both.
     schema, name = _split(table)
     if schema is None:  # temp first, then main and attached: as the query resolves it
-        return "SELECT name FROM pragma_table_info(?) ORDER BY cid", (name,)
-    return "SELECT name FROM pragma_table_info(?, ?) ORDER BY cid", (name, schema)
+        return "SELECT name FROM pragma_table_xinfo(?) WHERE hidden <> 1 ORDER BY cid", (name,)
+    return (
+        "SELECT name FROM pragma_table_xinfo(?, ?) WHERE hidden <> 1 ORDER BY cid",
+        (name, schema),
+    )
 
 
 def _pg(table: str) -> tuple[str, tuple[Any, ...]]:
@@ -56,7 +61,8 @@ def _pg(table: str) -> tuple[str, tuple[Any, ...]]:
 def _mysql(table: str) -> tuple[str, tuple[Any, ...]]:
     return (
         "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = "
-        "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s ORDER BY ORDINAL_POSITION",
+        "COALESCE(%s, DATABASE()) AND TABLE_NAME = %s AND EXTRA NOT LIKE '%%INVISIBLE%%' "
+        "ORDER BY ORDINAL_POSITION",
         _split(table),
     )
 

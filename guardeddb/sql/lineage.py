@@ -228,9 +228,11 @@ class _Resolver:
             return None
         return [Output(n, frozenset({f"{table}.{n}"}), (), True) for n in names]
 
-    def star(self, item: _Src) -> list[Output]:
-        """What ``item.*`` stands for: the table's columns when the catalog knows them."""
-        if item.kind == "table":
+    def star(self, item: _Src, merged: bool = False) -> list[Output]:
+        """What ``item.*`` stands for: the table's columns when the catalog
+        knows them, unless a USING or NATURAL join (``merged``) merges
+        columns and so moves the positions the catalog gives."""
+        if item.kind == "table" and not merged:
             cols = self.table_columns(item.table)
             if cols is not None:
                 return cols
@@ -270,18 +272,21 @@ class _Resolver:
         if not isinstance(q, exp.Select):
             return None
         scope = self.scope(q, ctes, outer)
+        merged = any(
+            j.args.get("using") or j.method.upper() == "NATURAL" for j in q.args.get("joins") or []
+        )
         out: list[Output] = []
         for proj in q.expressions:
             if isinstance(proj, exp.Star):
                 for item in scope.items.values():
-                    out.extend(self.star(item))
+                    out.extend(self.star(item, merged))
                 if not scope.items:
                     return None
             elif isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star):
                 src = self.find(proj.table.lower(), scope)
                 if src is None:
                     return None
-                out.extend(self.star(src))
+                out.extend(self.star(src, merged))
             else:
                 sources, bare = self.expr(proj, scope, ctes)
                 out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
