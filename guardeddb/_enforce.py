@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ._steps import Call, Sql, Steps
 from .drivers import is_async
 from .policy.decision import Decision
+from .sql.catalog import TableColumns, columns_sql
 
 if TYPE_CHECKING:
     from .drivers import ConnectionFacts, Driver
@@ -237,7 +238,7 @@ class Engine:
     """What one guarded connection enforces beside the policy. The base class,
     for drivers guardeddb knows nothing of, enforces nothing more."""
 
-    __slots__ = ("decisions", "facts_stale", "limits", "stale", "starting")
+    __slots__ = ("columns", "decisions", "facts_stale", "limits", "stale", "starting")
 
     def __init__(self, limits: dict[str, Any]) -> None:
         self.limits = limits
@@ -246,12 +247,16 @@ class Engine:
         self.facts_stale = False  # the current database changed (USE): re-read it
         # the guard's decision cache, cleared when name resolution changes
         self.decisions: dict[Any, Any] = {}
+        # tables' columns from the catalog, for lineage; None: not readable
+        self.columns: TableColumns | None = None
 
     def arm(self, analysis: Analysis, read_only: bool) -> None:
         """``analysis`` (judged allowed) is about to run for an identity that
         is (or is not) read-only. Called on every execute: keep it cheap."""
         if read_only and not self.stale and not _plain_read(analysis):
             self.stale = True
+        if self.columns is not None:
+            self.columns.after(analysis)
 
     def session_changed(self, raw: Any) -> bool:
         """Whether guardeddb's belief in the read-only session may be stale:
@@ -360,6 +365,8 @@ class SqliteEngine(Engine):
         # The clock starts at the statement's first progress call (after
         # 10,000 VM steps, well under a millisecond): no clock read per execute.
         self.started = 0.0
+        if self.columns is not None:
+            self.columns.after(analysis)
 
     def session_changed(self, raw: Any) -> bool:
         return False  # query_only is enforced by the authorizer as well
@@ -513,6 +520,8 @@ class ServerEngine(Engine):
     def arm(self, analysis: Analysis, read_only: bool) -> None:
         if read_only and not self.stale and not _plain_read(analysis):
             self.stale = True
+        if self.columns is not None:
+            self.columns.after(analysis)
         if self.tracks_use:
             for st in analysis.statements:
                 if st.kind == "use" or st.unparsed:
@@ -619,13 +628,13 @@ class ServerEngine(Engine):
         return None if not rows or rows[0][0] is None else str(rows[0][0])
 
 
-def _own_query(driver: Driver, raw: Any, sql: str) -> list[Any]:
+def _own_query(driver: Driver, raw: Any, sql: str, params: Any = None) -> list[Any]:
     """Rows of one of guardeddb's own catalog queries, leaving no transaction
     open that was not open before (it would pin the session's mode)."""
     idle = not driver.in_transaction(raw)
     cur = raw.cursor()
     try:
-        cur.execute(sql)
+        cur.execute(sql) if params is None else cur.execute(sql, params)
         return list(cur.fetchall())
     finally:
         cur.close()
@@ -649,11 +658,22 @@ async def _load_async(raw: Any, sql: str) -> dict[str, bool]:
 
 def engine_for(driver: Driver, raw: Any, limits: dict[str, Any]) -> Engine:
     """The engine of one guarded connection."""
+    engine: Engine
     if driver.module == "sqlite3" and isinstance(raw, sqlite3.Connection):
-        return SqliteEngine(raw, limits)
-    if driver.module in ("psycopg", "pymysql"):
-        return ServerEngine(driver, raw, limits)
-    return Engine(limits)
+        engine = SqliteEngine(raw, limits)
+    elif driver.module in ("psycopg", "pymysql"):
+        engine = ServerEngine(driver, raw, limits)
+    else:
+        return Engine(limits)
+    query = columns_sql(driver.module)
+    if query is not None and not is_async(raw):
+
+        def run(sql: str, params: tuple[Any, ...]) -> list[Any]:
+            with engine.own_steps():
+                return _own_query(driver, raw, sql, params)
+
+        engine.columns = TableColumns(query, run)
+    return engine
 
 
 def use_database(facts: ConnectionFacts, database: str | None) -> ConnectionFacts:

@@ -125,7 +125,8 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         desc = raw.description
         names = tuple(str(d[0]) for d in desc) if desc else ()
         guard = self._self_guard
-        plan = guard.masking.plan(mask, names) if guard.masking is not None else None
+        masking = guard.masking
+        plan = masking.plan(mask, names, guard.engine.columns) if masking is not None else None
         run = MaskRun(plan, raw, mask) if plan is not None else None
         self._self_mask = run
         return run

@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fix_otlp",
     "tests.fix_shop",
     "tests.fix_adversarial",
+    "tests.fix_leak",
 ]
 
 

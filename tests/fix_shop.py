@@ -99,9 +99,9 @@ class Shop:
         return self.backend.sql(text.replace("{c}", self.customers).replace("{p}", self.payments))
 
 
-@pytest.fixture
-def shop(backend: Backend) -> Iterator[Shop]:
-    """customers and payments tables seeded with SECRETS, dropped after the test."""
+@contextlib.contextmanager
+def seeded(backend: Backend) -> Iterator[Shop]:
+    """customers and payments tables seeded with SECRETS, dropped on exit."""
     tag = uuid.uuid4().hex[:8]
     s = Shop(backend, f"customers_{tag}", f"payments_{tag}")
     raw = backend.connect_raw()
@@ -129,3 +129,10 @@ def shop(backend: Backend) -> Iterator[Shop]:
         cur.execute(f"DROP TABLE IF EXISTS {s.payments}")
         raw.commit()
         raw.close()
+
+
+@pytest.fixture
+def shop(backend: Backend) -> Iterator[Shop]:
+    """customers and payments tables seeded with SECRETS, dropped after the test."""
+    with seeded(backend) as s:
+        yield s

@@ -17,7 +17,7 @@ from typing import Any
 from ..errors import MaskingError, driver_error
 from ..identity import Identity
 from ..sql.analysis import Analysis
-from ..sql.lineage import Lineage, Output
+from ..sql.lineage import Columns, Lineage, Output
 from ..sql.patterns import column_matches
 from .detectors import _NOT_TEXT, DETECTORS, Scanner
 from .operators import REDACTED, Operator, redact
@@ -279,6 +279,20 @@ def _align(outs: Sequence[Output] | None, names: Sequence[str]) -> list[Output] 
     return out
 
 
+def _with_catalog(outs: Lineage, columns: Columns, names: Sequence[str]) -> Lineage:
+    """``outs`` resolved with the catalog, if the result agrees with it: as
+    many columns as described, and every output the SQL names named so by
+    the server too. Otherwise (a table changed by another session since the
+    catalog was read) the lineage without it, which is conservative."""
+    resolved = outs.resolve(columns)
+    if not resolved.known or len(resolved) != len(names) or any(o.star for o in resolved):
+        return outs
+    for o, name in zip(resolved, names, strict=True):
+        if o.name is not None and o.name.lower() != name.lower():
+            return outs
+    return resolved
+
+
 def _reads(analysis: Analysis) -> frozenset[str] | None:
     """Every column the statements read anywhere; None when that is unknown."""
     reads: set[str] = set()
@@ -378,12 +392,35 @@ class Masking:
             return rule.keyed(names.pop())
         return rule.operator
 
-    def plan(self, analysis: Analysis, names: tuple[str, ...]) -> MaskPlan | None:
-        """The plan for a result with columns ``names``; None when nothing is masked."""
+    def plan(
+        self, analysis: Analysis, names: tuple[str, ...], columns: Columns | None = None
+    ) -> MaskPlan | None:
+        """The plan for a result with columns ``names``; None when nothing is masked.
+
+        ``columns`` is the connection's catalog (``sql.catalog.TableColumns``):
+        a statement whose stars or positional lists need it is planned with
+        it, and that plan is kept with the catalog (forgotten after DDL).
+        """
         key = (analysis, names)
         if key in self._plans:
             return self._plans[key]
         outs = analysis.statements[0].outputs if len(analysis.statements) == 1 else None
+        if columns is not None and isinstance(outs, Lineage) and outs.tree is not None:
+            plans: dict[Any, MaskPlan | None] = getattr(columns, "plans", {})
+            if key not in plans:
+                if len(plans) >= _PLAN_CACHE_SIZE:
+                    plans.clear()
+                plans[key] = self._build(analysis, names, _with_catalog(outs, columns, names))
+            return plans[key]
+        plan = self._build(analysis, names, outs)
+        if len(self._plans) >= _PLAN_CACHE_SIZE:
+            self._plans.clear()
+        self._plans[key] = plan
+        return plan
+
+    def _build(
+        self, analysis: Analysis, names: tuple[str, ...], outs: Sequence[Output] | None
+    ) -> MaskPlan | None:
         aligned = _align(outs, names)
         reads = _reads(analysis)
         reads_masked = bool(self.rules) and (
@@ -407,8 +444,4 @@ class Masking:
                 scan.append(i)
         # Where lineage failed, the detectors run even if the policy named none.
         scanner = self.scanner or (_ALL_DETECTORS if scan else None)
-        plan = MaskPlan(ops, scan if scanner else [], scanner, names) if (ops or scanner) else None
-        if len(self._plans) >= _PLAN_CACHE_SIZE:
-            self._plans.clear()
-        self._plans[key] = plan
-        return plan
+        return MaskPlan(ops, scan if scanner else [], scanner, names) if (ops or scanner) else None

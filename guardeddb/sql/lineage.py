@@ -23,7 +23,10 @@ from typing import Any
 
 from sqlglot import exp
 
-__all__ = ["Lineage", "Output", "identifier", "outputs", "table_name"]
+__all__ = ["Columns", "Lineage", "Output", "identifier", "outputs", "table_name"]
+
+#: A table's column names from the catalog, in order; None when unknown.
+Columns = Callable[[str], tuple[str, ...] | None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +41,38 @@ class Output:
 
 class Lineage(tuple[Output, ...]):
     """The outputs of one statement, whether they could be followed at all
-    (``known``), and every column the statement reads anywhere (``reads``)."""
+    (``known``), and every column the statement reads anywhere (``reads``).
+
+    ``tree`` is kept when a star or a positional column list over a table
+    mattered: :meth:`resolve` follows it again with the catalog's columns.
+    """
 
     known: bool
     reads: frozenset[str]
+    tree: exp.Expr | None
+    fold: bool
 
     def __new__(
-        cls, outs: tuple[Output, ...] | list[Output], known: bool, reads: frozenset[str]
+        cls,
+        outs: tuple[Output, ...] | list[Output],
+        known: bool,
+        reads: frozenset[str],
+        tree: exp.Expr | None = None,
+        fold: bool = True,
     ) -> Lineage:
         self = super().__new__(cls, outs)
         self.known = known
         self.reads = reads
+        self.tree = tree
+        self.fold = fold
         return self
+
+    def resolve(self, columns: Columns) -> Lineage:
+        """The lineage again, stars and positional lists over tables resolved
+        by ``columns`` (the catalog); itself when nothing needs the catalog."""
+        if self.tree is None:
+            return self
+        return outputs(self.tree, self.fold, columns)
 
     def __eq__(self, other: object) -> bool:
         return (
@@ -192,8 +215,28 @@ def _rename(outs: list[Output] | None, names: list[str]) -> list[Output] | None:
 
 
 class _Resolver:
-    def __init__(self, fold: bool) -> None:
+    def __init__(self, fold: bool, columns: Columns | None = None) -> None:
         self.fold = fold
+        self.columns = columns  # the catalog, when the caller has one
+        self.starred = False  # a star or positional list over a table was met
+
+    def table_columns(self, table: str) -> list[Output] | None:
+        """A table's columns as bare outputs, from the catalog; None unknown."""
+        self.starred = True
+        names = self.columns(table) if self.columns is not None else None
+        if not names:
+            return None
+        return [Output(n, frozenset({f"{table}.{n}"}), (), True) for n in names]
+
+    def star(self, item: _Src, merged: bool = False) -> list[Output]:
+        """What ``item.*`` stands for: the table's columns when the catalog
+        knows them, unless a USING or NATURAL join (``merged``) merges
+        columns and so moves the positions the catalog gives."""
+        if item.kind == "table" and not merged:
+            cols = self.table_columns(item.table)
+            if cols is not None:
+                return cols
+        return item.star()
 
     def query(
         self, q: exp.Expr, ctes: dict[str, list[Output] | None], outer: _Scope | None
@@ -220,18 +263,21 @@ class _Resolver:
         if not isinstance(q, exp.Select):
             return None
         scope = self.scope(q, ctes, outer)
+        merged = any(
+            j.args.get("using") or j.method.upper() == "NATURAL" for j in q.args.get("joins") or []
+        )
         out: list[Output] = []
         for proj in q.expressions:
             if isinstance(proj, exp.Star):
                 for item in scope.items.values():
-                    out.extend(item.star())
+                    out.extend(self.star(item, merged))
                 if not scope.items:
                     return None
             elif isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star):
                 src = self.find(proj.table.lower(), scope)
                 if src is None:
                     return None
-                out.extend(src.star())
+                out.extend(self.star(src, merged))
             else:
                 sources, bare = self.expr(proj, scope, ctes)
                 out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
@@ -302,8 +348,12 @@ class _Resolver:
                     outs = ctes[name.lower()]
                     src = _Src("derived", outs=_rename(outs, cols) if cols else outs)
                 elif cols:
-                    # customers AS c(i, n, e): positions need the catalog.
-                    src = _Src("opaque", carries=frozenset({f"{name}.*"}))
+                    # customers AS c(i, n, e): positions come from the catalog.
+                    known = self.table_columns(name)
+                    if known is None:
+                        src = _Src("opaque", carries=frozenset({f"{name}.*"}))
+                    else:
+                        src = _Src("derived", outs=_rename(known, cols))
                 else:
                     src = _Src("table", table=name)
                 alias = alias or name.rsplit(".", 1)[-1].lower()
@@ -463,13 +513,14 @@ def _reads(stmt: exp.Expr, fold: bool) -> frozenset[str]:
     return frozenset(reads)
 
 
-def outputs(stmt: exp.Expr, fold: bool) -> Lineage:
-    """The lineage of each column ``stmt`` returns, and what it reads."""
+def outputs(stmt: exp.Expr, fold: bool, columns: Columns | None = None) -> Lineage:
+    """The lineage of each column ``stmt`` returns, and what it reads;
+    ``columns`` (the catalog) resolves stars and positional lists."""
     try:
         reads = _reads(stmt, fold)
     except Exception:  # cannot even list the columns: everything may be read
         return Lineage((), False, frozenset({"?.*"}))
-    resolver = _Resolver(fold)
+    resolver = _Resolver(fold, columns)
     try:
         if isinstance(stmt, exp.Insert | exp.Update | exp.Delete) and stmt.args.get("returning"):
             table = stmt.this
@@ -493,4 +544,8 @@ def outputs(stmt: exp.Expr, fold: bool) -> Lineage:
         result = resolver.query(stmt, {}, None)
     except Exception:  # lineage that cannot be followed: masking redacts
         return Lineage((), False, reads)
-    return Lineage((), False, reads) if result is None else Lineage(result, True, reads)
+    # Without a catalog, keep the tree where one would have helped.
+    tree = stmt if resolver.starred and columns is None else None
+    if result is None:
+        return Lineage((), False, reads, tree, fold)
+    return Lineage(result, True, reads, tree, fold)
