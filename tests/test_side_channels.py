@@ -216,6 +216,32 @@ CARRIERS: list[tuple[str, str]] = [
         "MERGE INTO {c} t USING {p} s ON t.id = s.id WHEN MATCHED THEN UPDATE SET notes = s.token",
         "p",
     ),
+    # the value is renamed in a derived table or a CTE before it is stored
+    (
+        "UPDATE {c} SET notes = x.s FROM (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) x "
+        "WHERE {c}.id = x.id",
+        "ps",
+    ),
+    (
+        "WITH x AS (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) "
+        "INSERT INTO {c} (id, notes) SELECT id + 100, s FROM x",
+        "ps",
+    ),
+    (
+        "WITH x AS (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) "
+        "UPDATE {c} SET notes = (SELECT s FROM x WHERE x.id = {c}.id) WHERE id > 0",
+        "ps",
+    ),
+    (
+        "UPDATE {c} t JOIN (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) x ON t.id = x.id "
+        "SET t.notes = x.s WHERE t.id > 0",
+        "m",
+    ),
+    (
+        "UPDATE {c} t, (SELECT id, email AS s FROM {c}) x SET t.notes = x.s WHERE t.id = x.id",
+        "m",
+    ),
+    ("INSERT INTO {c} (id, notes) SELECT 9, v.s FROM (SELECT ssn AS s FROM {c}) AS v", "pms"),
     ("SHOW WARNINGS", "m"),
     ("SHOW ERRORS", "m"),
     ("SHOW COUNT(*) WARNINGS", "m"),
@@ -249,6 +275,9 @@ ALLOWED: list[str] = [
     "UPDATE {c} SET notes = name WHERE email = 'nobody@example.com'",
     "INSERT INTO {c} (id, name) SELECT id + 100, name FROM {c}",
     "DELETE FROM {c} WHERE id = 99",
+    # renamed through a derived table, read beside a masked column: only name is stored
+    "INSERT INTO {c} (id, notes) SELECT x.id + 100, x.n FROM (SELECT id, name AS n FROM {c} "
+    "WHERE ssn <> '') x",
     "SELECT ssn FROM {c}",
 ]
 
