@@ -328,3 +328,77 @@ def test_fetch_time_error_text_is_withheld(tmp_path: Path, otel: Otel) -> None:
     assert "withheld" in str(caught.value)
     _secret_free(_everything(caught.value))
     conn.close()
+
+
+PG_ONLY = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
+
+
+@PG_ONLY
+def test_pg_error_text_is_withheld_from_conn_info(backend: Backend, shop: Shop) -> None:
+    """libpq keeps the last error's text: ``conn.info.error_message`` is
+    withheld like the exception; an unmask identity reads it as it is."""
+    texts = {}
+    for ident in (AGENT, AUDITOR):
+        conn = _connect(backend, ident)
+        try:
+            with pytest.raises(backend.error):
+                conn.cursor().execute(shop.sql("SELECT ssn::int FROM {c} ORDER BY id"))
+            texts[ident.user] = conn.info.error_message
+        finally:
+            conn.close()
+    assert "withheld" in texts[AGENT.user]
+    _secret_free(texts[AGENT.user])
+    assert "123-45-6789" in texts[AUDITOR.user]
+
+
+# to_tsquery() of a text without lexemes says: NOTICE: text-search query doesn't
+# contain lexemes: "<text>". Whitespace has none, so each SSN character is sent
+# as a run of as many spaces as its code point, and the notice spells it out.
+SPELL_SSN = (
+    "SELECT to_tsquery('simple', array_to_string(ARRAY(SELECT repeat(' ', "
+    "ascii(substr(ssn, i, 1))) FROM generate_series(1, length(ssn)) AS g(i)), "
+    "E'\\t')) FROM {c} WHERE id = 1"
+)
+
+
+def _spelled(messages: list[str]) -> list[str]:
+    decoded = []
+    for text in messages:
+        if '"' in text:
+            inner = text.split('"', 1)[1].rsplit('"', 1)[0]
+            decoded.append("".join(chr(len(run)) for run in inner.split("\t")))
+    return decoded
+
+
+@PG_ONLY
+def test_pg_notices_do_not_carry_masked_values(backend: Backend, shop: Shop) -> None:
+    """A notice handler gets severity and SQLSTATE, not the server's text,
+    while masking applies; an unmask identity's handler gets the notice."""
+    fields = ("severity", "sqlstate", "message_primary", "message_detail", "context")
+    got: dict[str, list[list[str]]] = {}
+    for ident in (AGENT, AUDITOR):
+        seen: list[list[str]] = []
+
+        def handler(diag: Any, seen: list[list[str]] = seen) -> None:
+            # a diagnostic is valid during the call only (psycopg frees it after)
+            seen.append([str(getattr(diag, f)) for f in fields] + [repr(diag)])
+
+        conn = _connect(backend, ident)
+        try:
+            conn.add_notice_handler(handler)
+            conn.cursor().execute(shop.sql(SPELL_SSN))
+            conn.remove_notice_handler(handler)
+            conn.cursor().execute(shop.sql(SPELL_SSN))  # no handler: not seen
+            conn.rollback()
+        finally:
+            conn.close()
+        got[ident.user] = seen
+    agent, auditor = got[AGENT.user], got[AUDITOR.user]
+    assert len(agent) == len(auditor) == 1
+    assert agent[0][:2] == ["NOTICE", "00000"]
+    assert "withheld" in agent[0][2]
+    assert _spelled(agent[0]) == []
+    _secret_free(" ".join(agent[0][2:]).replace("00000", ""))  # SQLSTATE 00000 is no secret
+    assert _spelled([auditor[0][2]]) == ["123-45-6789"]
