@@ -402,3 +402,58 @@ def test_pg_notices_do_not_carry_masked_values(backend: Backend, shop: Shop) -> 
     assert _spelled(agent[0]) == []
     _secret_free(" ".join(agent[0][2:]).replace("00000", ""))  # SQLSTATE 00000 is no secret
     assert _spelled([auditor[0][2]]) == ["123-45-6789"]
+
+
+# Statistics catalogs keep copies of column values: (ANALYZE run by the
+# owner, what an agent reads, the clean-up). Digits read as letters: the
+# detectors do not know them, only the refusal keeps them from the agent.
+STATISTICS = {
+    "postgresql": (
+        "ANALYZE {p}",
+        "SELECT attname, translate(histogram_bounds::text, '0123456789', 'abcdefghij') "
+        "FROM pg_catalog.pg_stats WHERE tablename = '{p}'",
+        None,
+    ),
+    "mysql": (
+        "ANALYZE TABLE {c} PERSISTENT FOR ALL",
+        "SELECT column_name, min_value, max_value FROM mysql.column_stats WHERE table_name = '{c}'",
+        "DELETE FROM mysql.column_stats WHERE table_name = '{c}'",
+    ),
+    "sqlite": ("ANALYZE", 'SELECT * FROM "main".SQLITE_STAT1', None),
+}
+
+
+@pytest.mark.parametrize("preset", ["agent-safe", "readonly"])
+def test_statistics_catalogs_are_refused_while_masking_applies(
+    backend: Backend, shop: Shop, preset: str
+) -> None:
+    analyze, query, clean = STATISTICS[backend.name]
+    raw = backend.connect_raw()
+    try:
+        cur = raw.cursor()
+        cur.execute(shop.sql(analyze))
+        if cur.description:
+            cur.fetchall()
+        raw.commit()
+        policy = {**SHOP_POLICY, "extends": [preset]}
+        seen: dict[str, Any] = {}
+        for ident in (AGENT, AUDITOR):
+            conn = _connect(backend, ident, policy=policy)
+            try:
+                cur = conn.cursor()
+                cur.execute(shop.sql(query))
+                seen[ident.user] = list(cur.fetchall())
+            except guardeddb.QueryBlocked as exc:
+                seen[ident.user] = exc.decision.rule_id
+            finally:
+                conn.close()
+    finally:
+        if clean is not None:
+            raw.cursor().execute(shop.sql(clean))
+            raw.commit()
+        raw.close()
+    assert seen[AGENT.user] == "masking-side-channel"
+    assert isinstance(seen[AUDITOR.user], list) and seen[AUDITOR.user], seen
+    if backend.name != "sqlite":  # sqlite_stat1 holds row counts only
+        shown = repr(seen[AUDITOR.user]).translate(str.maketrans("abcdefghij", "0123456789"))
+        assert any(secret in shown for secret in SECRETS), shown  # the copies are there

@@ -40,6 +40,25 @@ _DIAGNOSTICS = re.compile(
 # A user variable assigned from a query: SET @x = ..., @x := ..., INTO @x.
 _ASSIGNS = re.compile(r":=|\bINTO\s+@|\bSET\s+@|@\w+\s*=", re.IGNORECASE)
 _PYFORMAT = re.compile(r"%\(\w+\)s|%s")
+#: Catalogs that keep copies of column values: PostgreSQL's most common
+#: values and histogram bounds (pg_stats, pg_stats_ext and what they show),
+#: MariaDB's per-column min/max and histograms (and MySQL 8's), SQLite's
+#: index samples. No rule names them and a translate() hides their values
+#: from the detectors, so masked identities may not read them.
+STATISTICS_CATALOGS: dict[str, frozenset[str]] = {
+    "postgres": frozenset(
+        {"pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic_ext_data"}
+    ),
+    "mysql": frozenset(
+        {
+            "mysql.column_stats",
+            "mysql.index_stats",
+            "mysql.table_stats",
+            "information_schema.column_statistics",
+        }
+    ),
+    "sqlite": frozenset({"sqlite_stat1", "sqlite_stat2", "sqlite_stat3", "sqlite_stat4"}),
+}
 _MOVES = frozenset({"insert", "update", "merge", "replace", "create", "set", "upsert"})
 
 
@@ -76,6 +95,19 @@ def withheld(exc: BaseException, code: str | None) -> BaseException | None:
     return Exception(message)  # pragma: no cover (Exception itself is always buildable)
 
 
+def _statistics(table: str, dialect: str) -> bool:
+    """Whether ``table`` (a normalized name, as the analysis lists it) is a
+    statistics catalog: PostgreSQL's unqualified or in pg_catalog (which is
+    searched first), MariaDB's by schema, SQLite's in any attached schema."""
+    parts = table.lower().split(".")
+    rel, schema = parts[-1], (parts[-2] if len(parts) > 1 else "")
+    if dialect == "postgres":
+        return schema in ("", "pg_catalog") and rel in STATISTICS_CATALOGS["postgres"]
+    if dialect == "mysql":
+        return f"{schema}.{rel}" in STATISTICS_CATALOGS["mysql"]
+    return rel in STATISTICS_CATALOGS["sqlite"]
+
+
 def carries_masked(analysis: Analysis, masking: Masking) -> str | None:
     """Why ``analysis`` would carry a masked column's value past masking, or
     None. Only columns the policy's rules mask count (and a star over a table
@@ -83,6 +115,10 @@ def carries_masked(analysis: Analysis, masking: Masking) -> str | None:
     text = analysis.sanitized
     if _DIAGNOSTICS.search(text):
         return "SHOW WARNINGS/ERRORS and GET DIAGNOSTICS can quote masked values"
+    for st in analysis.statements:
+        for table in sorted(st.tables):
+            if _statistics(table, analysis.dialect):
+                return f"the statistics catalog {table} keeps copies of column values"
     assigns = bool(_ASSIGNS.search(text))
     trees: list[Any] | None
     try:
