@@ -353,7 +353,7 @@ class _Guard:
             (
                 ident,
                 digest,
-                analysis.sanitized,
+                text,
                 decision.rule_id,
                 decision.message,
                 impact.count if impact is not None else None,

@@ -45,6 +45,7 @@ __all__ = [
     "database_key",
     "parse_ttl",
     "render_params",
+    "render_statement",
     "request_hash",
 ]
 
@@ -179,6 +180,18 @@ def render_params(params: Any, scanner: Scanner | None = None, limit: int = 4000
     return scanner.scan(text)[0]
 
 
+def render_statement(text: str, scanner: Scanner | None = None, limit: int = 8000) -> str:
+    """The statement as the approver sees it: its exact text, literals and
+    comments included (``SET amount = 99999999`` is what is decided on),
+    with what the detectors (every one, unless given) find masked, cut at
+    ``limit`` characters. Escaping control characters is the display's job."""
+    if scanner is None:
+        scanner = _default_scanner()
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return scanner.scan(text)[0]
+
+
 def _plain(value: Any) -> Any:
     """Canonically encodable parameters as readable JSON-ready data."""
     if isinstance(value, list | tuple):
@@ -201,7 +214,7 @@ class ApprovalRequest:
     id: str
     status: str  # pending | approved | denied | used
     identity: str
-    statement: str
+    statement: str  # the exact text, as render_statement shows it
     rule: str | None
     reason: str | None
     created: str
@@ -296,7 +309,10 @@ class ApprovalStore:
         cap: int = MAX_PENDING,
     ) -> str | None:
         """The id of the pending request for this query, made if there is none;
-        None when the identity already has ``cap`` other pending requests."""
+        None when the identity already has ``cap`` other pending requests.
+        ``statement`` is the exact text; it is stored as ``render_statement``
+        shows it (values visible, what the detectors find masked)."""
+        statement = render_statement(statement)
         now = _now()
         conn = self._connect()
         try:
@@ -446,7 +462,7 @@ class Approver:
             id="inline",
             status="pending",
             identity=_identity_key(ident),
-            statement=analysis.sanitized,
+            statement=render_statement(analysis.text),
             rule=decision.rule_id,
             reason=decision.message,
             created=now.isoformat(),
