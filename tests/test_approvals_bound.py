@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime
 import decimal
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -290,6 +292,27 @@ def test_identical_held_statements_make_one_request_and_each_identity_is_capped(
     mine = [r for r in ApprovalStore(store_url).list("pending") if pg_table in r.statement]
     assert len(mine) == MAX_PENDING
     assert mine[0].database is not None and "postgresql" in mine[0].database
+
+
+def test_the_pending_cap_holds_under_concurrency(store_url: str) -> None:
+    """40 threads file 40 different statements for one identity at once:
+    counting the pending requests and adding one is a single step, so no
+    more than the cap are filed."""
+    store = ApprovalStore(store_url)
+    who = _agent()
+    start = threading.Barrier(40)
+
+    def hold(n: int) -> str | None:
+        start.wait()
+        return store.hold(who, f"{uuid.uuid4().hex}{n:032d}", f"DELETE FROM t{n}", "r", None)
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        ids = list(pool.map(hold, range(40)))
+    filed = [rid for rid in ids if rid is not None]
+    assert len(filed) == MAX_PENDING, len(filed)
+    mine = [r for r in store.list("pending") if r.id in filed]
+    assert len(mine) == MAX_PENDING
+    assert len({r.identity for r in mine}) == 1
 
 
 def test_the_approver_sees_the_parameters_masked_and_escaped(

@@ -13,6 +13,7 @@ guarded connection.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import functools
@@ -21,7 +22,7 @@ import json
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -314,51 +315,74 @@ class ApprovalStore:
         shows it (values visible, what the detectors find masked)."""
         statement = render_statement(statement)
         now = _now()
+        who = _identity_key(ident)
         conn = self._connect()
         try:
-            row = conn.execute(
-                self._sql(
-                    f"SELECT id FROM {_TABLE} WHERE request_hash = ? "
-                    "AND status = 'pending' AND expires > ?"
-                ),
-                (digest, now.isoformat()),
-            ).fetchone()
-            if row:
-                return str(row[0])
-            who = _identity_key(ident)
-            pending = conn.execute(
-                self._sql(
-                    f"SELECT count(*) FROM {_TABLE} WHERE identity = ? "
-                    "AND status = 'pending' AND expires > ?"
-                ),
-                (who, now.isoformat()),
-            ).fetchone()
-            if int(pending[0]) >= cap:
-                return None
-            rid = uuid.uuid4().hex[:12]
-            conn.execute(
-                self._sql(
-                    f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
-                    "statement, rule, reason, created, expires, impact, params, target) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                (
-                    rid,
-                    digest,
-                    who,
-                    statement,
-                    rule,
-                    reason,
-                    now.isoformat(),
-                    (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
-                    impact,
-                    params,
-                    database,
-                ),
-            )
-            return rid
+            with self._exclusive(conn, who):
+                row = conn.execute(
+                    self._sql(
+                        f"SELECT id FROM {_TABLE} WHERE request_hash = ? "
+                        "AND status = 'pending' AND expires > ?"
+                    ),
+                    (digest, now.isoformat()),
+                ).fetchone()
+                if row:
+                    return str(row[0])
+                pending = conn.execute(
+                    self._sql(
+                        f"SELECT count(*) FROM {_TABLE} WHERE identity = ? "
+                        "AND status = 'pending' AND expires > ?"
+                    ),
+                    (who, now.isoformat()),
+                ).fetchone()
+                if int(pending[0]) >= cap:
+                    return None
+                rid = uuid.uuid4().hex[:12]
+                conn.execute(
+                    self._sql(
+                        f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
+                        "statement, rule, reason, created, expires, impact, params, target) "
+                        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                    (
+                        rid,
+                        digest,
+                        who,
+                        statement,
+                        rule,
+                        reason,
+                        now.isoformat(),
+                        (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
+                        impact,
+                        params,
+                        database,
+                    ),
+                )
+                return rid
         finally:
             conn.close()
+
+    @contextlib.contextmanager
+    def _exclusive(self, conn: Any, who: str) -> Iterator[None]:
+        """One transaction that no other hold for identity ``who`` overlaps,
+        so counting its pending requests and filing one is a single step:
+        SQLite's write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory
+        transaction lock keyed by the identity."""
+        if self._mark == "?":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        key = int.from_bytes(
+            hashlib.sha256(who.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True
+        )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            yield
 
     def consume(self, digest: str) -> ApprovalRequest | None:
         """Use an approval for this exact query, once; None if there is none."""
