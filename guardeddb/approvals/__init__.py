@@ -297,6 +297,28 @@ class ApprovalStore:
     def _sql(self, text: str) -> str:
         return text.replace("?", self._mark)
 
+    @contextlib.contextmanager
+    def _exclusive(self, conn: Any, who: str) -> Iterator[None]:
+        """One transaction that no other hold for identity ``who`` overlaps,
+        so counting its pending requests and filing one is a single step:
+        SQLite's write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory
+        transaction lock keyed by the identity."""
+        if self._mark == "?":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        key = int.from_bytes(
+            hashlib.sha256(who.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True
+        )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            yield
+
     def hold(
         self,
         ident: Identity | None,
@@ -361,28 +383,6 @@ class ApprovalStore:
                 return rid
         finally:
             conn.close()
-
-    @contextlib.contextmanager
-    def _exclusive(self, conn: Any, who: str) -> Iterator[None]:
-        """One transaction that no other hold for identity ``who`` overlaps,
-        so counting its pending requests and filing one is a single step:
-        SQLite's write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory
-        transaction lock keyed by the identity."""
-        if self._mark == "?":
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-            return
-        key = int.from_bytes(
-            hashlib.sha256(who.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True
-        )
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
-            yield
 
     def consume(self, digest: str) -> ApprovalRequest | None:
         """Use an approval for this exact query, once; None if there is none."""
