@@ -394,92 +394,6 @@ def _merge_stars(out: list[Output]) -> list[Output]:
     return merged
 
 
-def _reads(stmt: exp.Expr, fold: bool) -> frozenset[str]:
-    """Every column ``stmt`` reads anywhere, over-approximated: a qualified
-    column by its table, an unqualified one by every table (and ``?``), a
-    star or whole-row reference as ``table.*``, a renamed table whole."""
-    tables: dict[str, str] = {}
-    derived: set[str] = set()
-    opaque = False
-    for node in stmt.walk():
-        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
-            name = table_name(node, fold)
-            alias = node.alias_or_name.lower()
-            tables[alias] = name
-            tables.setdefault(name.rsplit(".", 1)[-1].lower(), name)
-        elif isinstance(node, exp.CTE | exp.Subquery | exp.Lateral | exp.Values | exp.Unnest):
-            derived.add(node.alias_or_name.lower())
-            opaque = True
-        elif isinstance(node, exp.Table):
-            opaque = True
-    ctes = {identifier(c.args["alias"].this, fold).lower() for c in stmt.find_all(exp.CTE)}
-    for name in ctes:
-        tables.pop(name, None)
-    every = set(tables.values())
-    reads: set[str] = set()
-    for node in stmt.walk():
-        if isinstance(node, exp.Column):
-            qual = node.table.lower()
-            if isinstance(node.this, exp.Star):
-                if qual in tables:
-                    reads.add(f"{tables[qual]}.*")
-                elif qual not in derived and qual not in ctes:
-                    reads.add("?.*")
-                continue
-            name = identifier(node.this, fold)
-            if qual:
-                reads.add(f"{tables[qual]}.{name}" if qual in tables else f"?.{name}")
-                continue
-            reads.update(f"{t}.{name}" for t in every)
-            if opaque or not every:
-                reads.add(f"?.{name}")
-            if name.lower() in tables:
-                reads.add(f"{tables[name.lower()]}.*")  # a whole-row reference
-        elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count | exp.Column):
-            reads.update(f"{t}.*" for t in every)
-        elif (
-            isinstance(node, exp.Table)
-            and isinstance(node.this, exp.Identifier)
-            and _alias_columns(node)
-            and table_name(node, fold) in every
-        ):
-            reads.add(f"{table_name(node, fold)}.*")
-    return frozenset(reads)
-
-
-def outputs(stmt: exp.Expr, fold: bool) -> Lineage:
-    """The lineage of each column ``stmt`` returns, and what it reads."""
-    try:
-        reads = _reads(stmt, fold)
-    except Exception:  # cannot even list the columns: everything may be read
-        return Lineage((), False, frozenset({"?.*"}))
-    resolver = _Resolver(fold)
-    try:
-        if isinstance(stmt, exp.Insert | exp.Update | exp.Delete) and stmt.args.get("returning"):
-            table = stmt.this
-            while isinstance(table, exp.Schema):
-                table = table.this
-            if not isinstance(table, exp.Table):
-                return Lineage((), False, reads)
-            name = table_name(table, fold)
-            scope = _Scope(None)
-            scope.items[table.alias_or_name.lower()] = _Src("table", table=name)
-            out: list[Output] = []
-            for proj in stmt.args["returning"].expressions:
-                if isinstance(proj, exp.Star) or (
-                    isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star)
-                ):
-                    out.append(Output(None, frozenset(), (name,), True))
-                else:
-                    sources, bare = resolver.expr(proj, scope, {})
-                    out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
-            return Lineage(out, True, reads)
-        result = resolver.query(stmt, {}, None)
-    except Exception:  # lineage that cannot be followed: masking redacts
-        return Lineage((), False, reads)
-    return Lineage((), False, reads) if result is None else Lineage(result, True, reads)
-
-
 _STORES = (exp.Insert, exp.Update, exp.Merge)
 _FROM_KEY = "from_" if "from_" in exp.Select.arg_types else "from"  # renamed in sqlglot 30
 _WITH_KEY = "with_" if "with_" in exp.Select.arg_types else "with"
@@ -597,3 +511,89 @@ def stored(stmt: exp.Expr, fold: bool) -> frozenset[str] | None:
         return _stored(stmt, fold)
     except Exception:  # not followed: the caller assumes the worst
         return None
+
+
+def _reads(stmt: exp.Expr, fold: bool) -> frozenset[str]:
+    """Every column ``stmt`` reads anywhere, over-approximated: a qualified
+    column by its table, an unqualified one by every table (and ``?``), a
+    star or whole-row reference as ``table.*``, a renamed table whole."""
+    tables: dict[str, str] = {}
+    derived: set[str] = set()
+    opaque = False
+    for node in stmt.walk():
+        if isinstance(node, exp.Table) and isinstance(node.this, exp.Identifier):
+            name = table_name(node, fold)
+            alias = node.alias_or_name.lower()
+            tables[alias] = name
+            tables.setdefault(name.rsplit(".", 1)[-1].lower(), name)
+        elif isinstance(node, exp.CTE | exp.Subquery | exp.Lateral | exp.Values | exp.Unnest):
+            derived.add(node.alias_or_name.lower())
+            opaque = True
+        elif isinstance(node, exp.Table):
+            opaque = True
+    ctes = {identifier(c.args["alias"].this, fold).lower() for c in stmt.find_all(exp.CTE)}
+    for name in ctes:
+        tables.pop(name, None)
+    every = set(tables.values())
+    reads: set[str] = set()
+    for node in stmt.walk():
+        if isinstance(node, exp.Column):
+            qual = node.table.lower()
+            if isinstance(node.this, exp.Star):
+                if qual in tables:
+                    reads.add(f"{tables[qual]}.*")
+                elif qual not in derived and qual not in ctes:
+                    reads.add("?.*")
+                continue
+            name = identifier(node.this, fold)
+            if qual:
+                reads.add(f"{tables[qual]}.{name}" if qual in tables else f"?.{name}")
+                continue
+            reads.update(f"{t}.{name}" for t in every)
+            if opaque or not every:
+                reads.add(f"?.{name}")
+            if name.lower() in tables:
+                reads.add(f"{tables[name.lower()]}.*")  # a whole-row reference
+        elif isinstance(node, exp.Star) and not isinstance(node.parent, exp.Count | exp.Column):
+            reads.update(f"{t}.*" for t in every)
+        elif (
+            isinstance(node, exp.Table)
+            and isinstance(node.this, exp.Identifier)
+            and _alias_columns(node)
+            and table_name(node, fold) in every
+        ):
+            reads.add(f"{table_name(node, fold)}.*")
+    return frozenset(reads)
+
+
+def outputs(stmt: exp.Expr, fold: bool) -> Lineage:
+    """The lineage of each column ``stmt`` returns, and what it reads."""
+    try:
+        reads = _reads(stmt, fold)
+    except Exception:  # cannot even list the columns: everything may be read
+        return Lineage((), False, frozenset({"?.*"}))
+    resolver = _Resolver(fold)
+    try:
+        if isinstance(stmt, exp.Insert | exp.Update | exp.Delete) and stmt.args.get("returning"):
+            table = stmt.this
+            while isinstance(table, exp.Schema):
+                table = table.this
+            if not isinstance(table, exp.Table):
+                return Lineage((), False, reads)
+            name = table_name(table, fold)
+            scope = _Scope(None)
+            scope.items[table.alias_or_name.lower()] = _Src("table", table=name)
+            out: list[Output] = []
+            for proj in stmt.args["returning"].expressions:
+                if isinstance(proj, exp.Star) or (
+                    isinstance(proj, exp.Column) and isinstance(proj.this, exp.Star)
+                ):
+                    out.append(Output(None, frozenset(), (name,), True))
+                else:
+                    sources, bare = resolver.expr(proj, scope, {})
+                    out.append(Output(proj.alias_or_name or None, frozenset(sources), (), bare))
+            return Lineage(out, True, reads)
+        result = resolver.query(stmt, {}, None)
+    except Exception:  # lineage that cannot be followed: masking redacts
+        return Lineage((), False, reads)
+    return Lineage((), False, reads) if result is None else Lineage(result, True, reads)
