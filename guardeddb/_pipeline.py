@@ -521,7 +521,7 @@ class Guard:
             (
                 ident,
                 digest,
-                analysis.sanitized,
+                text,
                 decision.rule_id,
                 decision.message,
                 impact.count if impact is not None else None,

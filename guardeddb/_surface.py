@@ -116,8 +116,7 @@ _PSYCOPG_CONNECTION = {
     **_names(
         FORWARD,
         "closed broken cancel cancel_safe fileno xid pipeline transaction deferrable "
-        "read_only add_notice_handler remove_notice_handler set_autocommit lock "
-        "set_isolation_level set_deferrable connect",
+        "read_only set_autocommit lock set_isolation_level set_deferrable connect",
     ),
     **_names(
         SETTABLE,
@@ -125,8 +124,12 @@ _PSYCOPG_CONNECTION = {
         "cursor_factory server_cursor_factory",
     ),
     # info: a view without pgconn; connection: the guarded connection itself;
-    # read_only/set_read_only: may only tighten (see _PsycopgReadOnly)
-    **_names(GUARD, "execute info connection set_read_only adapters"),
+    # read_only/set_read_only: may only tighten (see _PsycopgReadOnly);
+    # notice handlers: get no server text while masking applies (notice_handler)
+    **_names(
+        GUARD,
+        "execute info connection set_read_only adapters add_notice_handler remove_notice_handler",
+    ),
     **_names(
         REFUSE,
         "pgconn add_notify_handler remove_notify_handler notifies wait "
@@ -150,8 +153,10 @@ _PSYCOPG_INFO = {
         FORWARD,
         "vendor host hostaddr port dbname user options get_parameters dsn status "
         "transaction_status pipeline_status parameter_status server_version "
-        "full_protocol_version backend_pid error_message timezone encoding",
+        "full_protocol_version backend_pid timezone encoding",
     ),
+    # the server's text of the last error: withheld while masking applies (_Info)
+    **_names(GUARD, "error_message"),
     **_names(REFUSE, "pgconn password"),
 }
 
@@ -355,26 +360,69 @@ def masking_now(guard: Guard) -> bool:
     return masking is not None and masking.applies_to(_current.get() or guard.identity)
 
 
+WITHHELD_TEXT = "the database's message was withheld because this identity's results are masked"
+
+
 class _Info:
-    """psycopg's ``conn.info`` without ``pgconn`` (nor the password)."""
+    """psycopg's ``conn.info`` without ``pgconn`` (nor the password), and
+    without the last error's text while masking applies: libpq keeps a copy
+    of the message the raised exception had withheld."""
 
-    __slots__ = ("_info",)
+    __slots__ = ("_guard", "_info")
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: Any, guard: Guard) -> None:
         self._info = info
+        self._guard = guard
 
     def __getattr__(self, name: str) -> Any:
         kind = _PSYCOPG_INFO.get(name)
         if kind is FORWARD or (kind is None and name[:1] == "_"):
             return getattr(self._info, name)
+        if name == "error_message":
+            text = self._info.error_message
+            return WITHHELD_TEXT if text and masking_now(self._guard) else text
         raise refusal(_Info, type(self._info), name, kind)
 
     def __repr__(self) -> str:
         return f"<guardeddb view of {self._info!r}>"
 
 
-def info_view(info: Any) -> Any:
-    return _Info(info)
+def info_view(info: Any, guard: Guard) -> Any:
+    return _Info(info, guard)
+
+
+class WithheldDiagnostic:
+    """A notice's diagnostic without its texts: only severity and SQLSTATE.
+    A notice is a server message like an error, and quotes values as errors
+    do (``to_tsquery`` quotes its argument); every other field reads None."""
+
+    __slots__ = ("severity", "severity_nonlocalized", "sqlstate")
+
+    message_primary = WITHHELD_TEXT
+
+    def __init__(self, diag: Any) -> None:
+        self.severity = getattr(diag, "severity", None)
+        self.severity_nonlocalized = getattr(diag, "severity_nonlocalized", None)
+        self.sqlstate = getattr(diag, "sqlstate", None)
+
+    def __getattr__(self, name: str) -> None:
+        if name[:1] == "_":
+            raise AttributeError(name)
+        return None
+
+    def __repr__(self) -> str:
+        return f"<WithheldDiagnostic {self.severity} {self.sqlstate}>"
+
+
+def notice_handler(guard: Guard, callback: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``callback`` for psycopg's ``add_notice_handler``: while masking
+    applies to the identity current when the notice arrives, it receives a
+    ``WithheldDiagnostic`` instead of the server's."""
+
+    def handler(diag: Any) -> Any:
+        return callback(WithheldDiagnostic(diag) if masking_now(guard) else diag)
+
+    return handler
 
 
 # --- the statement the server receives -------------------------------------

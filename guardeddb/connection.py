@@ -740,7 +740,33 @@ class _InfoView:
     @property
     def info(self: Any) -> Any:
         """psycopg's ``conn.info``, without the raw ``pgconn`` it carries."""
-        return _surface.info_view(self.__wrapped__.info)
+        return _surface.info_view(self.__wrapped__.info, self._self_guard)
+
+
+class _NoticeHandlers:
+    """psycopg's notice handlers, given no server text while masking applies
+    (``_surface.notice_handler``); each registered callback keeps its wrapper
+    so that ``remove_notice_handler`` takes the one psycopg holds."""
+
+    def add_notice_handler(self: Any, callback: Any) -> None:
+        wrapper = _surface.notice_handler(self._self_guard, callback)
+        pairs: list[tuple[Any, Any]]
+        try:
+            pairs = self._self_notice_handlers
+        except AttributeError:
+            pairs = []
+            self._self_notice_handlers = pairs
+        pairs.append((callback, wrapper))
+        self.__wrapped__.add_notice_handler(wrapper)
+
+    def remove_notice_handler(self: Any, callback: Any) -> None:
+        pairs = getattr(self, "_self_notice_handlers", [])
+        for i, (registered, wrapper) in enumerate(pairs):
+            if registered == callback:
+                del pairs[i]
+                self.__wrapped__.remove_notice_handler(wrapper)
+                return
+        self.__wrapped__.remove_notice_handler(callback)  # psycopg's ValueError
 
 
 class _ReadOnly:
@@ -1044,6 +1070,7 @@ _CONNECTION_MIXINS = (
     ("set_character_set", _Charset),
     ("connection", _ConnectionItself),
     ("info", _InfoView),
+    ("add_notice_handler", _NoticeHandlers),
     ("read_only", _ReadOnly),
     ("adapters", _Adapters),
     ("isolation_level", _EndsWithCommit),

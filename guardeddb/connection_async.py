@@ -30,6 +30,7 @@ from .connection import (
     _ConnectionItself,
     _InfoView,
     _NextSet,
+    _NoticeHandlers,
     _param_sets,
     _psycopg_client_cursor,
     _PsycopgClientParams,
@@ -230,6 +231,7 @@ _CURSOR_MIXINS = (
 _CONNECTION_MIXINS = (
     ("connection", _ConnectionItself),
     ("info", _InfoView),
+    ("add_notice_handler", _NoticeHandlers),
     ("read_only", _ReadOnly),
     ("adapters", _Adapters),
 )

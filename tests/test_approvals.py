@@ -195,7 +195,7 @@ def test_in_process_approver_decides_synchronously(backend: Backend, table: str)
         conn.commit()
         with pytest.raises(QueryBlocked, match="not approved by approver"):
             cur.execute(f"DELETE FROM {table} WHERE name = 'Ada'")
-    assert asked and "'Ada'" not in "".join(asked)  # the approver sees sanitized SQL
+    assert asked and "name = 'Ada'" in asked[-1]  # the approver sees the values decided on
     assert _count(backend, table) == 2
     conn.close()
 

@@ -10,8 +10,10 @@ from __future__ import annotations
 import datetime
 import decimal
 import sqlite3
+import threading
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -25,6 +27,7 @@ from guardeddb.approvals import (
     ApprovalStore,
     UnboundParameters,
     render_params,
+    render_statement,
     request_hash,
 )
 from guardeddb.cli import main
@@ -291,6 +294,27 @@ def test_identical_held_statements_make_one_request_and_each_identity_is_capped(
     assert mine[0].database is not None and "postgresql" in mine[0].database
 
 
+def test_the_pending_cap_holds_under_concurrency(store_url: str) -> None:
+    """40 threads file 40 different statements for one identity at once:
+    counting the pending requests and adding one is a single step, so no
+    more than the cap are filed."""
+    store = ApprovalStore(store_url)
+    who = _agent()
+    start = threading.Barrier(40)
+
+    def hold(n: int) -> str | None:
+        start.wait()
+        return store.hold(who, f"{uuid.uuid4().hex}{n:032d}", f"DELETE FROM t{n}", "r", None)
+
+    with ThreadPoolExecutor(max_workers=40) as pool:
+        ids = list(pool.map(hold, range(40)))
+    filed = [rid for rid in ids if rid is not None]
+    assert len(filed) == MAX_PENDING, len(filed)
+    mine = [r for r in store.list("pending") if r.id in filed]
+    assert len(mine) == MAX_PENDING
+    assert len({r.identity for r in mine}) == 1
+
+
 def test_the_approver_sees_the_parameters_masked_and_escaped(
     pg_table: str, store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -315,6 +339,50 @@ def test_the_approver_sees_the_parameters_masked_and_escaped(
     shown = capsys.readouterr().out
     assert "carol@example.com" not in shown and "\x1b" not in shown and '"params"' in shown
     assert _pg(f"SELECT count(*) FROM {pg_table} WHERE doc IS NOT NULL") == (0,)
+
+
+def test_the_approver_sees_the_values_the_statement_writes(
+    pg_table: str, store_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A request shows the exact SQL (``SET doc = ... 99999999``, not ``?``),
+    its secrets masked by the detectors and control characters escaped."""
+    who = _agent()
+    conn = guardeddb.connect(PG_DSN, policy=_policy(store_url))
+    update = (
+        f'UPDATE {pg_table} SET doc = \'{{"note": "mail carol@example.com \x1b[2J", '
+        f'"amount": 99999999}}\' WHERE id = 1'
+    )
+    try:
+        with guardeddb.identity(who), pytest.raises(ApprovalRequired) as held:
+            conn.cursor().execute(update)
+    finally:
+        conn.close()
+    rid = held.value.request_id
+    capsys.readouterr()
+    assert main(["approvals", "--store", store_url, "list", "--status", "pending"]) == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith(rid))
+    assert "99999999" in line and "WHERE id = 1" in line, line
+    assert "carol@example.com" not in line and "\x1b" not in line
+    assert main(["approvals", "--store", store_url, "show", rid]) == 0
+    shown = capsys.readouterr().out
+    assert "99999999" in shown
+    assert "carol@example.com" not in shown and "\x1b" not in shown
+    assert _pg(f"SELECT count(*) FROM {pg_table} WHERE doc IS NOT NULL") == (0,)
+
+
+def test_a_held_statement_is_stored_bounded(tmp_path: Path) -> None:
+    """A megabyte statement is stored cut, saying how long it was."""
+    store = ApprovalStore(f"sqlite:///{tmp_path}/approvals.db")
+    huge = "UPDATE t SET note = '" + "x" * 1_000_000 + "' WHERE id = 1"
+    rid = store.hold(None, "e" * 64, huge, "r", None)
+    got = store.get(rid) if rid is not None else None
+    assert got is not None and len(got.statement) < 8100
+    assert got.statement.startswith("UPDATE t SET note = 'xxx")
+    assert f"({len(huge)} characters)" in got.statement
+    assert render_statement("SELECT 'bob@example.com', 42") == render_statement(
+        "SELECT 'bob@example.com', 42"
+    )
+    assert "bob@example.com" not in render_statement("SELECT 'bob@example.com', 42")
 
 
 def test_an_older_store_gains_the_new_columns(tmp_path: Path) -> None:
@@ -378,8 +446,11 @@ def test_an_in_process_approver_sees_the_parameters(tmp_path: Path) -> None:
     raw.close()
     seen: list[str | None] = []
 
+    statements: list[str] = []
+
     def decide(request: Any) -> bool:
         seen.append(request.params)
+        statements.append(request.statement)
         return False
 
     policy = _policy(f"sqlite:///{tmp_path}/approvals.db")
@@ -392,4 +463,12 @@ def test_an_in_process_approver_sees_the_parameters(tmp_path: Path) -> None:
         conn.close()
     assert seen and seen[0] is not None and "7" in seen[0]
     assert "dave@example.com" not in seen[0]
+    assert statements == ["DELETE FROM t WHERE email = ? OR id > ?"]
+    with (
+        guardeddb.connect(f"sqlite:///{path}", policy=policy, approver=decide) as conn,
+        guardeddb.identity(_agent()),
+        pytest.raises(QueryBlocked),
+    ):
+        conn.execute("DELETE FROM t WHERE email = 'dave@example.com' OR id > 7")
+    assert "id > 7" in statements[-1] and "dave@example.com" not in statements[-1]
     assert sqlite3.connect(path).execute("SELECT count(*) FROM t").fetchone() == (1,)

@@ -216,6 +216,32 @@ CARRIERS: list[tuple[str, str]] = [
         "MERGE INTO {c} t USING {p} s ON t.id = s.id WHEN MATCHED THEN UPDATE SET notes = s.token",
         "p",
     ),
+    # the value is renamed in a derived table or a CTE before it is stored
+    (
+        "UPDATE {c} SET notes = x.s FROM (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) x "
+        "WHERE {c}.id = x.id",
+        "ps",
+    ),
+    (
+        "WITH x AS (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) "
+        "INSERT INTO {c} (id, notes) SELECT id + 100, s FROM x",
+        "ps",
+    ),
+    (
+        "WITH x AS (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) "
+        "UPDATE {c} SET notes = (SELECT s FROM x WHERE x.id = {c}.id) WHERE id > 0",
+        "ps",
+    ),
+    (
+        "UPDATE {c} t JOIN (SELECT id, replace(ssn, '-', 'x') AS s FROM {c}) x ON t.id = x.id "
+        "SET t.notes = x.s WHERE t.id > 0",
+        "m",
+    ),
+    (
+        "UPDATE {c} t, (SELECT id, email AS s FROM {c}) x SET t.notes = x.s WHERE t.id = x.id",
+        "m",
+    ),
+    ("INSERT INTO {c} (id, notes) SELECT 9, v.s FROM (SELECT ssn AS s FROM {c}) AS v", "pms"),
     ("SHOW WARNINGS", "m"),
     ("SHOW ERRORS", "m"),
     ("SHOW COUNT(*) WARNINGS", "m"),
@@ -249,6 +275,9 @@ ALLOWED: list[str] = [
     "UPDATE {c} SET notes = name WHERE email = 'nobody@example.com'",
     "INSERT INTO {c} (id, name) SELECT id + 100, name FROM {c}",
     "DELETE FROM {c} WHERE id = 99",
+    # renamed through a derived table, read beside a masked column: only name is stored
+    "INSERT INTO {c} (id, notes) SELECT x.id + 100, x.n FROM (SELECT id, name AS n FROM {c} "
+    "WHERE ssn <> '') x",
     "SELECT ssn FROM {c}",
 ]
 
@@ -299,3 +328,132 @@ def test_fetch_time_error_text_is_withheld(tmp_path: Path, otel: Otel) -> None:
     assert "withheld" in str(caught.value)
     _secret_free(_everything(caught.value))
     conn.close()
+
+
+PG_ONLY = pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
+
+
+@PG_ONLY
+def test_pg_error_text_is_withheld_from_conn_info(backend: Backend, shop: Shop) -> None:
+    """libpq keeps the last error's text: ``conn.info.error_message`` is
+    withheld like the exception; an unmask identity reads it as it is."""
+    texts = {}
+    for ident in (AGENT, AUDITOR):
+        conn = _connect(backend, ident)
+        try:
+            with pytest.raises(backend.error):
+                conn.cursor().execute(shop.sql("SELECT ssn::int FROM {c} ORDER BY id"))
+            texts[str(ident.user)] = conn.info.error_message
+        finally:
+            conn.close()
+    assert "withheld" in texts[str(AGENT.user)]
+    _secret_free(texts[str(AGENT.user)])
+    assert "123-45-6789" in texts[str(AUDITOR.user)]
+
+
+# to_tsquery() of a text without lexemes says: NOTICE: text-search query doesn't
+# contain lexemes: "<text>". Whitespace has none, so each SSN character is sent
+# as a run of as many spaces as its code point, and the notice spells it out.
+SPELL_SSN = (
+    "SELECT to_tsquery('simple', array_to_string(ARRAY(SELECT repeat(' ', "
+    "ascii(substr(ssn, i, 1))) FROM generate_series(1, length(ssn)) AS g(i)), "
+    "E'\\t')) FROM {c} WHERE id = 1"
+)
+
+
+def _spelled(messages: list[str]) -> list[str]:
+    decoded = []
+    for text in messages:
+        if '"' in text:
+            inner = text.split('"', 1)[1].rsplit('"', 1)[0]
+            decoded.append("".join(chr(len(run)) for run in inner.split("\t")))
+    return decoded
+
+
+@PG_ONLY
+def test_pg_notices_do_not_carry_masked_values(backend: Backend, shop: Shop) -> None:
+    """A notice handler gets severity and SQLSTATE, not the server's text,
+    while masking applies; an unmask identity's handler gets the notice."""
+    fields = ("severity", "sqlstate", "message_primary", "message_detail", "context")
+    got: dict[str, list[list[str]]] = {}
+    for ident in (AGENT, AUDITOR):
+        seen: list[list[str]] = []
+
+        def handler(diag: Any, seen: list[list[str]] = seen) -> None:
+            # a diagnostic is valid during the call only (psycopg frees it after)
+            seen.append([str(getattr(diag, f)) for f in fields] + [repr(diag)])
+
+        conn = _connect(backend, ident)
+        try:
+            conn.add_notice_handler(handler)
+            conn.cursor().execute(shop.sql(SPELL_SSN))
+            conn.remove_notice_handler(handler)
+            conn.cursor().execute(shop.sql(SPELL_SSN))  # no handler: not seen
+            conn.rollback()
+        finally:
+            conn.close()
+        got[str(ident.user)] = seen
+    agent, auditor = got[str(AGENT.user)], got[str(AUDITOR.user)]
+    assert len(agent) == len(auditor) == 1
+    assert agent[0][:2] == ["NOTICE", "00000"]
+    assert "withheld" in agent[0][2]
+    assert _spelled(agent[0]) == []
+    _secret_free(" ".join(agent[0][2:]).replace("00000", ""))  # SQLSTATE 00000 is no secret
+    assert _spelled([auditor[0][2]]) == ["123-45-6789"]
+
+
+# Statistics catalogs keep copies of column values: (ANALYZE run by the
+# owner, what an agent reads, the clean-up). Digits read as letters: the
+# detectors do not know them, only the refusal keeps them from the agent.
+STATISTICS = {
+    "postgresql": (
+        "ANALYZE {p}",
+        "SELECT attname, translate(histogram_bounds::text, '0123456789', 'abcdefghij') "
+        "FROM pg_catalog.pg_stats WHERE tablename = '{p}'",
+        None,
+    ),
+    "mysql": (
+        "ANALYZE TABLE {c} PERSISTENT FOR ALL",
+        "SELECT column_name, min_value, max_value FROM mysql.column_stats WHERE table_name = '{c}'",
+        "DELETE FROM mysql.column_stats WHERE table_name = '{c}'",
+    ),
+    "sqlite": ("ANALYZE", 'SELECT * FROM "main".SQLITE_STAT1', None),
+}
+
+
+@pytest.mark.parametrize("preset", ["agent-safe", "readonly"])
+def test_statistics_catalogs_are_refused_while_masking_applies(
+    backend: Backend, shop: Shop, preset: str
+) -> None:
+    analyze, query, clean = STATISTICS[backend.name]
+    raw = backend.connect_raw()
+    try:
+        cur = raw.cursor()
+        cur.execute(shop.sql(analyze))
+        if cur.description:
+            cur.fetchall()
+        raw.commit()
+        policy = {**SHOP_POLICY, "extends": [preset]}
+        seen: dict[str, Any] = {}
+        for ident in (AGENT, AUDITOR):
+            conn = _connect(backend, ident, policy=policy)
+            try:
+                cur = conn.cursor()
+                cur.execute(shop.sql(query))
+                seen[str(ident.user)] = list(cur.fetchall())
+            except guardeddb.QueryBlocked as exc:
+                seen[str(ident.user)] = exc.decision.rule_id
+            finally:
+                conn.close()
+    finally:
+        if clean is not None:
+            raw.cursor().execute(shop.sql(clean))
+            raw.commit()
+        raw.close()
+    assert seen[str(AGENT.user)] == "masking-side-channel"
+    assert isinstance(seen[str(AUDITOR.user)], list) and seen[str(AUDITOR.user)], seen
+    if backend.name != "sqlite":  # sqlite_stat1 holds row counts only
+        shown = repr(seen[str(AUDITOR.user)]).translate(str.maketrans("abcdefghij", "0123456789"))
+        assert any(secret in shown for secret in SECRETS), shown  # the copies are there

@@ -13,6 +13,7 @@ guarded connection.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import decimal
 import functools
@@ -21,7 +22,7 @@ import json
 import re
 import sqlite3
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
@@ -45,6 +46,7 @@ __all__ = [
     "database_key",
     "parse_ttl",
     "render_params",
+    "render_statement",
     "request_hash",
 ]
 
@@ -183,6 +185,18 @@ def render_params(params: Any, scanner: Scanner | None = None, limit: int = 4000
     return scanner.scan(text)[0]
 
 
+def render_statement(text: str, scanner: Scanner | None = None, limit: int = 8000) -> str:
+    """The statement as the approver sees it: its exact text, literals and
+    comments included (``SET amount = 99999999`` is what is decided on),
+    with what the detectors (every one, unless given) find masked, cut at
+    ``limit`` characters. Escaping control characters is the display's job."""
+    if scanner is None:
+        scanner = _default_scanner()
+    if len(text) > limit:
+        text = text[:limit] + f"... ({len(text)} characters)"
+    return scanner.scan(text)[0]
+
+
 def _plain(value: Any) -> Any:
     """Canonically encodable parameters as readable JSON-ready data."""
     if isinstance(value, list | tuple):
@@ -205,7 +219,7 @@ class ApprovalRequest:
     id: str
     status: str  # pending | approved | denied | used
     identity: str
-    statement: str
+    statement: str  # the exact text, as render_statement shows it
     rule: str | None
     reason: str | None
     created: str
@@ -286,6 +300,28 @@ class ApprovalStore:
     def _sql(self, text: str) -> str:
         return text.replace("?", self._mark)
 
+    @contextlib.contextmanager
+    def _exclusive(self, conn: Any, who: str) -> Iterator[None]:
+        """One transaction that no other hold for identity ``who`` overlaps,
+        so counting its pending requests and filing one is a single step:
+        SQLite's write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory
+        transaction lock keyed by the identity."""
+        if self._mark == "?":
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return
+        key = int.from_bytes(
+            hashlib.sha256(who.encode("utf-8", "surrogatepass")).digest()[:8], "big", signed=True
+        )
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (key,))
+            yield
+
     def hold(
         self,
         ident: Identity | None,
@@ -299,51 +335,55 @@ class ApprovalStore:
         cap: int = MAX_PENDING,
     ) -> str | None:
         """The id of the pending request for this query, made if there is none;
-        None when the identity already has ``cap`` other pending requests."""
+        None when the identity already has ``cap`` other pending requests.
+        ``statement`` is the exact text; it is stored as ``render_statement``
+        shows it (values visible, what the detectors find masked)."""
+        statement = render_statement(statement)
         now = _now()
+        who = _identity_key(ident)
         conn = self._connect()
         try:
-            row = conn.execute(
-                self._sql(
-                    f"SELECT id FROM {_TABLE} WHERE request_hash = ? "
-                    "AND status = 'pending' AND expires > ?"
-                ),
-                (digest, now.isoformat()),
-            ).fetchone()
-            if row:
-                return str(row[0])
-            who = _identity_key(ident)
-            pending = conn.execute(
-                self._sql(
-                    f"SELECT count(*) FROM {_TABLE} WHERE identity = ? "
-                    "AND status = 'pending' AND expires > ?"
-                ),
-                (who, now.isoformat()),
-            ).fetchone()
-            if int(pending[0]) >= cap:
-                return None
-            rid = uuid.uuid4().hex[:12]
-            conn.execute(
-                self._sql(
-                    f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
-                    "statement, rule, reason, created, expires, impact, params, target) "
-                    "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                ),
-                (
-                    rid,
-                    digest,
-                    who,
-                    statement,
-                    rule,
-                    reason,
-                    now.isoformat(),
-                    (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
-                    impact,
-                    params,
-                    database,
-                ),
-            )
-            return rid
+            with self._exclusive(conn, who):
+                row = conn.execute(
+                    self._sql(
+                        f"SELECT id FROM {_TABLE} WHERE request_hash = ? "
+                        "AND status = 'pending' AND expires > ?"
+                    ),
+                    (digest, now.isoformat()),
+                ).fetchone()
+                if row:
+                    return str(row[0])
+                pending = conn.execute(
+                    self._sql(
+                        f"SELECT count(*) FROM {_TABLE} WHERE identity = ? "
+                        "AND status = 'pending' AND expires > ?"
+                    ),
+                    (who, now.isoformat()),
+                ).fetchone()
+                if int(pending[0]) >= cap:
+                    return None
+                rid = uuid.uuid4().hex[:12]
+                conn.execute(
+                    self._sql(
+                        f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
+                        "statement, rule, reason, created, expires, impact, params, target) "
+                        "VALUES (?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                    ),
+                    (
+                        rid,
+                        digest,
+                        who,
+                        statement,
+                        rule,
+                        reason,
+                        now.isoformat(),
+                        (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
+                        impact,
+                        params,
+                        database,
+                    ),
+                )
+                return rid
         finally:
             conn.close()
 
@@ -457,7 +497,7 @@ class Approver:
             id="inline",
             status="pending",
             identity=_identity_key(ident),
-            statement=analysis.sanitized,
+            statement=render_statement(analysis.text),
             rule=decision.rule_id,
             reason=decision.message,
             created=now.isoformat(),

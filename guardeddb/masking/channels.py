@@ -7,7 +7,10 @@ failed a cast, ``SHOW WARNINGS`` echoing it, ``SET @x = (SELECT ssn ...)``
 or an ``UPDATE ... SET notes = ssn`` that copies it into a column no rule
 masks. For identities whose results are masked, errors are withheld
 (``withheld``) and statements that would carry a masked column's value
-anywhere but into a masked result are refused (``carries_masked``).
+anywhere but into a masked result are refused (``carries_masked``). What
+a statement stores is followed through its aliases, derived tables and
+CTEs (``sql.lineage.stored``); where that cannot be followed, a statement
+that reads a masked column anywhere is refused.
 """
 
 from __future__ import annotations
@@ -17,9 +20,9 @@ import re
 from typing import TYPE_CHECKING, Any
 
 import sqlglot
-from sqlglot import exp
 
 from ..errors import Error
+from ..sql.lineage import stored
 
 if TYPE_CHECKING:
     from ..sql.analysis import Analysis
@@ -37,6 +40,25 @@ _DIAGNOSTICS = re.compile(
 # A user variable assigned from a query: SET @x = ..., @x := ..., INTO @x.
 _ASSIGNS = re.compile(r":=|\bINTO\s+@|\bSET\s+@|@\w+\s*=", re.IGNORECASE)
 _PYFORMAT = re.compile(r"%\(\w+\)s|%s")
+#: Catalogs that keep copies of column values: PostgreSQL's most common
+#: values and histogram bounds (pg_stats, pg_stats_ext and what they show),
+#: MariaDB's per-column min/max and histograms (and MySQL 8's), SQLite's
+#: index samples. No rule names them and a translate() hides their values
+#: from the detectors, so masked identities may not read them.
+STATISTICS_CATALOGS: dict[str, frozenset[str]] = {
+    "postgres": frozenset(
+        {"pg_stats", "pg_statistic", "pg_stats_ext", "pg_stats_ext_exprs", "pg_statistic_ext_data"}
+    ),
+    "mysql": frozenset(
+        {
+            "mysql.column_stats",
+            "mysql.index_stats",
+            "mysql.table_stats",
+            "information_schema.column_statistics",
+        }
+    ),
+    "sqlite": frozenset({"sqlite_stat1", "sqlite_stat2", "sqlite_stat3", "sqlite_stat4"}),
+}
 _MOVES = frozenset({"insert", "update", "merge", "replace", "create", "set", "upsert"})
 
 
@@ -73,36 +95,17 @@ def withheld(exc: BaseException, code: str | None) -> BaseException | None:
     return Exception(message)  # pragma: no cover (Exception itself is always buildable)
 
 
-def _source_names(tree: exp.Expression) -> set[str] | None:
-    """Lower-case names of the columns whose values the statement moves
-    somewhere other than the client (``*`` for a star); None when unsure."""
-    sources: list[exp.Expression] = []
-    if isinstance(tree, exp.Update):
-        sources.extend(e.expression for e in tree.expressions if isinstance(e, exp.EQ))
-        if len(sources) != len(tree.expressions):
-            return None
-    elif isinstance(tree, exp.Insert):
-        if tree.expression is not None:
-            sources.append(tree.expression)
-        conflict = tree.args.get("conflict")
-        if conflict is not None:
-            sources.append(conflict)
-    elif isinstance(tree, exp.Delete | exp.Select | exp.Union):
-        if isinstance(tree, exp.Select) and tree.args.get("into") is not None:
-            sources.append(tree)
-    else:
-        sources.append(tree)  # MERGE, CREATE ... AS, SET: every column it names
-    # data-modifying CTEs: what they RETURN feeds the outer statement
-    for cte in tree.find_all(exp.CTE):
-        if cte.this is not None and not isinstance(cte.this, exp.Select | exp.Union):
-            sources.append(cte)
-    names: set[str] = set()
-    for src in sources:
-        for col in src.find_all(exp.Column):
-            names.add("*" if isinstance(col.this, exp.Star) else col.name.lower())
-        if any(True for _ in src.find_all(exp.Star)):
-            names.add("*")
-    return names
+def _statistics(table: str, dialect: str) -> bool:
+    """Whether ``table`` (a normalized name, as the analysis lists it) is a
+    statistics catalog: PostgreSQL's unqualified or in pg_catalog (which is
+    searched first), MariaDB's by schema, SQLite's in any attached schema."""
+    parts = table.lower().split(".")
+    rel, schema = parts[-1], (parts[-2] if len(parts) > 1 else "")
+    if dialect == "postgres":
+        return schema in ("", "pg_catalog") and rel in STATISTICS_CATALOGS["postgres"]
+    if dialect == "mysql":
+        return f"{schema}.{rel}" in STATISTICS_CATALOGS["mysql"]
+    return rel in STATISTICS_CATALOGS["sqlite"]
 
 
 def parsed(analysis: Analysis) -> list[Any] | None:
@@ -126,6 +129,10 @@ def carries_masked(analysis: Analysis, masking: Masking) -> str | None:
     text = analysis.sanitized
     if _DIAGNOSTICS.search(text):
         return "SHOW WARNINGS/ERRORS and GET DIAGNOSTICS can quote masked values"
+    for st in analysis.statements:
+        for table in sorted(st.tables):
+            if _statistics(table, analysis.dialect):
+                return f"the statistics catalog {table} keeps copies of column values"
     assigns = bool(_ASSIGNS.search(text))
     trees = parsed(analysis)
     for i, st in enumerate(analysis.statements):
@@ -137,9 +144,16 @@ def carries_masked(analysis: Analysis, masking: Masking) -> str | None:
         if not (st.kinds & _MOVES) and "write" not in st.classes and "ddl" not in st.classes:
             continue
         tree = trees[i] if trees is not None and i < len(trees) else None
-        names = _source_names(tree) if tree is not None and st.unparsed is None else None
-        for col in masked:
-            name = col.rsplit(".", 1)[-1].lower()
-            if names is None or "*" in names or name == "*" or name in names:
-                return f"the statement would copy the masked column {col} where it is not masked"
+        moved = (
+            stored(tree, analysis.dialect != "mysql")
+            if tree is not None and st.unparsed is None
+            else None
+        )
+        if moved is None or any(s.startswith("?.") for s in moved):
+            # Where the values come from cannot be told, and a masked column
+            # is read somewhere in the statement: it may be what is stored.
+            return f"the statement may copy the masked column {masked[0]} where it is not masked"
+        hit = next((s for s in sorted(moved) if masking._rule(s) is not None), None)
+        if hit is not None:
+            return f"the statement would copy the masked column {hit} where it is not masked"
     return None

@@ -23,7 +23,7 @@ from typing import Any
 
 from sqlglot import exp
 
-__all__ = ["Columns", "Lineage", "Output", "identifier", "outputs", "table_name"]
+__all__ = ["Columns", "Lineage", "Output", "identifier", "outputs", "stored", "table_name"]
 
 #: A table's column names from the catalog, in order; None when unknown.
 Columns = Callable[[str], tuple[str, ...] | None]
@@ -458,6 +458,125 @@ def _merge_stars(out: list[Output]) -> list[Output]:
             o = Output(None, last.sources | o.sources, (*last.star, *o.star), last.bare and o.bare)
         merged.append(o)
     return merged
+
+
+_STORES = (exp.Insert, exp.Update, exp.Merge)
+_FROM_KEY = "from_" if "from_" in exp.Select.arg_types else "from"  # renamed in sqlglot 30
+_WITH_KEY = "with_" if "with_" in exp.Select.arg_types else "with"
+
+
+def _carried(outs: list[Output] | None) -> frozenset[str] | None:
+    """Every source the outputs carry; None when they could not be followed."""
+    if outs is None:
+        return None
+    return frozenset().union(*(o.sources | {f"{t}.*" for t in o.star} for o in outs))
+
+
+def _values_of(
+    resolver: _Resolver, values: list[exp.Expr], items: list[exp.Expr], with_: Any
+) -> frozenset[str] | None:
+    """The sources of ``values`` read in the scope of ``items`` (a FROM item
+    each, with their JOINs) under the CTEs of ``with_``: resolved as the
+    projections of one SELECT, so aliases of derived tables, CTEs and
+    correlated subqueries are followed exactly as for a query."""
+    sel = exp.Select(expressions=[v.copy() for v in values])
+    joins: list[exp.Expr] = []
+    first: exp.Expr | None = None
+    for item in items:
+        item = item.copy()
+        nested = list(item.args.get("joins") or [])
+        item.set("joins", None)
+        if first is None:
+            first = item
+        else:
+            joins.append(exp.Join(this=item))
+        joins.extend(nested)
+    if first is not None:
+        sel.set(_FROM_KEY, exp.From(this=first))
+    if joins:
+        sel.set("joins", joins)
+    if isinstance(with_, exp.With):
+        sel.set(_WITH_KEY, with_.copy())
+    return _carried(resolver.query(sel, {}, None))
+
+
+def _stored(stmt: exp.Expr, fold: bool) -> frozenset[str] | None:
+    resolver = _Resolver(fold)
+    if any(isinstance(n, _STORES) for n in stmt.walk() if n is not stmt):
+        return None  # a write nested in a CTE: its scope is the WITH being built
+    if isinstance(stmt, exp.Update):
+        values = [e.expression for e in stmt.expressions if isinstance(e, exp.EQ)]
+        if len(values) != len(stmt.expressions):
+            return None
+        items: list[exp.Expr] = [stmt.this]
+        from_ = stmt.args.get("from_") or stmt.args.get("from")
+        if isinstance(from_, exp.From):
+            items.append(from_.this)
+            items.extend(from_.expressions or [])
+        return _values_of(resolver, values, items, _with(stmt))
+    if isinstance(stmt, exp.Insert):
+        found: set[str] = set()
+        source = stmt.expression
+        if source is not None:
+            if not isinstance(source, exp.Query | exp.Values | exp.Subquery):
+                return None
+            derived = exp.Subquery(this=source.copy(), alias=exp.TableAlias(this="_stored"))
+            rows = _values_of(resolver, [exp.Star()], [derived], _with(stmt))
+            if rows is None:
+                return None
+            found |= rows
+        conflict = stmt.args.get("conflict")
+        if conflict is not None:
+            target = stmt.this
+            while isinstance(target, exp.Schema):
+                target = target.this
+            if not isinstance(target, exp.Table):
+                return None
+            sets = [e.expression for e in conflict.expressions if isinstance(e, exp.EQ)]
+            if len(sets) != len(conflict.expressions):
+                return None
+            # excluded.c, VALUES(c): the proposed value of column c, taken
+            # here for the stored one (over-approximated, never missed).
+            excluded = target.copy()
+            excluded.set("alias", exp.TableAlias(this=exp.to_identifier("excluded")))
+            got = _values_of(resolver, sets, [target, excluded], _with(stmt))
+            if got is None:
+                return None
+            found |= got
+            name = table_name(target, fold)
+            for e in sets:
+                for fn in e.find_all(exp.Anonymous):
+                    if str(fn.name).upper() == "VALUES":
+                        found.update(f"{name}.{identifier(a, fold)}" for a in fn.expressions)
+        return frozenset(found)
+    if isinstance(stmt, exp.Select | exp.SetOperation):
+        if not any(True for _ in stmt.find_all(exp.Into)):
+            return frozenset()
+        return _carried(resolver.query(stmt, {}, None))  # SELECT ... INTO a table or a file
+    if isinstance(stmt, exp.Delete):
+        return frozenset()  # what RETURNING returns reaches the client, masked
+    if isinstance(stmt, exp.Create):
+        query = stmt.expression
+        if query is None:
+            return frozenset()
+        if not isinstance(query, exp.Query | exp.Subquery):
+            return None
+        return _carried(resolver.query(query, {}, None))
+    return None  # MERGE, SET, a command: not followed
+
+
+def stored(stmt: exp.Expr, fold: bool) -> frozenset[str] | None:
+    """Every source column whose value ``stmt`` stores somewhere other than
+    the client: an UPDATE's SET values, an INSERT's rows and its ON CONFLICT
+    / ON DUPLICATE KEY UPDATE values, the result of CREATE ... AS or SELECT
+    ... INTO. Each is resolved in the statement's whole scope (its CTEs,
+    FROM/JOIN items, subqueries), so ``x.s`` of ``(SELECT ssn AS s ...) x``
+    is ``ssn``. Empty when nothing is stored; a ``"?."`` source or None
+    (MERGE, SET, a write nested in a CTE) when it cannot be followed."""
+    try:
+        return _stored(stmt, fold)
+    except Exception:  # not followed: the caller assumes the worst
+        return None
 
 
 def _reads(stmt: exp.Expr, fold: bool) -> frozenset[str]:
