@@ -436,12 +436,16 @@ def _streamed(cursor: Any, op: Operation | None, rows: Iterator[Any]) -> Iterato
     if op is None and cursor._self_mask is None:
         yield from rows
         return
+    failure = None
     try:
         for row in rows:
             yield streamed_row(cursor, op, row)
     except BaseException as exc:
-        stream_ended(cursor, op, exc)
-        raise
+        failure = stream_ended(cursor, op, exc)
+        if failure is None:
+            raise
+    if failure is not None:
+        raise failure from None  # outside the handler: no __context__ either
     stream_ended(cursor, op, None)
 
 
@@ -453,15 +457,27 @@ def streamed_row(cursor: Any, op: Operation | None, row: Any) -> Any:
     return row if run is None else run.row(row)
 
 
-def stream_ended(cursor: Any, op: Operation | None, exc: BaseException | None) -> None:
-    """A ``stream()`` ran out, was closed early (GeneratorExit) or failed."""
-    if op is None:
-        return
+def stream_ended(
+    cursor: Any, op: Operation | None, exc: BaseException | None
+) -> BaseException | None:
+    """A ``stream()`` ran out, was closed early (GeneratorExit) or failed;
+    returns what to raise instead of a failure (its text withheld for an
+    identity whose rows are masked), None to raise it as it is."""
     if exc is None or isinstance(exc, GeneratorExit):
-        op.executed()
-        op.end()
-    else:
-        cursor._self_guard.fail(op, exc)
+        if op is not None:
+            op.executed()
+            op.end()
+        return None
+    failure = None
+    if (
+        cursor._self_mask is not None
+        and isinstance(exc, Exception)
+        and not isinstance(exc, GuardedError)
+    ):
+        failure = cursor._self_guard.replacement(exc, True)
+    if op is not None:
+        cursor._self_guard.fail(op, exc if failure is None else failure)
+    return failure
 
 
 def _rebuilt(factory: Any) -> bool:

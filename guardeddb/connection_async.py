@@ -155,12 +155,16 @@ class _Stream:
                 async for row in rows:
                     yield row
                 return
+            failure = None
             try:
                 async for row in rows:
                     yield streamed_row(self, op, row)
             except BaseException as exc:
-                stream_ended(self, op, exc)
-                raise
+                failure = stream_ended(self, op, exc)
+                if failure is None:
+                    raise
+            if failure is not None:
+                raise failure from None  # outside the handler: no __context__ either
             stream_ended(self, op, None)
 
 

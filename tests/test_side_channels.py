@@ -457,3 +457,30 @@ def test_statistics_catalogs_are_refused_while_masking_applies(
     if backend.name != "sqlite":  # sqlite_stat1 holds row counts only
         shown = repr(seen[str(AUDITOR.user)]).translate(str.maketrans("abcdefghij", "0123456789"))
         assert any(secret in shown for secret in SECRETS), shown  # the copies are there
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
+def test_stream_errors_are_withheld(backend: Backend, shop: Shop) -> None:
+    """psycopg's ``stream()`` raises while rows flow: for a masked identity
+    the error's text is withheld there too; the compliance identity sees it."""
+    import psycopg
+
+    seen: dict[str, str] = {}
+    for ident in (AGENT, AUDITOR):
+        conn = _connect(backend, ident)
+        try:
+            with pytest.raises(psycopg.Error) as failed:
+                for _ in conn.cursor().stream(shop.sql("SELECT ssn::int FROM {c}")):
+                    pass
+            exc = failed.value
+            seen[str(ident.user)] = "".join(
+                traceback.format_exception(type(exc), exc, exc.__traceback__)
+            )
+            conn.rollback()
+        finally:
+            conn.close()
+    assert not any(s in seen[str(AGENT.user)] for s in SECRETS), seen[str(AGENT.user)]
+    assert "withheld" in seen[str(AGENT.user)]
+    assert any(s in seen[str(AUDITOR.user)] for s in SECRETS)  # the oracle is real
