@@ -347,12 +347,18 @@ async def test_the_byte_budget_stops_a_wide_result(backend: Backend, tmp_path: P
 # -- state -------------------------------------------------------------------
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        pytest.param("postgresql", marks=pytest.mark.pg),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+    ],
+    indirect=True,
+)  # SQLite has no session-level or row locks
 @pytest.mark.anyio
 async def test_locks_do_not_outlive_a_call(backend: Backend, table: str, tmp_path: Path) -> None:
     """Session-level locks (advisory, GET_LOCK) and row locks (FOR UPDATE)
     are free for a second connection as soon as the call has returned."""
-    if backend.name == "sqlite":
-        pytest.skip("SQLite has no session-level or row locks")
     server = backend.name
     key = int(uuid.uuid4().int % 2**31)
     name = _marker()
@@ -465,13 +471,12 @@ async def test_a_masked_columns_default_is_withheld(backend: Backend, tmp_path: 
 # -- the wire ----------------------------------------------------------------
 
 
+@pytest.mark.parametrize("backend", ["sqlite"], indirect=True)  # the wire is the same for all
 def test_malformed_lines_get_json_rpc_errors(
     backend: Backend, tmp_path: Path, raw_server: Any
 ) -> None:
     """Not JSON: -32700; not a JSON-RPC message or a huge id: -32600 with a
     bounded id; the session goes on after each."""
-    if backend.name != "sqlite":
-        pytest.skip("the wire does not depend on the database")
     server: _Raw = raw_server("--policy", str(_policy_file(tmp_path)))
     server.send_line(b'{"jsonrpc": "2.0", "id": 7, "method": "tools/list"')
     assert server.recv() == {
@@ -677,3 +682,35 @@ def test_every_preset_rule_has_its_own_suggestion(preset_name: str) -> None:
         assert text and text != generic, rule_id
         seen.add(text)
     assert len(seen) >= len(policy.rules)  # not one sentence for every rule
+
+
+@pytest.mark.parametrize(
+    "backend", [pytest.param("postgresql", marks=pytest.mark.pg)], indirect=True
+)
+@pytest.mark.anyio
+async def test_session_state_does_not_outlive_a_call(backend: Backend, tmp_path: Path) -> None:
+    """A setting and a temporary table made in one call are gone in the next
+    (DISCARD ALL), while guardeddb's own session state, the policy's
+    statement timeout and the read-only mode of a read-only policy, is back."""
+    for extends, read_only in (([], "off"), (["readonly"], "on")):
+        policy = tmp_path / "state.yaml"
+        limits = {"statement_timeout": "7s"}
+        policy.write_text(yaml.safe_dump({"version": 1, "extends": extends, "limits": limits}))
+        async with _served(backend, tmp_path, "--policy", str(policy)) as s:
+            made = ["SET application_name = 'left-behind'"]
+            if not extends:
+                made.append("CREATE TEMP TABLE left_behind (x int)")
+            for sql in made:
+                done = await s.call_tool("query", {"sql": sql})
+                assert not done.is_error, _text(done)
+            shown = await s.call_tool(
+                "query",
+                {
+                    "sql": "SELECT current_setting('application_name'), "
+                    "to_regclass('pg_temp.left_behind') IS NULL, "
+                    "current_setting('statement_timeout'), "
+                    "current_setting('default_transaction_read_only')"
+                },
+            )
+            assert _payload(shown)["rows"][0][1:] == [True, "7s", read_only], _text(shown)
+            assert _payload(shown)["rows"][0][0] != "left-behind"

@@ -181,13 +181,30 @@ class Canceller:
             _log.warning("guardeddb mcp: could not cancel the running statement: %s", exc)
 
 
-def release_session_state(driver: drivers.Driver, raw: Any) -> None:
-    """Release what a statement can hold past its transaction: PostgreSQL
-    advisory locks, MariaDB named locks and LOCK TABLES. Run after the call's
-    commit or rollback, as guardeddb's own step (not an agent's statement)."""
+def release_session_state(driver: drivers.Driver, raw: Any, guard: Any = None) -> None:
+    """Release what a statement can hold past its transaction. PostgreSQL:
+    ``DISCARD ALL`` (advisory locks, settings, temporary tables, prepared
+    statements, cursors), then guardeddb's own session settings (the
+    policy's limits, a read-only mode) set again at once. MariaDB: named
+    locks and LOCK TABLES. Run after the call's commit or rollback, as
+    guardeddb's own step (not an agent's statement)."""
     if driver.module == "psycopg":
-        statements: tuple[str, ...] = ("SELECT pg_advisory_unlock_all()",)
-    elif driver.module == "pymysql":
+        restore: list[str] = []
+        if guard is not None:
+            restore += guard.engine.session_start(driver)
+            if guard.read_only is not False:
+                restore += driver.read_only_statements(bool(guard.read_only))
+        was = raw.autocommit
+        raw.autocommit = True  # DISCARD ALL runs outside a transaction
+        try:
+            raw.execute("DISCARD ALL")
+            for sql in restore:
+                raw.execute(sql)
+        finally:
+            raw.autocommit = was
+        return
+    statements: tuple[str, ...]
+    if driver.module == "pymysql":
         statements = ("SELECT RELEASE_ALL_LOCKS()", "UNLOCK TABLES")
     else:
         return

@@ -701,7 +701,7 @@ class GuardedTools:
         if self._lost():
             return
         try:
-            release_session_state(self.driver, self.conn.__wrapped__)
+            release_session_state(self.driver, self.conn.__wrapped__, self.conn._self_guard)
         except Exception:  # the connection is gone; the next call reconnects
             _log.warning("guardeddb mcp: could not release session locks", exc_info=True)
 
