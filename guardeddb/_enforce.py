@@ -234,6 +234,14 @@ _ACTION_PRAGMAS = frozenset(
 )
 
 
+#: Statements before which MySQL and MariaDB commit the open transaction
+#: (their "implicit commit" list), by kind and by class.
+_IMPLICIT_COMMIT_KINDS = frozenset(
+    {"begin", "lock", "unlock tables", "analyze", "optimize", "repair", "check", "flush"}
+)
+_IMPLICIT_COMMIT_CLASSES = frozenset({"ddl", "dcl"})
+
+
 class Engine:
     """What one guarded connection enforces beside the policy. The base class,
     for drivers guardeddb knows nothing of, enforces nothing more."""
@@ -262,6 +270,13 @@ class Engine:
         """Whether guardeddb's belief in the read-only session may be stale:
         after a statement that was not a plain read, or a reconnect."""
         return self.stale
+
+    def commits_first(self, analysis: Analysis, raw: Any) -> bool:
+        """Whether the server commits the open transaction before it runs
+        ``analysis`` (MySQL and MariaDB do for DDL, GRANT, BEGIN, LOCK
+        TABLES and table maintenance): guardeddb then commits it first
+        itself, judged and recorded."""
+        return False
 
     def reconnected(self, raw: Any) -> bool:
         """Whether the driver opened a new session since guardeddb last set
@@ -535,6 +550,16 @@ class ServerEngine(Engine):
         if self.stale:
             return True
         return bool(self._session_id(raw) != self.session)
+
+    def commits_first(self, analysis: Analysis, raw: Any) -> bool:
+        return (
+            self.tracks_use
+            and bool(getattr(raw, "server_status", 0) & 1)  # SERVER_STATUS_IN_TRANS
+            and any(
+                st.kind in _IMPLICIT_COMMIT_KINDS or st.classes & _IMPLICIT_COMMIT_CLASSES
+                for st in analysis.statements
+            )
+        )
 
     def reconnected(self, raw: Any) -> bool:
         # psycopg never reconnects a connection; PyMySQL does on ping(True).

@@ -245,7 +245,7 @@ class Guard:
         if verdict is None or verdict[0].action == "review":
             return analysis, ident, verdict, False
         engine = self.engine
-        if engine.reconnected(self.raw):
+        if engine.reconnected(self.raw) or engine.commits_first(analysis, self.raw):
             return analysis, ident, verdict, False
         if verdict[1] and engine.session_changed(self.raw):
             self.read_only = None  # re-asserted before this statement runs
@@ -364,6 +364,10 @@ class Guard:
                         "first; ask for a new approval",
                     )
                 )
+            if engine.commits_first(analysis, self.raw):
+                # The server would commit the open transaction before this
+                # statement: guardeddb does, judged and recorded, first.
+                yield from self.commit_steps()
             if analysis.kinds <= _ENDS:
                 # A transaction end switches nothing (it ends what is open);
                 # a read-only identity only ends a read-only transaction.

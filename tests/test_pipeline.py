@@ -500,3 +500,41 @@ def test_kill_9_under_load_leaves_every_commit_with_its_records(
             missing.append(txn)
     assert missing == []
     assert all("torn" in p.reason for p in report.problems), report.problems
+
+
+@pytest.mark.mysql
+def test_mariadb_implicit_commits_are_judged_and_recorded_first(
+    mysql_backend: Backend, tmp_path: Path
+) -> None:
+    """MariaDB commits the open transaction before DDL, GRANT, BEGIN or LOCK
+    TABLES: guardeddb commits it first itself, so the trail has the COMMIT's
+    decision record and its outcome before the statement runs."""
+    path = tmp_path / "audit.jsonl"
+    name = f"pipe_{uuid.uuid4().hex[:10]}"
+    policy = {"version": 1, "extends": [], "audit": {"jsonl": str(path)}}
+    conn = guardeddb.connect(MYSQL_DSN, policy=policy, identity=WRITER)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"CREATE TABLE {name} (id INT)")
+        cur.execute(f"INSERT INTO {name} VALUES (1)")  # a transaction is open
+        cur.execute(f"CREATE TABLE {name}_b (id INT)")  # commits it first
+        cur.execute(f"INSERT INTO {name} VALUES (2)")
+        cur.execute("BEGIN")  # commits the second insert first
+        conn.rollback()
+    finally:
+        conn.close()
+        raw = mysql_backend.connect_raw()
+        rc = raw.cursor()
+        rc.execute(f"SELECT id FROM {name} ORDER BY id")
+        kept = [r[0] for r in rc.fetchall()]
+        rc.execute(f"DROP TABLE IF EXISTS {name}, {name}_b")
+        raw.close()
+    assert kept == [1, 2]
+    events = [(r["event"], r.get("kinds")) for r in _records(path)]
+    commits = [i for i, e in enumerate(events) if e[0] == "commit"]
+    assert len(commits) == 2
+    # each commit record follows the COMMIT's decision and comes before the
+    # result of the statement that made the server commit
+    for i in commits:
+        assert events[i - 1] == ("decision", ["commit"])
+        assert events[i + 1][0] == "result"
