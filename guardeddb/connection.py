@@ -801,33 +801,26 @@ class _ReadOnly:
         return self.__wrapped__.set_read_only(_read_only_value(self, value))
 
 
-class _EndsWithCommit:
-    """Driver APIs that commit the open transaction as a side effect (sqlite3's
-    ``isolation_level = None`` or ``autocommit = True``, PyMySQL's
-    ``autocommit(True)`` and ``begin()``, psycopg's ``transaction()``): the
-    commit goes through ``commit()`` first, judged and recorded."""
+# Driver APIs that commit the open transaction as a side effect (sqlite3's
+# ``isolation_level = None`` and ``autocommit = True``, PyMySQL's
+# ``autocommit(True)`` and ``begin()``, psycopg's ``transaction()``): the
+# commit goes through ``commit()`` first, judged and recorded, and the
+# driver's own then finds nothing left to commit.
 
-    @property
-    def isolation_level(self: Any) -> Any:
-        return self.__wrapped__.isolation_level
 
-    @isolation_level.setter
-    def isolation_level(self: Any, value: Any) -> None:
-        if value is None and self._self_guard.driver.module == "sqlite3":
+def _commits_when_set(name: str, commits: Callable[[Any], bool]) -> type:
+    """A mixin for the sqlite3 setting ``name``, whose assignment commits the
+    open transaction when ``commits(value)``."""
+
+    def get(self: Any) -> Any:
+        return getattr(self.__wrapped__, name)
+
+    def assign(self: Any, value: Any) -> None:
+        if commits(value):
             self._self_commit_open()
-        self.__wrapped__.isolation_level = value
+        setattr(self.__wrapped__, name, value)
 
-
-class _SqliteAutocommit:
-    @property
-    def autocommit(self: Any) -> Any:
-        return self.__wrapped__.autocommit
-
-    @autocommit.setter
-    def autocommit(self: Any, value: Any) -> None:
-        if value is True and self._self_guard.driver.module == "sqlite3":
-            self._self_commit_open()
-        self.__wrapped__.autocommit = value
+    return type(f"_Commits_{name}", (), {name: property(get, assign)})
 
 
 class _PyMySQLTransactions:
@@ -863,7 +856,11 @@ class _Transaction:
 
 
 def _sqlite_connection(raw_type: type) -> bool:
-    return issubclass(raw_type, sqlite3.Connection) and hasattr(raw_type, "autocommit")
+    return issubclass(raw_type, sqlite3.Connection)
+
+
+def _sqlite_autocommit(raw_type: type) -> bool:
+    return _sqlite_connection(raw_type) and hasattr(raw_type, "autocommit")  # 3.12+
 
 
 def _pymysql_connection(raw_type: type) -> bool:
@@ -1089,8 +1086,8 @@ _CONNECTION_MIXINS = (
     ("add_notice_handler", _NoticeHandlers),
     ("read_only", _ReadOnly),
     ("adapters", _Adapters),
-    ("isolation_level", _EndsWithCommit),
-    (_sqlite_connection, _SqliteAutocommit),
+    (_sqlite_connection, _commits_when_set("isolation_level", lambda value: value is None)),
+    (_sqlite_autocommit, _commits_when_set("autocommit", lambda value: value is True)),
     (_pymysql_connection, _PyMySQLTransactions),
     (_psycopg_connection, _Transaction),
 )
