@@ -571,7 +571,7 @@ class Guard:
         commits): judged as the SQL ``COMMIT`` for the identity current now,
         its decision record written ahead; refused, nothing is committed.
         Returns the operation whose end writes the outcome (``commit``)."""
-        analysis = self.cache.get("COMMIT") or analyze("COMMIT", self.dialect)
+        analysis = analyze("COMMIT", self.dialect)  # cached after the first
         ident = _current.get() or self.identity
         verdict = self.decisions.get((analysis, ident)) or self.decide(analysis, ident)
         op = self.opened(analysis, ident, verdict, 0, None, traced=False)
