@@ -412,7 +412,7 @@ class SqliteEngine(Engine):
             self.internal -= 1
 
     def _codes(self, analysis: Analysis, read_only: bool) -> frozenset[int]:
-        key = (analysis, read_only)
+        key = (analysis.key, read_only)
         codes = self.allowed.get(key)
         if codes is None:
             codes = _READS | _TX

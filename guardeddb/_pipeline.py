@@ -96,6 +96,7 @@ class Guard:
         "approver",
         "audit",
         "blocked",
+        "by_text",
         "cache",
         "decisions",
         "dialect",
@@ -139,8 +140,10 @@ class Guard:
         self.max_bytes = int(policy.limits.get("max_statement_bytes", DEFAULT_MAX_STATEMENT_BYTES))
         masking = policy.masker
         self.masking: Masking | None = masking if masking is not None and masking.active else None
-        # (analysis, identity) -> the verdict, see decide()
+        # (analysis, identity) -> the verdict, see decide(); texts of one
+        # shape share it unless a rule reads the text itself (sql_regex)
         self.decisions: dict[tuple[Analysis, Identity | None], Verdict] = {}
+        self.by_text = policy.reads_text
         # what guardeddb last told the server; None: it may have been changed since
         self.read_only: bool | None = False
         # Threads sharing the connection: one statement at a time from the
@@ -226,7 +229,7 @@ class Guard:
         if len(self.decisions) >= _DECISION_CACHE_SIZE:
             self.decisions.clear()
         if len(analysis.text) <= MAX_CACHED_TEXT and impact is None:
-            self.decisions[(analysis, ident)] = result
+            self.decisions[(analysis if self.by_text else analysis.key, ident)] = result
         return result
 
     # --- the pipeline --------------------------------------------------------
@@ -241,7 +244,7 @@ class Guard:
         if analysis is None:
             analysis = self.analyze(query, raw)
         ident = _current.get() or self.identity
-        verdict = self.decisions.get((analysis, ident))
+        verdict = self.decisions.get((analysis if self.by_text else analysis.key, ident))
         if verdict is None or verdict[0].action == "review":
             return analysis, ident, verdict, False
         engine = self.engine
@@ -331,8 +334,9 @@ class Guard:
                 checked = yield from engine.functions_decision(self.raw, analysis, verdict[0])
                 if checked is not verdict[0]:
                     verdict = (checked, *verdict[1:])
-                    if (analysis, ident) in self.decisions:
-                        self.decisions[(analysis, ident)] = verdict
+                    key = (analysis if self.by_text else analysis.key, ident)
+                    if key in self.decisions:
+                        self.decisions[key] = verdict
         decision, read_only, masked, unmasked = verdict
         request_id = grant = None
         if (
@@ -573,7 +577,9 @@ class Guard:
         Returns the operation whose end writes the outcome (``commit``)."""
         analysis = analyze("COMMIT", self.dialect)  # cached after the first
         ident = _current.get() or self.identity
-        verdict = self.decisions.get((analysis, ident)) or self.decide(analysis, ident)
+        verdict = self.decisions.get(
+            (analysis if self.by_text else analysis.key, ident)
+        ) or self.decide(analysis, ident)
         op = self.opened(analysis, ident, verdict, 0, None, traced=False)
         audit = self.audit
         if audit is not None:

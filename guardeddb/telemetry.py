@@ -43,7 +43,7 @@ from opentelemetry.trace import (
 from .drivers import ConnectionFacts, Driver
 from .identity import Identity
 from .policy.decision import Decision
-from .sql.analysis import Analysis
+from .sql.analysis import Analysis, cache_counts
 
 if TYPE_CHECKING:
     from .audit import AuditTrail
@@ -107,6 +107,15 @@ def _observe_decisions(options: CallbackOptions) -> Iterable[Observation]:
         if rule:
             attrs["guardeddb.decision.rule"] = rule
         yield Observation(count, attrs)
+
+
+def _observe_analyses(options: CallbackOptions) -> Iterable[Observation]:
+    """How texts not seen before were analyzed: ``shape`` (a known shape with
+    other literal values: a tokenize and a lookup) or ``full``; ``checked``
+    and ``refused`` count shapes checked before sharing and those refused.
+    Repeats of a known text are the hot path and are not counted."""
+    for outcome, count in cache_counts().items():
+        yield Observation(count, {"guardeddb.analysis.outcome": outcome})
 
 
 #: ``batch`` of an executemany whose parameter sets have no ``len()`` (a
@@ -214,12 +223,18 @@ class Telemetry:
                         unit="{decision}",
                         description="Guardrail decisions, by action and rule.",
                     )
+                    meter.create_observable_counter(
+                        "guardeddb.analysis.cache",
+                        callbacks=[_observe_analyses],
+                        unit="{statement}",
+                        description="New statement texts by how they were analyzed.",
+                    )
         return self.tracer is not None or self.duration is not None
 
     def _static(self, analysis: Analysis, batch: int) -> tuple[str, dict[str, Any], dict[str, Any]]:
         """Span name, span attributes and metric attributes that depend only
         on the statement and the connection; built once per statement."""
-        key = (analysis, batch)
+        key = (analysis.key, batch)
         cached = self._attrs.get(key)
         if cached is not None:
             return cached

@@ -401,7 +401,7 @@ class Masking:
         a statement whose stars or positional lists need it is planned with
         it, and that plan is kept with the catalog (forgotten after DDL).
         """
-        key = (analysis, names)
+        key = (analysis.key, names)
         if key in self._plans:
             return self._plans[key]
         outs = analysis.statements[0].outputs if len(analysis.statements) == 1 else None

@@ -156,6 +156,12 @@ class Policy:
     __module__ = "guardeddb"
 
     @property
+    def reads_text(self) -> bool:
+        """Whether some rule reads the statement's text itself (``sql_regex``):
+        then texts that share a shape may be decided apart."""
+        return any(r.match.sql_regex is not None for r in self.rules)
+
+    @property
     def uses_impact(self) -> bool:
         """Whether some rule asks for a dry run's row count."""
         return any(r.match.affected_rows is not None for r in self.rules)

@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 from sqlglot import Token, TokenType
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel
+from sqlglot.tokens import Tokenizer
 
 from .classify import (
     Statement,
@@ -22,11 +25,22 @@ from .classify import (
     normalize_tokens,
     untokenizable,
 )
+from .lineage import Lineage
 from .pgparse import second_opinion
 from .settings import SAFE_TRANSACTION_MODES
+from .shape import shape_of, with_placeholders
 from .text import sanitize_and_summarize
 
-__all__ = ["CACHE_SIZE", "MAX_CACHED_TEXT", "Analysis", "analyze", "cache_for", "oversized"]
+__all__ = [
+    "CACHE_SIZE",
+    "MAX_CACHED_TEXT",
+    "Analysis",
+    "analyze",
+    "cache_counts",
+    "cache_for",
+    "fresh",
+    "oversized",
+]
 
 #: Distinct SQL texts kept per dialect; applications have a bounded set of
 #: statements, and the cache must stay bounded when they do not.
@@ -100,6 +114,15 @@ class Analysis:
     placeholders: tuple[tuple[int, str], ...] = ()
     #: db.stored_procedure.name: the procedure a lone ``CALL`` runs, else ''
     procedure: str = ""
+    #: the analysis of the first text of this one's shape (``sql/shape.py``),
+    #: when this one is a copy of it; None for an analysis of its own
+    shape: Analysis | None = None
+
+    @property
+    def key(self) -> Analysis:
+        """What caches of facts (decisions, mask plans, span attributes) key
+        on: one object for every text of a shape."""
+        return self.shape or self
 
     @property
     def unparsed(self) -> str | None:
@@ -126,6 +149,19 @@ class Analysis:
 @lru_cache(maxsize=32)
 def _dialect(name: str) -> Dialect:
     return Dialect.get_or_raise(name)
+
+
+_LOCAL = threading.local()
+
+
+def _tokenize(name: str, text: str) -> list[Token]:
+    """``Dialect.tokenize`` with a tokenizer kept per thread and dialect:
+    building one costs as much as tokenizing a short statement."""
+    kept: dict[str, Tokenizer] = _LOCAL.__dict__.setdefault("tokenizers", {})
+    tokenizer = kept.get(name)
+    if tokenizer is None:
+        tokenizer = kept[name] = _dialect(name).tokenizer()
+    return tokenizer.tokenize(text)
 
 
 def _chunks(tokens: list[Token]) -> list[list[Token]]:
@@ -301,9 +337,119 @@ def cache_for(dialect: str) -> dict[str, Analysis]:
 
 _CACHES: dict[str, dict[str, Analysis]] = {}
 
+#: Per dialect, shape key -> the analysis of its first text while the shape
+#: is unchecked, True once checked, False when it may not be shared.
+_SEEN: dict[str, dict[str, Analysis]] = {}
+_SHAPES: dict[str, dict[str, Analysis | None]] = {}
+_PLACEHOLDER = {"sqlite": "?", "postgres": "%s", "mysql": "%s"}
+
+#: analyze() outcomes since start: [shape hits, full analyses, shapes checked,
+#: shapes refused]; read by the ``guardeddb.analysis.cache`` metric.
+_COUNTS = [0, 0, 0, 0]
+
+
+def cache_counts() -> dict[str, int]:
+    """How statements were analyzed since start: ``shape`` (a known shape
+    with other literals), ``full`` (analyzed from scratch), ``checked`` and
+    ``refused`` (shapes checked before sharing, and those found unshareable)."""
+    hits, full, checked, refused = _COUNTS
+    return {"shape": hits, "full": full, "checked": checked, "refused": refused}
+
+
+def _bounded(cache: dict[str, Any], key: str, value: Any) -> None:
+    if len(cache) >= CACHE_SIZE:
+        # Dropping everything at once keeps the bound without per-hit LRU
+        # bookkeeping; a working set reloads in a few hundred microseconds.
+        cache.clear()
+    cache[key] = value
+
+
+def _same_facts(a: tuple[Statement, ...], b: tuple[Statement, ...]) -> bool:
+    """Whether two texts' statements say the same: every fact a decision or
+    a mask plan reads, lineage included."""
+    if a != b:
+        return False
+    for x, y in zip(a, b, strict=True):
+        ox, oy = x.outputs, y.outputs
+        if isinstance(ox, Lineage) or isinstance(oy, Lineage):
+            if not (isinstance(ox, Lineage) and isinstance(oy, Lineage)):
+                return False
+            if (ox.known, ox.reads, ox.fold, ox.tree is None) != (
+                oy.known,
+                oy.reads,
+                oy.fold,
+                oy.tree is None,
+            ):
+                return False
+    return True
+
+
+def _shared(
+    text: str, dialect: str, d: Dialect, tokens: list[Token]
+) -> tuple[Analysis | None, str | None]:
+    """The analysis of ``text`` copied from the first text of its shape, if
+    that shape may be shared; else None, and the shape key to remember the
+    full analysis under (None when it has none or may not be shared)."""
+    found = shape_of(text, tokens)
+    if found is None:
+        return None, None
+    key, spans = found
+    shapes = _SHAPES.setdefault(dialect, {})
+    if key in shapes:
+        template = shapes[key]
+        if template is None:
+            return None, None
+    else:
+        seen = _SEEN.setdefault(dialect, {})
+        first = seen.pop(key, None)
+        if first is None:
+            return None, key  # first sighting: nothing to check against yet
+        # Second sighting: before sharing, the facts of the text with every
+        # taken-out value replaced by a placeholder must equal the first
+        # text's. A classifier that read one of those values (a constant
+        # folded, a pattern, an argument) would tell them apart.
+        _COUNTS[2] += 1
+        probe = with_placeholders(text, spans, _PLACEHOLDER[dialect])
+        try:
+            probe_tokens = _tokenize(dialect, probe)
+        except Exception:  # cannot be: it tokenized with values; refuse to share
+            probe_tokens = None
+        same = probe_tokens is not None and _same_facts(
+            first.statements, _statements(probe, probe_tokens, d, dialect)
+        )
+        template = first if same else None
+        if template is None:
+            _COUNTS[3] += 1
+        _bounded(shapes, key, template)
+        if template is None:
+            return None, None
+    _COUNTS[0] += 1
+    marks = _marks(text, tokens) if "%" in text and dialect in ("postgres", "mysql") else ()
+    t = template
+    return Analysis(
+        text, t.dialect, t.sanitized, t.summary, t.fingerprint, t.statements, marks, t.procedure, t
+    ), None
+
+
+def fresh(text: str, dialect: str, tokens: list[Token] | None = None) -> Analysis:
+    """The analysis of ``text`` from scratch, no cache read or written
+    (``tokens``: the text's, when the caller has them)."""
+    _COUNTS[1] += 1
+    d = _dialect(dialect)
+    sanitized, summary, tokens, procedure = sanitize_and_summarize(text, d, tokens)
+    statements = _statements(text, tokens, d, dialect)
+    if dialect == "postgres" and (disagreement := second_opinion(text, statements)):
+        why = f"the PostgreSQL parser disagrees: {disagreement}"
+        statements = tuple(Statement.unknown(why) for _ in statements or (None,))
+    shape = " ".join(sanitized.split()).lower()
+    fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    marks = _marks(text, tokens) if "%" in text and dialect in ("postgres", "mysql") else ()
+    return Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks, procedure)
+
 
 def analyze(text: str, dialect: str) -> Analysis:
-    """Analyze ``text`` as ``dialect`` (sqlglot's name); results are cached.
+    """Analyze ``text`` as ``dialect`` (sqlglot's name); results are cached,
+    by text and by shape (texts that differ only in plain literal values).
 
     Never raises: what cannot be understood is a statement with ``unparsed``
     set, which policies treat as ``on_unparsed`` says (block by default).
@@ -313,22 +459,24 @@ def analyze(text: str, dialect: str) -> Analysis:
     if found is not None:
         return found
     d = _dialect(dialect)
-    sanitized, summary, tokens, procedure = sanitize_and_summarize(text, d)
-    statements = _statements(text, tokens, d, dialect)
-    if dialect == "postgres" and (disagreement := second_opinion(text, statements)):
-        why = f"the PostgreSQL parser disagrees: {disagreement}"
-        statements = tuple(Statement.unknown(why) for _ in statements or (None,))
-    shape = " ".join(sanitized.split()).lower()
-    fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
-    marks = _marks(text, tokens) if "%" in text and dialect in ("postgres", "mysql") else ()
-    result = Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks, procedure)
+    tokens: list[Token] | None = None
+    key = None
+    if dialect in _PLACEHOLDER and len(text) <= MAX_CACHED_TEXT:
+        try:
+            tokens = _tokenize(dialect, text)
+        except Exception:  # analyzed below, where a failure is a statement of its own
+            tokens = None
+        if tokens is not None:
+            result, key = _shared(text, dialect, d, tokens)
+            if result is not None:
+                _bounded(cache, text, result)
+                return result
+    result = fresh(text, dialect, tokens)
     if len(text) > MAX_CACHED_TEXT:
         return result  # one-off giants (bulk loads) would pin megabytes
-    if len(cache) >= CACHE_SIZE:
-        # Dropping everything at once keeps the bound without per-hit LRU
-        # bookkeeping; a working set reloads in a few hundred microseconds.
-        cache.clear()
-    cache[text] = result
+    if key is not None:
+        _bounded(_SEEN.setdefault(dialect, {}), key, result)
+    _bounded(cache, text, result)
     return result
 
 

@@ -486,19 +486,22 @@ def _call_tails(sql: str, tokens: list[Token], dialect: Dialect) -> list[Token]:
     return out
 
 
-def sanitize_and_summarize(sql: str, dialect: Dialect) -> Summarized:
+def sanitize_and_summarize(
+    sql: str, dialect: Dialect, tokens: list[Token] | None = None
+) -> Summarized:
     """Sanitized text, summary, tokens and procedure of ``sql`` in ``dialect``;
-    never raises.
+    never raises. ``tokens``: the text's tokens when the caller has them.
 
     ``tokens`` is None when the text could not be tokenized (or is too long
     to try): the caller must then treat the statement as not understood.
     """
     if len(sql) > MAX_TOKENIZED:
         return _fallback(sql)
-    try:
-        tokens = dialect.tokenize(sql)
-    except Exception:  # any tokenizer failure: sanitize by the fallback
-        return _fallback(sql)
+    if tokens is None:
+        try:
+            tokens = dialect.tokenize(sql)
+        except Exception:  # any tokenizer failure: sanitize by the fallback
+            return _fallback(sql)
     hash_comments = "#" in dialect.tokenizer_class.COMMENTS
     shown = (
         _call_tails(sql, tokens, dialect)
