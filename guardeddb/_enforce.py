@@ -239,6 +239,8 @@ _ACTION_PRAGMAS = frozenset(
 _IMPLICIT_COMMIT_KINDS = frozenset(
     {"begin", "lock", "unlock tables", "analyze", "optimize", "repair", "check", "flush"}
 )
+#: Among a statement's kinds: ``SET autocommit = 1`` (sql/settings.py)
+_COMMITTING_KINDS = frozenset({"autocommit"})
 _IMPLICIT_COMMIT_CLASSES = frozenset({"ddl", "dcl"})
 
 
@@ -556,7 +558,9 @@ class ServerEngine(Engine):
             self.tracks_use
             and bool(getattr(raw, "server_status", 0) & 1)  # SERVER_STATUS_IN_TRANS
             and any(
-                st.kind in _IMPLICIT_COMMIT_KINDS or st.classes & _IMPLICIT_COMMIT_CLASSES
+                st.kind in _IMPLICIT_COMMIT_KINDS
+                or st.classes & _IMPLICIT_COMMIT_CLASSES
+                or st.kinds & _COMMITTING_KINDS
                 for st in analysis.statements
             )
         )

@@ -538,3 +538,45 @@ def test_mariadb_implicit_commits_are_judged_and_recorded_first(
     for i in commits:
         assert events[i - 1] == ("decision", ["commit"])
         assert events[i + 1][0] == "result"
+
+
+@pytest.mark.mysql
+def test_mariadb_set_autocommit_on_is_committed_and_recorded_first(
+    mysql_backend: Backend, tmp_path: Path
+) -> None:
+    """``SET autocommit = 1`` commits the open transaction on MariaDB: the
+    trail has that COMMIT's decision and outcome before the SET, and the row
+    is on the server; ``SET autocommit = 0`` commits nothing."""
+    path = tmp_path / "audit.jsonl"
+    name = f"pipe_{uuid.uuid4().hex[:10]}"
+    policy = {"version": 1, "extends": [], "audit": {"jsonl": str(path)}}
+    raw = mysql_backend.connect_raw()
+    raw.cursor().execute(f"CREATE TABLE {name} (id INT) ENGINE=InnoDB")
+    raw.close()
+    conn = guardeddb.connect(MYSQL_DSN, policy=policy, identity=WRITER)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"INSERT INTO {name} VALUES (1)")  # a transaction is open
+        cur.execute("SET autocommit = 0")  # commits nothing
+        cur.execute(f"INSERT INTO {name} VALUES (2)")
+        cur.execute("SET SESSION autocommit = ON")  # commits 1 and 2 first
+        cur.execute("SET autocommit = 0")
+        cur.execute(f"INSERT INTO {name} VALUES (3)")
+        conn.rollback()
+    finally:
+        conn.close()
+        raw = mysql_backend.connect_raw()
+        rc = raw.cursor()
+        rc.execute(f"SELECT id FROM {name} ORDER BY id")
+        kept = [r[0] for r in rc.fetchall()]
+        rc.execute(f"DROP TABLE IF EXISTS {name}")
+        raw.close()
+    assert kept == [1, 2]
+    events = [(r["event"], r.get("kinds"), r.get("statement")) for r in _records(path)]
+    commits = [i for i, e in enumerate(events) if e[0] == "commit"]
+    assert len(commits) == 1
+    i = commits[0]
+    assert events[i - 1][:2] == ("decision", ["commit"])
+    # between the SET's decision and its result, like an implicit DDL commit
+    assert events[i - 2][:2] == ("decision", ["autocommit", "set"])
+    assert events[i + 1][0] == "result" and "autocommit" in str(events[i + 1][2])

@@ -646,6 +646,10 @@ def _set_statement(stmt: exp.Expr, verdict: SetVerdict, dialect: str) -> Stateme
         # An opaque SET (PostgreSQL's values are names and literals only; a
         # MySQL value that sqlglot could not read may hold anything).
         fact = Statement.simple(verdict.kind, verdict.klass, tables_unknown=dialect != "postgres")
+    if verdict.commits:
+        # ``SET autocommit = 1`` commits: a kind of its own among its kinds,
+        # so that the engine commits first, judged and recorded
+        fact = replace(fact, kinds=fact.kinds | {"autocommit"})
     return replace(fact, refused=verdict.refused)
 
 

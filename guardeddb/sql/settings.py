@@ -160,15 +160,22 @@ _NOT_NAMES = frozenset(
 class SetVerdict:
     """What a SET/RESET/DISCARD does: kind, class, and a kernel refusal."""
 
-    __slots__ = ("kind", "klass", "reason", "refused")
+    __slots__ = ("commits", "kind", "klass", "reason", "refused")
 
     def __init__(
-        self, kind: str, klass: str, refused: str | None = None, reason: str | None = None
+        self,
+        kind: str,
+        klass: str,
+        refused: str | None = None,
+        reason: str | None = None,
+        commits: bool = False,
     ) -> None:
         self.kind = kind
         self.klass = klass
         self.refused = refused  # refused under every policy
         self.reason = reason  # not understood (unparsed)
+        # MySQL/MariaDB: switching autocommit on commits the open transaction
+        self.commits = commits
 
 
 _RANK = {"other": 0, "dcl": 1, "admin": 2}
@@ -181,7 +188,10 @@ def _stricter(a: SetVerdict, b: SetVerdict) -> SetVerdict:
             return a
         if getattr(b, attr):
             return b
-    return b if _RANK[b.klass] > _RANK[a.klass] else a
+    chosen = b if _RANK[b.klass] > _RANK[a.klass] else a
+    if (a.commits or b.commits) and not chosen.commits:
+        return SetVerdict(chosen.kind, chosen.klass, commits=True)
+    return chosen
 
 
 def _word(tok: Token) -> str:
@@ -215,7 +225,10 @@ def judge_variable(name: str, dialect: str, value: Sequence[Token] = ()) -> SetV
         kind = {"role": "set_role", "session_authorization": "set_session_authorization"}
         return SetVerdict(kind.get(name, "set"), "dcl")
     if name in SETTABLE.get(dialect, frozenset()):
-        return SetVerdict("set", "other")
+        # Anything but a plain 0/OFF/FALSE may switch autocommit on, which
+        # commits the open transaction: the engine commits it first itself.
+        off = [_word(t) for t in value] in (["0"], ["OFF"], ["FALSE"])
+        return SetVerdict("set", "other", commits=name == "autocommit" and not off)
     return SetVerdict("set", "admin")
 
 
