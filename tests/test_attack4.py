@@ -1,0 +1,224 @@
+"""Bypasses found by attack review attack4 (masking filters, guardrails, audit).
+
+Each test states the SAFE outcome and fails while its bypass works, so each
+is marked ``xfail(strict=True)``: the day a fix lands the mark must go. They
+judge by what the caller sees (rows, row counts, error classes) or by the
+server's state, never by guardeddb's own decision.
+
+The masked identity is an agent that sees ``ssn`` redacted under a rule
+with ``filter: deny`` or ``filter: equality``; its policy extends
+``agent-safe`` (the default), so it may INSERT and UPDATE with a WHERE.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+import guardeddb
+from guardeddb import Identity
+
+from .fix_db import Backend
+from .fix_shop import CUSTOMERS, Shop, seeded
+
+AGENT = Identity(user="mallory@example.com", agent="attack4-bot", roles=frozenset({"support"}))
+SSN1 = CUSTOMERS[0][4]  # 123-45-6789
+_CHARSET = "0123456789-"
+
+
+def _policy(mode: str) -> dict[str, Any]:
+    """agent-safe (implied) plus an SSN rule with the given filter."""
+    return {
+        "version": 1,
+        "masking": {
+            "rules": [
+                {"columns": ["*.ssn"], "operator": "redact", "filter": mode},
+                {"columns": ["*.email"], "operator": "email"},
+            ],
+            "unmask": {"roles": ["compliance"]},
+        },
+    }
+
+
+@contextlib.contextmanager
+def _guarded(backend: Backend, mode: str) -> Iterator[tuple[Any, Shop]]:
+    with seeded(backend) as shop:
+        conn = guardeddb.connect(backend.url, policy=_policy(mode))
+        try:
+            with guardeddb.identity(AGENT):
+                yield conn, shop
+        finally:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            conn.close()
+
+
+def _run(conn: Any, sql: str) -> tuple[int, list[tuple[Any, ...]]] | None:
+    """(rowcount, rows) of ``sql``, rolled back; None when it was refused or failed."""
+    cur = conn.cursor()
+    try:
+        cur.execute(sql)
+        rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+        return cur.rowcount, rows
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+
+
+def _recover(oracle: Callable[[str], bool | None]) -> str | None:
+    """The masked value, character by character, from a ``LIKE 'prefix%'``
+    oracle; None as soon as the oracle is refused."""
+    known = ""
+    for _ in range(len(SSN1) + 2):
+        for ch in _CHARSET:
+            hit = oracle(known + ch)
+            if hit is None:
+                return None
+            if hit:
+                known += ch
+                break
+        else:
+            return known
+    return known
+
+
+# -- 1. INSERT's ON CONFLICT / ON DUPLICATE KEY UPDATE / RETURNING / WITH ------
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: INSERT ... ON CONFLICT DO UPDATE WHERE not judged")
+def test_pg_on_conflict_where_recovers_a_denied_ssn(pg_backend: Backend) -> None:
+    """``INSERT ... ON CONFLICT (id) DO UPDATE SET name = t.name WHERE t.ssn
+    LIKE 'p%' RETURNING id`` returns the row only when the existing row's SSN
+    starts with ``p``: a filter: deny column recovered whole, one character
+    at a time, with no change to the data (name = name, rolled back).
+    _Judge.statement judges only an INSERT's source query, not its
+    ON CONFLICT clause."""
+    with _guarded(pg_backend, "deny") as (conn, shop):
+
+        def oracle(prefix: str) -> bool | None:
+            got = _run(
+                conn,
+                shop.sql(
+                    "INSERT INTO {c} AS t (id, name) VALUES (1, 'x') ON CONFLICT (id) "
+                    f"DO UPDATE SET name = t.name WHERE t.ssn LIKE '{prefix}%' RETURNING id"
+                ),
+            )
+            return None if got is None else bool(got[1])
+
+        assert _recover(oracle) != SSN1
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: INSERT ... RETURNING subquery not judged")
+def test_pg_insert_returning_subquery_recovers_a_denied_ssn(pg_backend: Backend) -> None:
+    """``INSERT INTO payments ... RETURNING (SELECT count(*) FROM customers
+    WHERE id = 1 AND ssn LIKE 'p%')``: a filter: deny predicate inside
+    RETURNING is never judged; the count answers (the insert is rolled back).
+    RETURNING (SELECT 1 / (ascii(ssn) - 49) ...) likewise answers by the
+    error class (DivisionByZero), whose text only is withheld."""
+    with _guarded(pg_backend, "deny") as (conn, shop):
+
+        def oracle(prefix: str) -> bool | None:
+            got = _run(
+                conn,
+                shop.sql(
+                    "INSERT INTO {p} (id, customer_id) VALUES (100, 1) RETURNING "
+                    f"(SELECT count(*) FROM {{c}} WHERE id = 1 AND ssn LIKE '{prefix}%')"
+                ),
+            )
+            return None if got is None else got[1] == [(1,)]
+
+        assert _recover(oracle) != SSN1
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: WITH ... INSERT: the CTE is not judged")
+def test_pg_with_insert_cte_recovers_a_denied_ssn(pg_backend: Backend) -> None:
+    """``WITH x AS (SELECT id FROM customers WHERE ssn LIKE 'p%') INSERT INTO
+    payments SELECT ... FROM x``: a CTE attached to the INSERT is never
+    walked, so its WHERE on a filter: deny column answers by the row count."""
+    with _guarded(pg_backend, "deny") as (conn, shop):
+
+        def oracle(prefix: str) -> bool | None:
+            got = _run(
+                conn,
+                shop.sql(
+                    f"WITH x AS (SELECT id FROM {{c}} WHERE id = 1 AND ssn LIKE '{prefix}%') "
+                    "INSERT INTO {p} (id, customer_id) SELECT 200 + id, id FROM x"
+                ),
+            )
+            return None if got is None else got[0] == 1
+
+        assert _recover(oracle) != SSN1
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: ON DUPLICATE KEY UPDATE subquery not judged")
+def test_mysql_on_duplicate_key_update_recovers_a_denied_ssn(mysql_backend: Backend) -> None:
+    """``INSERT INTO customers (id, name) VALUES (1, 'x') ON DUPLICATE KEY
+    UPDATE name = COALESCE((SELECT 'hit' FROM DUAL WHERE ssn LIKE 'p%'),
+    name)``: the row count is 2 when the prefix matches and 0 when not, and
+    the transaction is rolled back. A filter: deny SSN recovered whole."""
+    with _guarded(mysql_backend, "deny") as (conn, shop):
+
+        def oracle(prefix: str) -> bool | None:
+            got = _run(
+                conn,
+                shop.sql(
+                    "INSERT INTO {c} (id, name) VALUES (1, 'x') ON DUPLICATE KEY UPDATE "
+                    f"name = COALESCE((SELECT 'hit' FROM DUAL WHERE ssn LIKE '{prefix}%'), name)"
+                ),
+            )
+            return None if got is None else got[0] == 2
+
+        assert _recover(oracle) != SSN1
+
+
+# -- 2. MySQL numeric comparison through a column of a subquery -----------------
+
+
+def _numbers(lo: int, hi: int) -> str:
+    """A derived table of the numbers lo..hi-1 as column x."""
+    return " UNION ALL ".join(f"SELECT {i} AS x" for i in range(lo, hi))
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: MySQL number via subquery column accepted")
+def test_mysql_equality_in_subquery_of_numbers_reads_leading_digits(
+    mysql_backend: Backend,
+) -> None:
+    """filter: equality refuses ``ssn = 123`` on MySQL (compared as numbers:
+    the leading digits), but ``ssn IN (SELECT x FROM (SELECT 0 AS x UNION ALL
+    ... ) t)`` compares with a number column too: _text_value accepts any
+    column, and masked_peers checks only a column compared directly. A
+    binary search over ranges of numbers (10 queries) reads the leading
+    digits of customer 1's SSN; ``ssn IN (SELECT 0 ...)`` alone tells
+    whether a value starts with a digit at all."""
+    with _guarded(mysql_backend, "equality") as (conn, shop):
+        lo, hi = 0, 1000
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            got = _run(
+                conn,
+                shop.sql(
+                    "SELECT id FROM {c} WHERE id = 1 AND ssn IN (SELECT x FROM ("
+                    + _numbers(lo, mid)
+                    + ") t)"
+                ),
+            )
+            if got is None:
+                return  # refused: safe
+            lo, hi = (lo, mid) if got[1] else (mid, hi)
+        assert lo != int(SSN1[:3]), lo
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: JOIN USING/NATURAL on MySQL compares as numbers")
+def test_mysql_equality_join_using_a_number_reads_leading_digits(mysql_backend: Backend) -> None:
+    """``JOIN (SELECT 123 AS ssn) t USING (ssn)`` (or NATURAL JOIN) is an
+    equality the text never writes; condition_or_using refuses it only under
+    deny, and never checks that the other side is a string on MySQL, where
+    '123-45-6789' = 123 holds. Customer 1 comes back: its SSN starts 123."""
+    with _guarded(mysql_backend, "equality") as (conn, shop):
+        got = _run(conn, shop.sql("SELECT c.id FROM {c} c JOIN (SELECT 123 AS ssn) t USING (ssn)"))
+        assert got is None or got[1] == [], got
