@@ -222,3 +222,53 @@ def test_mysql_equality_join_using_a_number_reads_leading_digits(mysql_backend: 
     with _guarded(mysql_backend, "equality") as (conn, shop):
         got = _run(conn, shop.sql("SELECT c.id FROM {c} c JOIN (SELECT 123 AS ssn) t USING (ssn)"))
         assert got is None or got[1] == [], got
+
+
+# -- 3. MySQL UPDATE / DELETE ... ORDER BY masked LIMIT 1 ------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: UPDATE ... ORDER BY ssn LIMIT not judged")
+def test_mysql_update_order_by_limit_recovers_a_denied_ssn(mysql_backend: Backend) -> None:
+    """MySQL's ``UPDATE customers SET name = 'lo' WHERE id IN (1, 99) ORDER
+    BY ssn, id DESC LIMIT 1`` changes the row with the smaller SSN. With a
+    row 99 the agent inserted holding a chosen SSN (a literal, not a copy),
+    it compares customer 1's filter: deny SSN with any string: a binary
+    search recovers it whole; each probe is rolled back. _as_select reads
+    an UPDATE / DELETE as a SELECT of its FROM and WHERE but drops its
+    ORDER BY and LIMIT, so the ORDER BY on the column is never judged."""
+    with _guarded(mysql_backend, "deny") as (conn, shop):
+
+        def below(guess: str) -> bool | None:
+            """Whether customer 1's SSN sorts strictly before ``guess``."""
+            cur = conn.cursor()
+            try:
+                cur.execute(
+                    shop.sql("INSERT INTO {c} (id, name, ssn) VALUES (99, 'probe', %s)"), (guess,)
+                )
+                cur.execute(
+                    shop.sql(
+                        "UPDATE {c} SET name = 'lo' WHERE id IN (1, 99) "
+                        "ORDER BY ssn, id DESC LIMIT 1"
+                    )
+                )
+                cur.execute(shop.sql("SELECT name FROM {c} WHERE id = 1"))
+                return bool(cur.fetchone()[0] == "lo")
+            except Exception:
+                return None
+            finally:
+                conn.rollback()
+
+        known = ""
+        for _ in range(len(SSN1) + 1):
+            nxt = None
+            for ch in "-0123456789":  # ascending in the server's collation
+                b = below(known + ch)
+                if b is None:
+                    return  # refused: safe
+                if b:
+                    break
+                nxt = ch
+            if nxt is None:
+                break
+            known += nxt
+        assert known != SSN1, known
