@@ -13,6 +13,7 @@ with ``filter: deny`` or ``filter: equality``; its policy extends
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -272,3 +273,91 @@ def test_mysql_update_order_by_limit_recovers_a_denied_ssn(mysql_backend: Backen
                 break
             known += nxt
         assert known != SSN1, known
+
+
+# -- 4. Driver surface: forwarded attributes that reach around the guard --------
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: PyMySQL conn.encoders is forwarded and mutable")
+def test_pymysql_encoders_turn_a_parameter_into_sql(mysql_backend: Backend) -> None:
+    """``conn.encoders`` is 'forward' (read-only), but it is the driver's own
+    dict: ``conn.encoders[int] = lambda v, m=None: '<any SQL>'`` changes how
+    PyMySQL renders an int parameter. The analysis judged ``SELECT %s`` (a
+    value) and ``UPDATE ... WHERE id = %s``; the server ran a subquery that
+    reads the masked SSN unmasked (reversed, so no detector sees it), and an
+    UPDATE of every row. The statement judged is not the statement sent."""
+    with seeded(mysql_backend) as shop:
+        conn = guardeddb.connect(mysql_backend.url, policy=_policy("deny"))
+        try:
+            conn.encoders[int] = lambda v, mapping=None: (
+                f"(SELECT REVERSE(ssn) FROM {shop.customers} WHERE id = {v})"
+            )
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                cur.execute("SELECT %s AS x", (1,))
+                leaked = cur.fetchall()
+                conn.encoders[int] = lambda v, mapping=None: "0 OR 1 = 1"
+                cur.execute(shop.sql("UPDATE {c} SET name = 'pwned' WHERE id = %s"), (1,))
+                conn.commit()
+        finally:
+            conn.close()
+        names = mysql_backend.rows(shop.sql("SELECT name FROM {c} ORDER BY id"))
+        assert names.count(("pwned",)) <= 1, names
+        assert SSN1[::-1] not in repr(leaked), leaked
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: PyMySQL conn.decoders sees raw cells")
+def test_pymysql_decoders_see_masked_cells_raw(mysql_backend: Backend) -> None:
+    """psycopg's ``adapters`` are refused while masking applies ('a loader
+    would see raw values'); PyMySQL's ``conn.decoders`` is the same thing,
+    forwarded as a mutable dict: a decoder installed through the guarded
+    connection receives the SSN before masking runs."""
+    from pymysql.constants import FIELD_TYPE
+
+    seen: list[Any] = []
+
+    def spy(value: Any) -> Any:
+        seen.append(value)
+        return value
+
+    with seeded(mysql_backend) as shop:
+        conn = guardeddb.connect(mysql_backend.url, policy=_policy("deny"))
+        try:
+            for t in (FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING, FIELD_TYPE.VARCHAR):
+                conn.decoders[t] = spy
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                cur.execute(shop.sql("SELECT id, ssn FROM {c} WHERE id = 1"))
+                rows = cur.fetchall()
+        finally:
+            conn.close()
+        assert "[REDACTED]" in repr(rows)
+        assert SSN1 not in repr(seen), seen
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: psycopg Connection.connect is forwarded")
+def test_psycopg_connect_opens_an_unguarded_connection(pg_backend: Backend) -> None:
+    """``connect`` is in the psycopg connection's 'forward' table; it is a
+    classmethod, so ``conn.connect(conn.info.dsn)`` on a guarded, read-only
+    connection returns a raw psycopg.Connection (PyMySQL's ``connect`` is
+    refused for less). Through it a readonly agent drops a table: no rule,
+    no read-only session, no audit record."""
+    name = f"attack4_victim_{uuid.uuid4().hex[:8]}"
+    raw = pg_backend.connect_raw()
+    try:
+        raw.cursor().execute(f"CREATE TABLE {name} (id INTEGER)")
+        raw.commit()
+        conn = guardeddb.connect(pg_backend.url, policy="readonly")
+        try:
+            with guardeddb.identity(AGENT), contextlib.suppress(Exception):
+                other = conn.connect(conn.info.dsn, autocommit=True)
+                other.execute(f"DROP TABLE {name}")
+                other.close()
+        finally:
+            conn.close()
+        left = pg_backend.rows(f"SELECT count(*) FROM pg_class WHERE relname = '{name}'")
+        assert left == [(1,)], "the readonly agent dropped the table"
+    finally:
+        raw.cursor().execute(f"DROP TABLE IF EXISTS {name}")
+        raw.commit()
+        raw.close()
