@@ -13,8 +13,10 @@ with ``filter: deny`` or ``filter: equality``; its policy extends
 from __future__ import annotations
 
 import contextlib
+import json
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -361,3 +363,33 @@ def test_psycopg_connect_opens_an_unguarded_connection(pg_backend: Backend) -> N
         raw.cursor().execute(f"DROP TABLE IF EXISTS {name}")
         raw.commit()
         raw.close()
+
+
+# -- 5. Audit: a commit the trail does not have ----------------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: SET autocommit = 1 commits with no commit record")
+def test_mysql_set_autocommit_commits_without_a_record(
+    mysql_backend: Backend, tmp_path: Path
+) -> None:
+    """On MariaDB ``SET autocommit = 1`` (an allowlisted setting) commits the
+    open transaction, like PyMySQL's ``autocommit(True)`` which guardeddb
+    judges and records as a COMMIT. The SQL form is not in
+    _IMPLICIT_COMMIT_KINDS: the trail reads UPDATE, SET, rollback, and a
+    reader concludes the UPDATE was undone, while it is durable."""
+    trail = tmp_path / "audit.jsonl"
+    with seeded(mysql_backend) as shop:
+        conn = guardeddb.connect(
+            mysql_backend.url, policy={"version": 1, "audit": {"jsonl": str(trail)}}
+        )
+        try:
+            with guardeddb.identity(user="alice@example.com"):
+                cur = conn.cursor()
+                cur.execute(shop.sql("UPDATE {c} SET name = 'draft' WHERE id = 2"))
+                cur.execute("SET autocommit = 1")
+                conn.rollback()
+        finally:
+            conn.close()
+        durable = mysql_backend.rows(shop.sql("SELECT name FROM {c} WHERE id = 2")) == [("draft",)]
+    events = [json.loads(line)["event"] for line in trail.read_text().splitlines()]
+    assert not durable or "commit" in events, events
