@@ -432,3 +432,50 @@ def test_pg_percent_percent_hides_a_column_from_masking(pg_backend: Backend) -> 
             conn.close()
     chars = [chr(int(x) + 1) for i, x in rows if i == 1 and isinstance(x, int)]
     assert "".join(chars) != SSN1, rows
+
+
+# -- 7. Approvals: the approved impact is not the impact that runs ---------------
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: an approval is not bound to the impact shown")
+def test_approval_runs_with_a_larger_impact_than_approved(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """A review rule holds ``DELETE FROM payments WHERE amount > 1000`` with
+    its dry-run impact (2 rows); a person approves that. The agent then
+    moves a third row into the WHERE with an UPDATE the policy allows, and
+    runs the approved text: request_hash binds identity, database, SQL and
+    parameters, not the impact the person saw, and the rule's count is
+    measured again only to be overridden by the approval. 3 rows go."""
+    from guardeddb.approvals import ApprovalStore
+
+    store = f"sqlite:///{tmp_path}/approvals.db"
+    policy = {
+        "version": 1,
+        "rules": [
+            {
+                "id": "bulk-delete",
+                "match": {"statements": ["delete"], "affected_rows": {"gt": 1}},
+                "action": "review",
+            }
+        ],
+        "approvals": {"store": store},
+    }
+    with seeded(pg_backend) as shop:
+        conn = guardeddb.connect(pg_backend.url, policy=policy)
+        delete = shop.sql("DELETE FROM {p} WHERE amount > 1000")
+        try:
+            with guardeddb.identity(AGENT):
+                with pytest.raises(guardeddb.ApprovalRequired) as held:
+                    conn.cursor().execute(delete)
+                conn.rollback()
+                ApprovalStore(store).decide(held.value.request_id, True, "dba", "2 rows, fine")
+                cur = conn.cursor()
+                cur.execute(shop.sql("UPDATE {p} SET amount = 5000 WHERE id = 2"))
+                conn.commit()
+                cur.execute(delete)
+                conn.commit()
+        finally:
+            conn.close()
+        left = pg_backend.rows(shop.sql("SELECT count(*) FROM {p}"))
+    assert left == [(1,)], f"approved 2 rows, deleted {3 - left[0][0]}"
