@@ -479,3 +479,32 @@ def test_approval_runs_with_a_larger_impact_than_approved(
             conn.close()
         left = pg_backend.rows(shop.sql("SELECT count(*) FROM {p}"))
     assert left == [(1,)], f"approved 2 rows, deleted {3 - left[0][0]}"
+
+
+@pytest.mark.xfail(strict=True, reason="attack4: '%% s.col' hides a column from a columns rule")
+def test_pg_percent_percent_hides_a_column_from_a_block_rule(pg_backend: Backend) -> None:
+    """The same differential against a guardrail: a rule blocks every
+    statement that reads ``*.amount``; ``SELECT 0 = 1200 %% s.amount ...
+    FROM payments s`` (parameters ``()``) is read by sqlglot as a
+    placeholder followed by ``.amount``, by the server as the column
+    payments.amount: the rule never matches, and the WHERE answers."""
+    policy = {
+        "version": 1,
+        "rules": [{"id": "no-amount", "match": {"columns": ["*.amount"]}, "action": "block"}],
+    }
+    with seeded(pg_backend) as shop:
+        conn = guardeddb.connect(pg_backend.url, policy=policy)
+        try:
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                with contextlib.suppress(guardeddb.QueryBlocked):
+                    cur.execute(shop.sql("SELECT amount FROM {p}"))
+                    pytest.fail("the rule does not block the plain read")
+                try:
+                    cur.execute(shop.sql("SELECT id FROM {p} s WHERE 0 = 1200 %% s.amount"), ())
+                    rows = [tuple(r) for r in cur.fetchall()]
+                except guardeddb.QueryBlocked:
+                    rows = []
+        finally:
+            conn.close()
+    assert rows == [], f"payments whose amount divides 1200: {rows}"
