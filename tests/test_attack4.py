@@ -368,7 +368,6 @@ def test_psycopg_connect_opens_an_unguarded_connection(pg_backend: Backend) -> N
 # -- 5. Audit: a commit the trail does not have ----------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: SET autocommit = 1 commits with no commit record")
 def test_mysql_set_autocommit_commits_without_a_record(
     mysql_backend: Backend, tmp_path: Path
 ) -> None:
