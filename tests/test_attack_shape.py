@@ -212,3 +212,61 @@ def test_sqlite_parenthesized_order_by_position_is_judged_like_a_position() -> N
     finally:
         conn.close()
     assert order != [2, 3, 1]  # ids sorted by the masked ssn
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason="attackshape: after two texts of a shape, a VALUES string naming guardeddb's own "
+    "table reaches query_to_xml and the caller reads that table (kernel refusal skipped)",
+)
+def test_guardeddbs_own_table_cannot_be_read_through_a_values_string(pg_backend: Backend) -> None:
+    """Attack (PostgreSQL, a policy that does not list query_to_xml, as the
+    kernel refusal is meant to hold under every policy):
+    ``SELECT query_to_xml(v.q, true, false, '') FROM (VALUES ('TABLE s.t1')) AS v(q)``
+    twice with harmless tables, then with ``'TABLE s.guardeddb_audit'``: a
+    plain string (letters, ``.``, ``_``, space) in a VALUES row, so it is taken
+    out of the shape.
+
+    Impact: the caller reads the rows of a table named like guardeddb's audit
+    sink; a cold analysis refuses the text (``guardeddb_audit is guardeddb's
+    own state``), the shared one does not.
+
+    Root cause: ``classify.kernel_refusal`` refuses own-table names inside
+    strings, but ``shape.py`` treats VALUES strings as values no fact reads and
+    ``analysis._shared`` hands the first text's facts (no refusal) to the third.
+    """
+    import psycopg
+
+    schema = f"attackshape_{uuid.uuid4().hex[:10]}"
+    setup = psycopg.connect(pg_backend.url)
+    try:
+        setup.execute(f"CREATE SCHEMA {schema}")
+        setup.execute(f"CREATE TABLE {schema}.guardeddb_audit (id int, secret text)")
+        setup.execute(f"INSERT INTO {schema}.guardeddb_audit VALUES (1, 'audit-secret')")
+        setup.execute(f"CREATE TABLE {schema}.t1 (id int)")
+        setup.execute(f"CREATE TABLE {schema}.t2 (id int)")
+        setup.commit()
+        base = "SELECT query_to_xml(v.q, true, false, '') FROM (VALUES ({})) AS v(q)"
+        payload = base.format(f"'TABLE {schema}.guardeddb_audit'")
+        assert fresh(payload, "postgres").statements[0].refused
+        conn = guardeddb.wrap(pg_backend.connect_raw(), policy=PERMISSIVE)
+        seen = ""
+        try:
+            cur = conn.cursor()
+            for name in ("t1", "t2"):
+                cur.execute(base.format(f"'TABLE {schema}.{name}'"))
+                cur.fetchall()
+            try:
+                cur.execute(payload)
+                seen = str(cur.fetchall())
+            except guardeddb.QueryBlocked:
+                pass
+        finally:
+            conn.close()
+        assert "audit-secret" not in seen
+    finally:
+        setup.rollback()
+        setup.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        setup.commit()
+        setup.close()
