@@ -116,7 +116,7 @@ _PSYCOPG_CONNECTION = {
     **_names(
         FORWARD,
         "closed broken cancel cancel_safe fileno xid pipeline transaction deferrable "
-        "read_only set_autocommit lock set_isolation_level set_deferrable connect",
+        "read_only set_autocommit lock set_isolation_level set_deferrable",
     ),
     **_names(
         SETTABLE,
@@ -133,7 +133,9 @@ _PSYCOPG_CONNECTION = {
     **_names(
         REFUSE,
         "pgconn add_notify_handler remove_notify_handler notifies wait "
-        "tpc_begin tpc_prepare tpc_commit tpc_rollback tpc_recover",
+        "tpc_begin tpc_prepare tpc_commit tpc_rollback tpc_recover "
+        # a class method that opens a new, unguarded connection
+        "connect",
     ),
 }
 _PSYCOPG_CURSOR = {
@@ -165,14 +167,16 @@ _PYMYSQL_CONNECTION = {
     **_names(
         FORWARD,
         "affected_rows autocommit autocommit_mode begin bind_address character_set_name "
-        "charset client_flag collation connect_timeout ctx cursorclass db decoders "
-        "encoders encoding escape escape_string get_autocommit get_host_info get_proto_info "
+        "charset client_flag collation connect_timeout ctx cursorclass db "
+        "encoding escape escape_string get_autocommit get_host_info get_proto_info "
         "get_server_info host host_info init_command insert_id literal max_allowed_packet "
         "open ping port protocol_version server_capabilities server_charset "
         "server_language server_public_key server_status server_thread_id "
         "server_version sql_mode ssl thread_id unix_socket use_unicode user",
     ),
-    **_names(GUARD, "query select_db set_character_set set_charset"),
+    # encoders/decoders: read-only views (an encoder returns SQL text, a
+    # decoder sees raw cells: neither may be replaced through the proxy)
+    **_names(GUARD, "query select_db set_character_set set_charset encoders decoders"),
     **_names(
         REFUSE,
         "kill show_warnings next_result write_packet connect password salt "
@@ -215,6 +219,10 @@ _TABLES: dict[str, dict[str, str]] = {
 
 #: Why each refused name is refused, for the error message.
 _REASONS = {
+    "cursor_class": (
+        "its class is not the driver's own: a subclass's execute could send other SQL than "
+        "the statement guardeddb judged (use the driver's cursor classes)"
+    ),
     "pgconn": "it executes SQL around the guard (create cursors with conn.cursor())",
     "adapters": (
         "while masking applies a loader would see raw values (register adapters on the "

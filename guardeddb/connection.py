@@ -19,6 +19,7 @@ import contextlib
 import logging
 import sqlite3
 import sys
+import types
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -600,10 +601,10 @@ class GuardedConnection(ConnectionBase):
     """A driver connection whose cursors are all guarded."""
 
     def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
-        """A guarded cursor; arguments go to the driver's ``cursor()``."""
-        cur: GuardedCursor = self._self_guarded(
-            self.__wrapped__.cursor(*args, **kwargs), GuardedCursor, _CURSOR_MIXINS
-        )
+        """A guarded cursor; arguments go to the driver's ``cursor()``, which
+        must make one of its own classes (a factory's subclass is refused)."""
+        made = own_cursor(self, self.__wrapped__.cursor(*args, **kwargs))
+        cur: GuardedCursor = self._self_guarded(made, GuardedCursor, _CURSOR_MIXINS)
         return cur
 
     def __enter__(self) -> GuardedConnection:
@@ -859,6 +860,15 @@ def _sqlite_connection(raw_type: type) -> bool:
     return issubclass(raw_type, sqlite3.Connection)
 
 
+def own_cursor(conn: Any, made: Any) -> Any:
+    """``made``, a raw cursor, if its class is the driver's own; a cursor
+    class from elsewhere (``cursor(MyCursor)``, ``factory=``) could send
+    other SQL than the statement judged, so it is refused."""
+    if type(made).__module__.partition(".")[0] != conn._self_guard.driver.module:
+        raise _surface.refusal(type(conn), type(made), "cursor_class", _surface.GUARD)
+    return made
+
+
 def _sqlite_autocommit(raw_type: type) -> bool:
     return _sqlite_connection(raw_type) and hasattr(raw_type, "autocommit")  # 3.12+
 
@@ -885,6 +895,28 @@ class _Adapters:
             # an AttributeError: wrapt then asks __getattr__, which says why
             raise AttributeError("adapters")
         return self.__wrapped__.adapters
+
+
+class _Codecs:
+    """PyMySQL's ``encoders`` and ``decoders``, read-only: an encoder's return
+    value is spliced into the SQL text after the analysis (a parameter made
+    into a subquery), and a decoder sees every cell before masking."""
+
+    @property
+    def encoders(self: Any) -> Any:
+        return types.MappingProxyType(self.__wrapped__.encoders)
+
+    @encoders.setter
+    def encoders(self: Any, value: Any) -> None:
+        raise _surface.refusal(type(self), type(self.__wrapped__), "encoders", _surface.REFUSE)
+
+    @property
+    def decoders(self: Any) -> Any:
+        return types.MappingProxyType(self.__wrapped__.decoders)
+
+    @decoders.setter
+    def decoders(self: Any, value: Any) -> None:
+        raise _surface.refusal(type(self), type(self.__wrapped__), "decoders", _surface.REFUSE)
 
 
 def _callback_mixin(name: str, what: str) -> type:
@@ -1089,6 +1121,7 @@ _CONNECTION_MIXINS = (
     (_sqlite_connection, _commits_when_set("isolation_level", lambda value: value is None)),
     (_sqlite_autocommit, _commits_when_set("autocommit", lambda value: value is True)),
     (_pymysql_connection, _PyMySQLTransactions),
+    (_pymysql_connection, _Codecs),
     (_psycopg_connection, _Transaction),
 )
 _CLASSES: dict[tuple[type[Any], type[Any]], type[Any]] = {}

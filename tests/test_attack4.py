@@ -280,7 +280,6 @@ def test_mysql_update_order_by_limit_recovers_a_denied_ssn(mysql_backend: Backen
 # -- 4. Driver surface: forwarded attributes that reach around the guard --------
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: PyMySQL conn.encoders is forwarded and mutable")
 def test_pymysql_encoders_turn_a_parameter_into_sql(mysql_backend: Backend) -> None:
     """``conn.encoders`` is 'forward' (read-only), but it is the driver's own
     dict: ``conn.encoders[int] = lambda v, m=None: '<any SQL>'`` changes how
@@ -291,14 +290,16 @@ def test_pymysql_encoders_turn_a_parameter_into_sql(mysql_backend: Backend) -> N
     with seeded(mysql_backend) as shop:
         conn = guardeddb.connect(mysql_backend.url, policy=_policy("deny"))
         try:
-            conn.encoders[int] = lambda v, mapping=None: (
-                f"(SELECT REVERSE(ssn) FROM {shop.customers} WHERE id = {v})"
-            )
+            with pytest.raises(TypeError):  # a read-only view now
+                conn.encoders[int] = lambda v, mapping=None: (
+                    f"(SELECT REVERSE(ssn) FROM {shop.customers} WHERE id = {v})"
+                )
             with guardeddb.identity(AGENT):
                 cur = conn.cursor()
                 cur.execute("SELECT %s AS x", (1,))
                 leaked = cur.fetchall()
-                conn.encoders[int] = lambda v, mapping=None: "0 OR 1 = 1"
+                with pytest.raises(TypeError):
+                    conn.encoders[int] = lambda v, mapping=None: "0 OR 1 = 1"
                 cur.execute(shop.sql("UPDATE {c} SET name = 'pwned' WHERE id = %s"), (1,))
                 conn.commit()
         finally:
@@ -308,7 +309,6 @@ def test_pymysql_encoders_turn_a_parameter_into_sql(mysql_backend: Backend) -> N
         assert SSN1[::-1] not in repr(leaked), leaked
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: PyMySQL conn.decoders sees raw cells")
 def test_pymysql_decoders_see_masked_cells_raw(mysql_backend: Backend) -> None:
     """psycopg's ``adapters`` are refused while masking applies ('a loader
     would see raw values'); PyMySQL's ``conn.decoders`` is the same thing,
@@ -326,7 +326,8 @@ def test_pymysql_decoders_see_masked_cells_raw(mysql_backend: Backend) -> None:
         conn = guardeddb.connect(mysql_backend.url, policy=_policy("deny"))
         try:
             for t in (FIELD_TYPE.VAR_STRING, FIELD_TYPE.STRING, FIELD_TYPE.VARCHAR):
-                conn.decoders[t] = spy
+                with pytest.raises(TypeError):  # a read-only view now
+                    conn.decoders[t] = spy
             with guardeddb.identity(AGENT):
                 cur = conn.cursor()
                 cur.execute(shop.sql("SELECT id, ssn FROM {c} WHERE id = 1"))
@@ -337,7 +338,6 @@ def test_pymysql_decoders_see_masked_cells_raw(mysql_backend: Backend) -> None:
         assert SSN1 not in repr(seen), seen
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: psycopg Connection.connect is forwarded")
 def test_psycopg_connect_opens_an_unguarded_connection(pg_backend: Backend) -> None:
     """``connect`` is in the psycopg connection's 'forward' table; it is a
     classmethod, so ``conn.connect(conn.info.dsn)`` on a guarded, read-only
