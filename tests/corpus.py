@@ -278,7 +278,11 @@ CORPUS: list[Case] = [
     Case('SELECT * FROM {t} AS "drop"', A, A, "ps"),
     Case("SELECT * FROM {t} AS `drop`", A, A, "m"),
     Case('SELECT "DROP TABLE x" FROM {t}', A, A, "ms"),
-    Case('DELETE FROM {t} WHERE "id" = 1', A, B, "ps"),
+    Case('DELETE FROM {t} WHERE "id" = 1', A, B, "p"),
+    # SQLite reads a bare double-quoted name that is no column as a string
+    # ("x" = 'x' holds for every row): it restricts nothing; t."id" does
+    Case('DELETE FROM {t} WHERE "id" = 1', B, B, "s"),
+    Case('DELETE FROM {t} WHERE {t}."id" = 1', A, B, "s"),
     Case("DELETE FROM {t} WHERE `id` = 1", A, B, "m"),
     Case("UPDATE {t} SET \"name\" = 'x'", B, B, "ps"),
 ]

@@ -28,11 +28,6 @@ from .fix_db import PERMISSIVE, Backend
 _DIALECT = {"sqlite": "sqlite", "postgresql": "postgres", "mysql": "mysql"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attackshape: kernel refusal of a string naming guardeddb's own table is skipped "
-    "for the third text of a shape (kernel_refusal reads string values; shape.py takes them out)",
-)
 def test_a_string_naming_guardeddbs_own_state_is_refused_in_every_text_of_a_shape(
     backend: Backend, table: str
 ) -> None:
@@ -72,11 +67,6 @@ def test_a_string_naming_guardeddbs_own_state_is_refused_in_every_text_of_a_shap
     assert blocked
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attackshape: the shared analysis of an IN-list/WHERE text misses the kernel "
-    "refusal of a string naming guardeddb's own table, also in a SELECT",
-)
 def test_a_select_comparing_with_guardeddbs_own_table_name_is_refused_after_a_shape(
     backend: Backend, table: str
 ) -> None:
@@ -105,11 +95,6 @@ def test_a_select_comparing_with_guardeddbs_own_table_name_is_refused_after_a_sh
         conn.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attackshape: analyze() answers a text of a learnt shape with no kernel refusal "
-    "while fresh() refuses it (facts differ from a cold analysis)",
-)
 @pytest.mark.parametrize("dialect", ["sqlite", "postgres", "mysql"])
 def test_the_shared_analysis_keeps_a_kernel_refusal_of_a_later_text(dialect: str) -> None:
     """The analysis level of the findings above, per dialect: after two texts
@@ -132,11 +117,6 @@ def test_the_shared_analysis_keeps_a_kernel_refusal_of_a_later_text(dialect: str
 # --- pre-existing (not caused by #15) ----------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (not #15), attackshape: SQLite reads a double-quoted name that is no "
-    "column as a string, so \"x\" = 'x' is a tautology guardeddb takes for a WHERE",
-)
 def test_sqlite_double_quoted_string_tautology_is_no_where() -> None:
     """Attack: ``DELETE FROM t WHERE "nocol" = 'nocol'`` under ``agent-safe``.
     SQLite (double-quoted string literals on, the default build) reads
@@ -215,11 +195,6 @@ def test_sqlite_parenthesized_order_by_position_is_judged_like_a_position() -> N
 
 
 @pytest.mark.pg
-@pytest.mark.xfail(
-    strict=True,
-    reason="attackshape: after two texts of a shape, a VALUES string naming guardeddb's own "
-    "table reaches query_to_xml and the caller reads that table (kernel refusal skipped)",
-)
 def test_guardeddbs_own_table_cannot_be_read_through_a_values_string(pg_backend: Backend) -> None:
     """Attack (PostgreSQL, a policy that does not list query_to_xml, as the
     kernel refusal is meant to hold under every policy):

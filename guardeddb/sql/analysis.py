@@ -394,6 +394,14 @@ def _shared(
     if found is None:
         return None, None
     key, spans = found
+    starts = {start for start, _end in spans}
+    if kernel_refusal(
+        [t for t in tokens if t.token_type is TokenType.STRING and t.start in starts], dialect
+    ):
+        # The kernel reads strings (guardeddb's own table names in SQL text
+        # a function could run): a text whose own values it refuses is
+        # analyzed whole, never copied from one it let through.
+        return None, None
     shapes = _SHAPES.setdefault(dialect, {})
     if key in shapes:
         template = shapes[key]

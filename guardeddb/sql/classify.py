@@ -570,7 +570,7 @@ def _target_names(stmt: exp.Expr, fold: bool) -> frozenset[str]:
     return frozenset(names)
 
 
-def _restricts(cond: exp.Expr, target: frozenset[str]) -> bool:
+def _restricts(cond: exp.Expr, target: frozenset[str], strings: bool = False) -> bool:
     """Whether a WHERE narrows the rows of the target table.
 
     A condition that references no column of the target (constants, an
@@ -579,13 +579,19 @@ def _restricts(cond: exp.Expr, target: frozenset[str]) -> bool:
     for a tautology, since without the catalog a NOT NULL key column cannot
     be told apart. Unqualified columns outside subqueries count as the
     target's (they may belong to a joined table: the catalog would tell).
+    ``strings``: SQLite, which reads a bare double-quoted name that is no
+    column as a string (``"x" = 'x'``): such a name restricts nothing.
     """
     while isinstance(cond, exp.Paren):
         cond = cond.this
     if isinstance(cond, exp.And):
-        return _restricts(cond.this, target) or _restricts(cond.expression, target)
+        return _restricts(cond.this, target, strings) or _restricts(
+            cond.expression, target, strings
+        )
     if isinstance(cond, exp.Or):
-        return _restricts(cond.this, target) and _restricts(cond.expression, target)
+        return _restricts(cond.this, target, strings) and _restricts(
+            cond.expression, target, strings
+        )
     if (
         isinstance(cond, exp.Is)
         and isinstance(cond.expression, exp.Null)
@@ -603,7 +609,7 @@ def _restricts(cond: exp.Expr, target: frozenset[str]) -> bool:
         if qual:
             if qual in target:
                 return True
-        elif not nested:
+        elif not nested and not (strings and col.this.args.get("quoted")):
             return True
     return False
 
@@ -750,7 +756,7 @@ def _facts(
         and not is_tautology(where.this)
         and (
             not isinstance(stmt, exp.Update | exp.Delete)
-            or _restricts(where.this, _target_names(stmt, fold))
+            or _restricts(where.this, _target_names(stmt, fold), dialect == "sqlite")
         )
     )
     has_limit = bool(stmt.args.get("limit") or stmt.args.get("fetch"))

@@ -127,6 +127,7 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
     if semicolon in types and types.index(semicolon) != last:
         return None
     listed: set[int] = set()
+    rows: set[int] = set()  # the ``)`` of each VALUES row taken out
     if _T.L_PAREN in types:
         for i, kind in enumerate(types):
             if kind is not _T.L_PAREN:
@@ -136,7 +137,7 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
                 if not _column(types, i - 2 if types[i - 2] is not _T.NOT else i - 3):
                     continue
             elif before is _T.COMMA and types[i - 2] is _T.R_PAREN:
-                if i - 2 not in listed:  # a later VALUES row, after one of ours
+                if i - 2 not in rows:  # a later VALUES row, after one of ours
                     continue
             elif before is not _T.VALUES:
                 continue
@@ -146,7 +147,8 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
             if before is _T.IN and types[close + 1] not in _ENDS:
                 continue
             listed.update(range(i + 1, close, 2))
-            listed.add(close)
+            if before is not _T.IN:
+                rows.add(close)
     spans: list[tuple[int, int]] = []
     for i in range(pad, last + 1):
         kind = types[i]
