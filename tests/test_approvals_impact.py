@@ -25,8 +25,12 @@ import pytest
 import guardeddb
 from guardeddb import ApprovalRequired, AuditUnavailable, Identity
 from guardeddb.approvals import ApprovalStore
+from guardeddb.cli import main
 
 from .fix_db import PG_DSN, Backend, _no_endless_lock_wait
+from .test_mcp import _cli, _payload, _served, _text
+from .test_mcp import _policy as _mcp_policy
+from .test_mcp import anyio_backend as anyio_backend  # the fixture, for the MCP test
 
 AGENT = Identity(user="agent@example.com", agent="approvimpact-bot")
 #: id, amount: ids 1, 3 and 4 have amount > 1000
@@ -295,3 +299,66 @@ def test_asyncio_holds_a_larger_impact_and_runs_a_smaller_one(
     assert count == 2 and left == [(1,), (2,)]
     assert _status(store, first) == ("superseded", 3)
     assert _status(store, second) == ("used", 4)
+
+
+@pytest.mark.anyio
+async def test_mcp_wait_for_approval_holds_a_grown_statement_again(
+    backend: Backend, payments: str, tmp_path: Path
+) -> None:
+    """Through ``guardeddb mcp``: approved as 3 rows, a fourth enters the WHERE
+    (another writer): wait_for_approval changes nothing and answers with a new
+    pending request showing 4. An approval another process superseded is
+    answered as such, and nothing runs."""
+    policy = str(_mcp_policy(tmp_path))
+    bulk = {
+        "sql": backend.sql(f"UPDATE {payments} SET amount = 1 WHERE amount > ?"),
+        "params": [1000],
+    }
+    amounts = f"SELECT id, amount FROM {payments} ORDER BY id"
+    async with _served(backend, tmp_path, "--policy", policy, "--user", "alice@example.com") as s:
+        held = _payload(await s.call_tool("query", bulk))
+        assert held["status"] == "pending_approval" and held["impact_rows"] == 3
+        rid = held["request_id"]
+        await _cli("approvals", "--policy", policy, "approve", rid, "--by", "dba@example.com")
+        raw = backend.connect_raw()
+        raw.cursor().execute(f"UPDATE {payments} SET amount = 5000 WHERE id = 2")
+        raw.commit()
+        raw.close()
+        before = backend.rows(amounts)
+
+        grown = await s.call_tool("wait_for_approval", {"request_id": rid, "timeout_seconds": 10})
+        assert not grown.is_error, _text(grown)
+        again = _payload(grown)
+        assert again["status"] == "pending_approval"
+        assert again["request_id"] != rid and again["impact_rows"] == 4
+        assert backend.rows(amounts) == before  # nothing ran
+
+        second = again["request_id"]
+        await _cli("approvals", "--policy", policy, "approve", second, "--by", "dba@example.com")
+        # another process ran it with more rows first, and retired the approval
+        assert ApprovalStore(f"sqlite:///{tmp_path / 'approvals.db'}").supersede(second)
+        late = await s.call_tool("wait_for_approval", {"request_id": second, "timeout_seconds": 5})
+        assert late.is_error and _payload(late)["status"] == "superseded"
+    assert backend.rows(amounts) == before
+
+
+def test_a_superseded_approval_is_never_used_and_is_listed(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Used or superseded, once, never both; ``approvals list --status superseded``."""
+    store_url = f"sqlite:///{tmp_path}/approvals.db"
+    store = ApprovalStore(store_url)
+    rid = store.hold(AGENT, "digest", "DELETE FROM t WHERE x > 1", "r", "why", impact=2)
+    assert rid is not None
+    assert not store.supersede(rid)  # pending: nothing to retire
+    assert store.decide(rid, True, "dba", None)
+    assert store.supersede(rid)
+    assert not store.use(rid) and not store.supersede(rid)
+    assert store.find("digest") is None
+    assert not store.decide(rid, True, "dba", None)  # cannot be approved again
+    assert main(["approvals", "--store", store_url, "list", "--status", "superseded"]) == 0
+    assert rid in capsys.readouterr().out
+    used = store.hold(AGENT, "other", "DELETE FROM t WHERE x > 2", "r", "why", impact=1)
+    assert used is not None and store.decide(used, True, "dba", None)
+    assert store.use(used) and not store.supersede(used)
+    assert _status(store_url, used) == ("used", 1)
