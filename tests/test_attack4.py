@@ -444,7 +444,8 @@ def test_approval_runs_with_a_larger_impact_than_approved(
     moves a third row into the WHERE with an UPDATE the policy allows, and
     runs the approved text: request_hash binds identity, database, SQL and
     parameters, not the impact the person saw, and the rule's count is
-    measured again only to be overridden by the approval. 3 rows go."""
+    measured again only to be overridden by the approval. 3 rows went; now
+    the approval is measured again, superseded, and the DELETE held again."""
     from guardeddb.approvals import ApprovalStore
 
     store = f"sqlite:///{tmp_path}/approvals.db"
