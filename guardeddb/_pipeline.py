@@ -364,7 +364,7 @@ class Guard:
                     Decision(
                         "block",
                         decision.rule_id,
-                        f"approval {grant} was used by another run of this statement "
+                        f"approval {grant} was used or superseded by another run of this statement "
                         "first; ask for a new approval",
                     )
                 )
