@@ -364,7 +364,7 @@ class Guard:
                     Decision(
                         "block",
                         decision.rule_id,
-                        f"approval {grant} was used by another run of this statement "
+                        f"approval {grant} was used or superseded by another run of this statement "
                         "first; ask for a new approval",
                     )
                 )
@@ -499,7 +499,10 @@ class Guard:
     ) -> Steps[tuple[Decision, str | None, str | None]]:
         """Step 5, a held statement: allowed when an approval of exactly it
         exists (returned to be used after the decision record), else its
-        pending request filed (or found), with its measured impact.
+        pending request filed (or found), with its measured impact. An
+        approval filed with a count is for the statement as shown: measured
+        again, it applies to at most that many rows, else it is superseded
+        unused and the statement held again with the new count.
 
         Returns the decision, the pending request's id and the approval to use.
         """
@@ -518,12 +521,32 @@ class Guard:
         except UnboundParameters as exc:  # never hashed by address, never consumed
             return Decision("block", decision.rule_id, f"held for review, but {exc}"), None, None
         granted = yield Call(self.approvals.find, (digest,))
+        retired = None
         if granted is not None:
             by = granted.approver or "an approver"
-            why = f"approved by {by} (request {granted.id})"
-            return Decision("allow", decision.rule_id, why), None, granted.id
+            why = f"approved by {by} (request {granted.id}"
+            limit = granted.impact
+            if limit is None:  # approved with no count shown: nothing to hold it to
+                return Decision("allow", decision.rule_id, why + ")"), None, granted.id
+            # Approved as shown: measured again, before the approval is used,
+            # and it covers at most the rows the person saw.
+            if impact is not None and not impact.measured:
+                yield from impact.measure(self.driver, self.raw, text, params, analysis)
+            rows = impact.count if impact is not None else None
+            if rows is not None and rows <= limit:
+                why += f", shown {limit} rows; this run touches {rows})"
+                return Decision("allow", decision.rule_id, why), None, granted.id
+            yield Call(self.approvals.supersede, (granted.id,))
+            now = "an unmeasured number of" if rows is None else str(rows)
+            retired = (
+                f"approval {granted.id} by {by} was for {limit} rows and this run would "
+                f"touch {now}: not used, superseded"
+            )
         if impact is not None and not impact.measured:
             yield from impact.measure(self.driver, self.raw, text, params, analysis)
+        reason = decision.message
+        if retired is not None:  # the approver of the new request sees why
+            reason = f"{reason}; {retired}" if reason else retired
         rid = yield Call(
             self.approvals.hold,
             (
@@ -531,7 +554,7 @@ class Guard:
                 digest,
                 text,
                 decision.rule_id,
-                decision.message,
+                reason,
                 impact.count if impact is not None else None,
                 render_params(params, getattr(self.policy.masker, "scanner", None)),
                 where,
@@ -543,10 +566,15 @@ class Guard:
                     "block",
                     decision.rule_id,
                     "held for review, but this identity already has "
-                    "the most pending approval requests allowed; wait for a decision",
+                    "the most pending approval requests allowed; wait for a decision"
+                    + ("" if retired is None else f" ({retired})"),
                 ),
                 None,
                 None,
+            )
+        if retired is not None:
+            decision = Decision(
+                decision.action, decision.rule_id, f"{reason}; held again as request {rid}"
             )
         return decision, rid, None
 

@@ -646,7 +646,9 @@ def _main(argv: Sequence[str] | None) -> int:
     where.add_argument("--policy", help="a policy file whose approvals.store to use")
     appr_sub = appr.add_subparsers(dest="approvals_command", required=True)
     appr_list = appr_sub.add_parser("list")
-    appr_list.add_argument("--status", choices=["pending", "approved", "denied", "used"])
+    appr_list.add_argument(
+        "--status", choices=["pending", "approved", "denied", "used", "superseded"]
+    )
     appr_sub.add_parser("show").add_argument("id")
     for verb in ("approve", "deny"):
         cmd = appr_sub.add_parser(verb)

@@ -436,7 +436,6 @@ def test_pg_percent_percent_hides_a_column_from_masking(pg_backend: Backend) -> 
 # -- 7. Approvals: the approved impact is not the impact that runs ---------------
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: an approval is not bound to the impact shown")
 def test_approval_runs_with_a_larger_impact_than_approved(
     pg_backend: Backend, tmp_path: Path
 ) -> None:
@@ -445,7 +444,8 @@ def test_approval_runs_with_a_larger_impact_than_approved(
     moves a third row into the WHERE with an UPDATE the policy allows, and
     runs the approved text: request_hash binds identity, database, SQL and
     parameters, not the impact the person saw, and the rule's count is
-    measured again only to be overridden by the approval. 3 rows go."""
+    measured again only to be overridden by the approval. 3 rows went; now
+    the approval is measured again, superseded, and the DELETE held again."""
     from guardeddb.approvals import ApprovalStore
 
     store = f"sqlite:///{tmp_path}/approvals.db"
@@ -472,12 +472,15 @@ def test_approval_runs_with_a_larger_impact_than_approved(
                 cur = conn.cursor()
                 cur.execute(shop.sql("UPDATE {p} SET amount = 5000 WHERE id = 2"))
                 conn.commit()
-                cur.execute(delete)
-                conn.commit()
+                try:
+                    cur.execute(delete)
+                    conn.commit()
+                except guardeddb.ApprovalRequired:  # held again, showing 3 rows: safe
+                    conn.rollback()
         finally:
             conn.close()
         left = pg_backend.rows(shop.sql("SELECT count(*) FROM {p}"))
-    assert left == [(1,)], f"approved 2 rows, deleted {3 - left[0][0]}"
+    assert left[0][0] >= 1, f"approved 2 rows, deleted {3 - left[0][0]}"
 
 
 @pytest.mark.xfail(strict=True, reason="attack4: '%% s.col' hides a column from a columns rule")

@@ -4,7 +4,9 @@ A held query raises ``ApprovalRequired`` with a request id. Once approved
 (``guardeddb approvals approve ID``), the same identity running the same SQL
 with the same parameters within the TTL runs exactly once: the approval is
 consumed by one conditional UPDATE, so two processes cannot both use it.
-Other SQL, other parameters or another identity are still held.
+Other SQL, other parameters or another identity are still held. A request
+filed with a measured impact approves at most that many rows: a run that
+would touch more supersedes it and is held again, showing the new count.
 
 Stores are tables in a SQLite file (the embedded default) or PostgreSQL
 (shared by every process), reached through the raw driver, never through a
@@ -217,7 +219,7 @@ class ApprovalRequest:
     """One held query and what became of it."""
 
     id: str
-    status: str  # pending | approved | denied | used
+    status: str  # pending | approved | denied | used | superseded
     identity: str
     statement: str  # the exact text, as render_statement shows it
     rule: str | None
@@ -415,6 +417,25 @@ class ApprovalStore:
                     "WHERE id = ? AND status = 'approved' AND expires > ?"
                 ),
                 (now, rid, now),
+            )
+            return bool(cur.rowcount == 1)
+        finally:
+            conn.close()
+
+    def supersede(self, rid: str) -> bool:
+        """Retire approval ``rid`` unused: the statement would now touch more
+        rows than the person was shown. The same conditional UPDATE as
+        ``use``, so an approval is used or superseded, once, never both, and
+        the request filed in its place is the only live one for the query.
+        False when another run used or retired it first."""
+        conn = self._connect()
+        try:
+            cur = conn.execute(
+                self._sql(
+                    f"UPDATE {_TABLE} SET status = 'superseded' "
+                    "WHERE id = ? AND status = 'approved'"
+                ),
+                (rid,),
             )
             return bool(cur.rowcount == 1)
         finally:

@@ -566,6 +566,13 @@ class GuardedTools:
                 f"request {request_id} was already used: its statement ran once; "
                 "send it again to ask for a new approval",
             )
+        if request.status == "superseded":
+            self.held.pop(request_id, None)
+            return ToolResult.failure(
+                "superseded",
+                f"request {request_id} was not used: its statement would now touch more rows "
+                "than the approver was shown; send it again to ask for a new approval",
+            )
         if _expired(request):
             self.held.pop(request_id, None)
             return ToolResult.failure(
