@@ -16,6 +16,7 @@ module states the trust boundary.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import sqlite3
 import sys
@@ -861,12 +862,19 @@ def _sqlite_connection(raw_type: type) -> bool:
 
 
 def own_cursor(conn: Any, made: Any) -> Any:
-    """``made``, a raw cursor, if its class is the driver's own; a cursor
-    class from elsewhere (``cursor(MyCursor)``, ``factory=``) could send
-    other SQL than the statement judged, so it is refused."""
-    if type(made).__module__.partition(".")[0] != conn._self_guard.driver.module:
+    """``made``, a raw cursor, if its class comes from the package of the
+    connection's class (or of a class it derives from: the driver's); a
+    cursor class from elsewhere (``cursor(MyCursor)``, ``factory=``) could
+    send other SQL than the statement judged, so it is refused."""
+    package = type(made).__module__.partition(".")[0]
+    if package not in _packages(type(conn.__wrapped__)):
         raise _surface.refusal(type(conn), type(made), "cursor_class", _surface.GUARD)
     return made
+
+
+@functools.cache
+def _packages(raw_type: type) -> frozenset[str]:
+    return frozenset(c.__module__.partition(".")[0] for c in raw_type.__mro__) - {"builtins"}
 
 
 def _sqlite_autocommit(raw_type: type) -> bool:
