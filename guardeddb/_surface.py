@@ -219,10 +219,6 @@ _TABLES: dict[str, dict[str, str]] = {
 
 #: Why each refused name is refused, for the error message.
 _REASONS = {
-    "cursor_class": (
-        "its class is not the driver's own: a subclass's execute could send other SQL than "
-        "the statement guardeddb judged (use the driver's cursor classes)"
-    ),
     "pgconn": "it executes SQL around the guard (create cursors with conn.cursor())",
     "adapters": (
         "while masking applies a loader would see raw values (register adapters on the "

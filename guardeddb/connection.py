@@ -16,7 +16,6 @@ module states the trust boundary.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import sqlite3
 import sys
@@ -602,10 +601,10 @@ class GuardedConnection(ConnectionBase):
     """A driver connection whose cursors are all guarded."""
 
     def cursor(self, *args: Any, **kwargs: Any) -> GuardedCursor:
-        """A guarded cursor; arguments go to the driver's ``cursor()``, which
-        must make one of its own classes (a factory's subclass is refused)."""
-        made = own_cursor(self, self.__wrapped__.cursor(*args, **kwargs))
-        cur: GuardedCursor = self._self_guarded(made, GuardedCursor, _CURSOR_MIXINS)
+        """A guarded cursor; arguments go to the driver's ``cursor()``."""
+        cur: GuardedCursor = self._self_guarded(
+            self.__wrapped__.cursor(*args, **kwargs), GuardedCursor, _CURSOR_MIXINS
+        )
         return cur
 
     def __enter__(self) -> GuardedConnection:
@@ -859,22 +858,6 @@ class _Transaction:
 
 def _sqlite_connection(raw_type: type) -> bool:
     return issubclass(raw_type, sqlite3.Connection)
-
-
-def own_cursor(conn: Any, made: Any) -> Any:
-    """``made``, a raw cursor, if its class comes from the package of the
-    connection's class (or of a class it derives from: the driver's); a
-    cursor class from elsewhere (``cursor(MyCursor)``, ``factory=``) could
-    send other SQL than the statement judged, so it is refused."""
-    package = type(made).__module__.partition(".")[0]
-    if package not in _packages(type(conn.__wrapped__)):
-        raise _surface.refusal(type(conn), type(made), "cursor_class", _surface.GUARD)
-    return made
-
-
-@functools.cache
-def _packages(raw_type: type) -> frozenset[str]:
-    return frozenset(c.__module__.partition(".")[0] for c in raw_type.__mro__) - {"builtins"}
 
 
 def _sqlite_autocommit(raw_type: type) -> bool:

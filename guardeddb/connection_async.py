@@ -36,7 +36,6 @@ from .connection import (
     _PsycopgClientParams,
     _ReadOnly,
     _RowFactory,
-    own_cursor,
     query_params,
     stream_ended,
     streamed_row,
@@ -248,8 +247,9 @@ class GuardedAsyncConnection(ConnectionBase):
     def cursor(self, *args: Any, **kwargs: Any) -> GuardedAsyncCursor:
         """A guarded cursor (a server-side one with ``name=``); arguments go
         to the driver's ``cursor()``, which psycopg does not await either."""
-        made = own_cursor(self, self.__wrapped__.cursor(*args, **kwargs))
-        cur: GuardedAsyncCursor = self._self_guarded(made, GuardedAsyncCursor, _CURSOR_MIXINS)
+        cur: GuardedAsyncCursor = self._self_guarded(
+            self.__wrapped__.cursor(*args, **kwargs), GuardedAsyncCursor, _CURSOR_MIXINS
+        )
         return cur
 
     async def execute(self, *args: Any, **kwargs: Any) -> Any:
