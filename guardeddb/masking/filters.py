@@ -856,24 +856,24 @@ def filters_masked(analysis: Analysis, masking: Masking) -> str | None:
         if trees is None:
             trees = parsed(analysis)
         tree = trees[i] if trees is not None and i < len(trees) else None
+        lost = (
+            "guardeddb cannot follow how this statement uses the masked column "
+            f"{found[0]}: {_fix(found[0], found[1])}"
+            if named
+            else "guardeddb cannot follow every part of this statement, which may use a "
+            "column masked by a rule with a filter (refused to be safe); select masked "
+            "columns only as themselves and filter, join, group and order on other "
+            "columns (or use an identity that may unmask them)"
+        )
         try:
             if tree is None:
                 raise _Refused("")
             judge.statement(tree)
         except _Opaque:
             if named:
-                return (
-                    "guardeddb cannot follow how this statement uses the masked column "
-                    f"{found[0]}: {_fix(found[0], found[1])}"
-                )
+                return lost
         except _Refused as why:
-            return str(why) or (
-                "guardeddb cannot follow how this statement uses the masked column "
-                f"{found[0]}: {_fix(found[0], found[1])}"
-            )
+            return str(why) or lost
         except Exception:  # a tree shape the judge did not expect: fail closed
-            return (
-                "guardeddb cannot follow how this statement uses the masked column "
-                f"{found[0]}: {_fix(found[0], found[1])}"
-            )
+            return lost
     return None
