@@ -93,7 +93,6 @@ def _recover(oracle: Callable[[str], bool | None]) -> str | None:
 # -- 1. INSERT's ON CONFLICT / ON DUPLICATE KEY UPDATE / RETURNING / WITH ------
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: INSERT ... ON CONFLICT DO UPDATE WHERE not judged")
 def test_pg_on_conflict_where_recovers_a_denied_ssn(pg_backend: Backend) -> None:
     """``INSERT ... ON CONFLICT (id) DO UPDATE SET name = t.name WHERE t.ssn
     LIKE 'p%' RETURNING id`` returns the row only when the existing row's SSN
@@ -116,7 +115,6 @@ def test_pg_on_conflict_where_recovers_a_denied_ssn(pg_backend: Backend) -> None
         assert _recover(oracle) != SSN1
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: INSERT ... RETURNING subquery not judged")
 def test_pg_insert_returning_subquery_recovers_a_denied_ssn(pg_backend: Backend) -> None:
     """``INSERT INTO payments ... RETURNING (SELECT count(*) FROM customers
     WHERE id = 1 AND ssn LIKE 'p%')``: a filter: deny predicate inside
@@ -138,7 +136,6 @@ def test_pg_insert_returning_subquery_recovers_a_denied_ssn(pg_backend: Backend)
         assert _recover(oracle) != SSN1
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: WITH ... INSERT: the CTE is not judged")
 def test_pg_with_insert_cte_recovers_a_denied_ssn(pg_backend: Backend) -> None:
     """``WITH x AS (SELECT id FROM customers WHERE ssn LIKE 'p%') INSERT INTO
     payments SELECT ... FROM x``: a CTE attached to the INSERT is never
@@ -158,7 +155,6 @@ def test_pg_with_insert_cte_recovers_a_denied_ssn(pg_backend: Backend) -> None:
         assert _recover(oracle) != SSN1
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: ON DUPLICATE KEY UPDATE subquery not judged")
 def test_mysql_on_duplicate_key_update_recovers_a_denied_ssn(mysql_backend: Backend) -> None:
     """``INSERT INTO customers (id, name) VALUES (1, 'x') ON DUPLICATE KEY
     UPDATE name = COALESCE((SELECT 'hit' FROM DUAL WHERE ssn LIKE 'p%'),
@@ -187,7 +183,6 @@ def _numbers(lo: int, hi: int) -> str:
     return " UNION ALL ".join(f"SELECT {i} AS x" for i in range(lo, hi))
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: MySQL number via subquery column accepted")
 def test_mysql_equality_in_subquery_of_numbers_reads_leading_digits(
     mysql_backend: Backend,
 ) -> None:
@@ -216,7 +211,6 @@ def test_mysql_equality_in_subquery_of_numbers_reads_leading_digits(
         assert lo != int(SSN1[:3]), lo
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: JOIN USING/NATURAL on MySQL compares as numbers")
 def test_mysql_equality_join_using_a_number_reads_leading_digits(mysql_backend: Backend) -> None:
     """``JOIN (SELECT 123 AS ssn) t USING (ssn)`` (or NATURAL JOIN) is an
     equality the text never writes; condition_or_using refuses it only under
@@ -230,7 +224,6 @@ def test_mysql_equality_join_using_a_number_reads_leading_digits(mysql_backend: 
 # -- 3. MySQL UPDATE / DELETE ... ORDER BY masked LIMIT 1 ------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: UPDATE ... ORDER BY ssn LIMIT not judged")
 def test_mysql_update_order_by_limit_recovers_a_denied_ssn(mysql_backend: Backend) -> None:
     """MySQL's ``UPDATE customers SET name = 'lo' WHERE id IN (1, 99) ORDER
     BY ssn, id DESC LIMIT 1`` changes the row with the smaller SSN. With a

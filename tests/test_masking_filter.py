@@ -318,3 +318,323 @@ def test_random_predicates_are_judged_by_their_shape(
         assert why is None, sql
     else:
         assert why is not None and "masking rule for" in why, sql
+
+
+# Neighbours of the attack4 findings (#11): each probe is a few statements
+# around a guess ``{g}``; the first guess is right about customer 1's SSN
+# (123-45-6789), the second wrong. The identity that may unmask sees the
+# two differ (the probe is an oracle on that server); the agent must see
+# the same either way: no row, row count, value or error tells them apart.
+# (filter, dialects, (right, wrong), statements)
+PROBES: list[tuple[str, str, tuple[str, str], list[str]]] = [
+    # 1. INSERT clauses: ON CONFLICT / ON DUPLICATE KEY UPDATE, RETURNING, WITH
+    (
+        "deny",
+        "ps",
+        ("1", "9"),
+        [
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE "
+            "SET name = CASE WHEN {c}.ssn LIKE '{g}%' THEN 'a' ELSE 'b' END RETURNING name"
+        ],
+    ),
+    (
+        "deny",
+        "ps",
+        ("1", "9"),
+        [
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET name = "
+            "(SELECT 'hit' FROM {c} c2 WHERE c2.id = 1 AND c2.ssn LIKE '{g}%') RETURNING name"
+        ],
+    ),
+    (
+        "equality",
+        "ps",
+        ("1", "9"),
+        [
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE SET "
+            "name = excluded.name WHERE EXISTS (SELECT 1 FROM {c} c2 WHERE c2.id = 1 "
+            "AND substr(c2.ssn, 1, 1) = '{g}')"
+        ],
+    ),
+    (
+        "deny",
+        "ps",
+        ("1", "9"),
+        [
+            "INSERT INTO {p} (id, customer_id) VALUES (100, 1) RETURNING "
+            "(SELECT id FROM {c} WHERE id = 1 AND ssn LIKE '{g}%')"
+        ],
+    ),
+    (
+        "deny",
+        "p",
+        ("1", "9"),
+        [
+            "INSERT INTO {p} (id, customer_id) VALUES (100, 1) RETURNING "
+            "(SELECT 10 / (ascii(ssn) - ascii('{g}')) FROM {c} WHERE id = 1)"
+        ],
+    ),
+    (
+        "deny",
+        "s",
+        ("1", "9"),
+        [
+            "INSERT INTO {p} (id, customer_id) VALUES (100, 1) RETURNING "
+            "(SELECT 10 / (unicode(ssn) - unicode('{g}')) FROM {c} WHERE id = 1)"
+        ],
+    ),
+    (  # (Python's sqlite3 commits a WITH ... INSERT at once: PostgreSQL only)
+        "equality",
+        "p",
+        ("1", "9"),
+        [
+            "WITH x AS (SELECT id FROM {c} WHERE id = 1 AND ssn LIKE '{g}%') "
+            "INSERT INTO {p} (id, customer_id) SELECT 200 + id, id FROM x",
+            "SELECT count(*) FROM {p}",
+        ],
+    ),
+    (
+        "deny",
+        "m",
+        ("1", "9"),
+        [
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON DUPLICATE KEY UPDATE "
+            "name = IF(ssn LIKE '{g}%', 'a', name)"
+        ],
+    ),
+    (
+        "equality",
+        "m",
+        ("1", "9"),
+        [
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON DUPLICATE KEY UPDATE name = "
+            "COALESCE((SELECT 'hit' FROM {p} p WHERE p.id = 1 AND ssn LIKE '{g}%'), name)"
+        ],
+    ),
+    (
+        "deny",
+        "m",
+        ("1", "9"),
+        [
+            "INSERT INTO {c} (id, name) SELECT 1, 'x' FROM {p} s WHERE s.id = 1 "
+            "ON DUPLICATE KEY UPDATE name = IF(VALUES(name) = 'x' AND ssn LIKE '{g}%', 'a', name)"
+        ],
+    ),
+    (
+        "deny",
+        "m",
+        ("1", "9"),
+        [
+            "INSERT INTO {p} (id, customer_id) VALUES (100, 1) RETURNING "
+            "(SELECT id FROM {c} WHERE id = 1 AND ssn LIKE '{g}%')"
+        ],
+    ),
+    # 2. MySQL's UPDATE / DELETE ... ORDER BY masked LIMIT: picks by the order
+    (
+        "deny",
+        "m",
+        ("2", "0"),
+        [
+            "INSERT INTO {c} (id, name, ssn) VALUES (99, 'probe', '{g}')",
+            "DELETE FROM {c} WHERE id IN (1, 99) ORDER BY ssn LIMIT 1",
+            "SELECT id FROM {c} WHERE id IN (1, 99) ORDER BY id",
+        ],
+    ),
+    (
+        "equality",
+        "m",
+        ("2", "0"),
+        [
+            "INSERT INTO {c} (id, name, ssn) VALUES (99, 'probe', '{g}')",
+            "UPDATE {c} SET name = 'lo' WHERE id IN (1, 99) ORDER BY ssn DESC, id LIMIT 1",
+            "SELECT id, name FROM {c} WHERE id IN (1, 99) ORDER BY id",
+        ],
+    ),
+    (
+        "equality",
+        "m",
+        ("2", "0"),
+        [
+            "INSERT INTO {c} (id, name, ssn) VALUES (99, 'probe', '{g}')",
+            "UPDATE {c} SET name = 'lo' WHERE id IN (1, 99) ORDER BY concat(ssn, '') LIMIT 1",
+            "SELECT id, name FROM {c} WHERE id IN (1, 99) ORDER BY id",
+        ],
+    ),
+    # 3. MySQL compares a string with a number column as numbers (the leading digits)
+    ("equality", "m", ("123", "124"), ["SELECT id FROM {c} WHERE ssn IN (SELECT {g})"]),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["SELECT id FROM {c} WHERE ssn = (SELECT x FROM (SELECT {g} AS x) t)"],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["SELECT id FROM {c} WHERE ssn IN (SELECT 0 UNION ALL SELECT {g})"],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["WITH w AS (SELECT {g} AS x) SELECT id FROM {c} WHERE ssn IN (SELECT x FROM w)"],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["SELECT c.id FROM {c} c NATURAL JOIN (SELECT {g} AS ssn) t"],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["SELECT c.id FROM {c} c JOIN (SELECT 1 AS id, {g} AS ssn) t USING (id, ssn)"],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["SELECT c.id FROM {c} c JOIN (SELECT {g} AS x) t ON c.ssn = t.x"],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        [
+            "SELECT c.id FROM {c} c, JSON_TABLE('[{g}]', '$[*]' COLUMNS (x INT PATH '$')) j "
+            "WHERE c.ssn = j.x"
+        ],
+    ),
+    (
+        "equality",
+        "m",
+        ("123", "124"),
+        ["SELECT id FROM {c} WHERE ssn = ANY (SELECT {g})"],
+    ),
+]
+
+
+def _observe(conn: Any, shop: Shop, statements: list[str], guess: str) -> list[Any]:
+    """What a caller sees of ``statements`` with ``guess``: each one's rows
+    and row count, or its error class; rolled back after."""
+    seen: list[Any] = []
+    for sql in statements:
+        cur = conn.cursor()
+        try:
+            cur.execute(shop.sql(sql.replace("{g}", guess)))
+            rows = [tuple(r) for r in cur.fetchall()] if cur.description else []
+            seen.append((cur.rowcount, rows))
+        except Exception as exc:
+            seen.append(type(exc).__name__)
+    conn.rollback()
+    return seen
+
+
+@pytest.mark.parametrize("mode", ["deny", "equality"])
+def test_write_clauses_and_mysql_numbers_answer_no_guess(
+    backend: Backend, shop: Shop, mode: str
+) -> None:
+    """INSERT's ON CONFLICT / ON DUPLICATE KEY UPDATE / RETURNING / WITH,
+    MySQL's UPDATE / DELETE ... ORDER BY ... LIMIT and MySQL's numeric
+    comparisons through columns: whatever the agent writes, a right and a
+    wrong guess look the same to it; they differ for the compliance identity."""
+    probes = [
+        (g, s) for m, d, g, s in PROBES if CODE[backend.name] in d and (m == mode or mode == "deny")
+    ]
+    assert probes
+    conn = _connect(backend, mode)
+    dull: list[Any] = []  # probes that are no oracle on this server: the test is void
+    leaks: list[Any] = []
+    try:
+        for (right, wrong), statements in probes:
+            with guardeddb.identity(AUDITOR):
+                oracle = [_observe(conn, shop, statements, g) for g in (right, wrong)]
+            if oracle[0] == oracle[1]:
+                dull.append((statements, oracle))
+            with guardeddb.identity(AGENT):
+                seen = [_observe(conn, shop, statements, g) for g in (right, wrong)]
+            if seen[0] != seen[1] or any(s in repr(seen) for s in SSNS):
+                leaks.append((statements, seen))
+    finally:
+        conn.close()
+    assert not dull, dull
+    assert not leaks, f"{len(leaks)} of {len(probes)} probes answer the guess: {leaks}"
+
+
+def test_plain_upserts_returning_and_text_comparisons_still_run(
+    backend: Backend, shop: Shop
+) -> None:
+    """What the fixes above leave open: an upsert taking the proposed row,
+    RETURNING the masked column as itself (masked), MySQL's UPDATE ...
+    ORDER BY another column LIMIT, and on MySQL equality with provable text
+    (a string subquery, a column under the same rule, JOIN USING on it)."""
+    code = CODE[backend.name]
+    cases: list[tuple[str, str, str, Any]] = [
+        (
+            "deny",
+            "ps",
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON CONFLICT (id) DO UPDATE "
+            "SET name = excluded.name RETURNING id, name, ssn",
+            [(1, "x", "[REDACTED]")],
+        ),
+        (
+            "equality",
+            "ps",
+            "INSERT INTO {c} (id, name) VALUES (2, 'y') ON CONFLICT (id) DO UPDATE "
+            "SET name = excluded.name WHERE {c}.ssn = '234-56-7891' RETURNING id",
+            [(2,)],
+        ),
+        (
+            "deny",
+            "p",
+            "WITH x AS (SELECT id FROM {c} WHERE name LIKE 'Ada%') "
+            "INSERT INTO {p} (id, customer_id) SELECT 200 + id, id FROM x RETURNING id",
+            [(201,)],
+        ),
+        ("deny", "pm", "INSERT INTO {p} (id, customer_id) VALUES (7, 1) RETURNING id", [(7,)]),
+        (
+            "deny",
+            "m",
+            "INSERT INTO {c} (id, name) VALUES (1, 'x') ON DUPLICATE KEY UPDATE "
+            "name = VALUES(name)",
+            2,
+        ),
+        (
+            "deny",
+            "m",
+            "UPDATE {c} SET name = 'lo' WHERE id IN (1, 2) ORDER BY id DESC LIMIT 1",
+            1,
+        ),
+        ("deny", "m", "DELETE FROM {p} WHERE id > 0 ORDER BY amount LIMIT 1", 1),
+        (
+            "equality",
+            "m",
+            "SELECT a.id FROM {c} a JOIN {c} b USING (ssn) ORDER BY a.id",
+            [(1,), (2,), (3,)],
+        ),
+        ("equality", "m", "SELECT id FROM {c} WHERE ssn IN (SELECT '123-45-6789')", [(1,)]),
+        (
+            "equality",
+            "m",
+            "SELECT id FROM {c} WHERE ssn = (SELECT ssn FROM {c} WHERE id = 2)",
+            [(2,)],
+        ),
+    ]
+    ran = 0
+    for mode, dialects, sql, expected in cases:
+        if code not in dialects:
+            continue
+        conn = _connect(backend, mode)
+        try:
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                cur.execute(shop.sql(sql))
+                got = [tuple(r) for r in cur.fetchall()] if cur.description else cur.rowcount
+                conn.rollback()
+        finally:
+            conn.close()
+        assert got == expected, (sql, got)
+        ran += 1
+    assert ran >= 2

@@ -17,16 +17,39 @@ says how far a column may be used beyond being shown masked:
 Either way the column may pass through aliases, derived tables, CTEs and
 UNION ALL branches as itself; it is judged where it is used, through that
 lineage. What the analysis cannot follow is refused (fail closed).
+
+On MySQL/MariaDB a string compared with a number is compared as a number,
+which reads its leading digits: there ``equality`` accepts only what is
+provably text on the other side (a string literal, NULL, a value cast to a
+character type, a base-table column the same rule covers, a subquery of
+those); a JOIN ... USING is held to the same, NATURAL JOIN is refused.
+
+Writes are judged like queries: an UPDATE or DELETE as the SELECT of the
+rows it touches (with MySQL's ORDER BY ... LIMIT, which picks them by
+order); an INSERT whole: its WITH, its source rows, ON CONFLICT / ON
+DUPLICATE KEY UPDATE as an UPDATE of the row in the way (its keys as an
+equality), RETURNING as a select list of the target. A part of a statement
+the judge does not walk is refused unless it holds only flags and names.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from sqlglot import exp
 
-from ..sql.lineage import Lineage, Output, _Resolver, _Scope, _unwrap, _with, identifier
+from ..sql.lineage import (
+    Lineage,
+    Output,
+    _rename,
+    _Resolver,
+    _Scope,
+    _unwrap,
+    _with,
+    identifier,
+    table_name,
+)
 from .channels import parsed
 
 if TYPE_CHECKING:
@@ -46,6 +69,21 @@ _VALUES = (exp.Literal, exp.Placeholder, exp.Parameter, exp.Null, exp.Boolean, e
 _BOOLEAN = (exp.And, exp.Or, exp.Not, exp.Paren)
 _CONDITIONS = (exp.Where, exp.Having, exp.Join)
 _QUERIES = (exp.Select, exp.SetOperation, exp.Subquery)
+# What a part of a statement the judge does not walk may hold: flags,
+# keywords, names, constants; nothing that reads a column or a table.
+_INERT = (exp.Var, exp.Identifier, exp.Literal, exp.Boolean, exp.Null)
+# The parts of an INSERT / its ON CONFLICT and of an UPDATE / DELETE that the
+# judge walks; any other part must be inert, or the statement is refused.
+_INSERT_PARTS = frozenset({"this", "expression", "conflict", "returning", "with_", "with"})
+_CONFLICT_PARTS = frozenset({"expressions", "conflict_keys", "index_predicate", "where"})
+_CHANGE_PARTS = frozenset(
+    {"with_", "with", "this", "expressions", "from_", "from", "where", "returning"}
+    | {"order", "limit", "using", "tables", "joins"}
+)
+# The proposed row of an upsert (PostgreSQL's and SQLite's ``excluded``,
+# MySQL's ``VALUES(c)`` and row alias), as a CTE name no query can spell.
+_ROW = "guardeddb proposed row"
+_ROW_ALIAS = "guardeddb proposed row alias"
 
 
 class _Refused(Exception):
@@ -117,13 +155,109 @@ class _Judge:
         if isinstance(tree, exp.Update | exp.Delete):
             tree = _as_select(tree)
         elif isinstance(tree, exp.Insert):
-            if isinstance(tree.expression, (*_QUERIES, exp.Values)):
-                self.query(tree.expression, {}, None, True)
+            self.insert(tree)
             return
         if isinstance(tree, (*_QUERIES, exp.Values)):
             self.query(tree, {}, None, True)
             return
         raise _Opaque  # MERGE, CREATE ... AS, DDL: refused only if it reads one
+
+    # -- INSERT --------------------------------------------------------------
+
+    def insert(self, tree: exp.Insert) -> None:
+        """An INSERT judged whole: its WITH, its source rows, its ON CONFLICT
+        / ON DUPLICATE KEY UPDATE (an UPDATE of the row in the way) and its
+        RETURNING (a select list of the target). Only the plain target table
+        and column list go unjudged; a part of any other kind is refused."""
+        _walked(tree, _INSERT_PARTS)
+        table, names = _target(tree.this)
+        ctes = self.resolver.with_ctes(
+            tree, {}, None, lambda cte, seen: self.query(cte, seen, None, True)
+        )
+        source = tree.expression
+        outs: list[Output] | None = []
+        if source is not None:
+            if not isinstance(source, (*_QUERIES, exp.Values)):
+                raise _Refused("")
+            self.query(source, ctes, None, True)
+            outs = self.resolver.query(source, ctes, None)
+        conflict = tree.args.get("conflict")
+        if conflict is not None:
+            if not isinstance(conflict, exp.OnConflict):
+                raise _Refused("")
+            self.conflict(conflict, table, names, source, outs, ctes)
+        returning = tree.args.get("returning")
+        if returning is not None:
+            # what the target's rows are now: shown masked, or judged
+            if not isinstance(returning, exp.Returning) or not _inert(returning.args.get("into")):
+                raise _Refused("")
+            self.query(_select(list(returning.expressions), [table]), ctes, None, True)
+
+    def conflict(
+        self,
+        conflict: exp.OnConflict,
+        table: exp.Table,
+        names: list[str] | None,
+        source: exp.Expr | None,
+        outs: list[Output] | None,
+        ctes: _Ctes,
+    ) -> None:
+        """ON CONFLICT / ON DUPLICATE KEY UPDATE: its keys compare the new row
+        with the existing ones (an equality); its SET and WHERE are an UPDATE
+        of the existing row, judged as the SELECT of it, beside the proposed
+        row (``excluded``, MySQL's ``VALUES(c)`` and row alias), which
+        carries whatever the source rows carry."""
+        _walked(conflict, _CONFLICT_PARTS)
+        scope = self.resolver.scope(_select([exp.Null()], [table]), ctes, None)
+        for key in conflict.args.get("conflict_keys") or []:
+            key = key.this if isinstance(key, exp.Ordered) else key
+            if isinstance(key, exp.Identifier):
+                key = exp.Column(this=key.copy())
+            if isinstance(key, exp.Column) and not isinstance(key.this, exp.Star):
+                sources, bare = self.resolver.column(key, scope)
+            else:
+                sources, bare = self.resolver.sources(key, scope, ctes), False
+            found = self.restricted(sources)
+            # the unique index compares the new row's value with each row's
+            if found is not None and (found[1] == "deny" or not bare):
+                self.refuse(found, "ON CONFLICT on it compares it with the rows there and")
+        predicate = conflict.args.get("index_predicate")
+        if predicate is not None:
+            cond = predicate.this if isinstance(predicate, exp.Where) else predicate
+            self.query(_select([exp.Null()], [table], cond), ctes, None, True)
+        sets = list(conflict.args.get("expressions") or [])
+        where = conflict.args.get("where")
+        if not sets and where is None:
+            return  # DO NOTHING
+        if not all(isinstance(e, exp.EQ) for e in sets):
+            raise _Refused("")
+        values = [_proposed(e.expression) for e in sets]
+        name = table_name(table, self.fold)
+        row = _proposed_row(name, names, outs)
+        seen = {**ctes, _ROW: row}
+        items: list[exp.Expr] = [table, _row_item(_ROW, "excluded" if not self.mysql else _ROW)]
+        joins: list[exp.Expr] = []
+        inner = _unwrap(source) if source is not None else None
+        alias = source.args.get("alias") if isinstance(source, exp.Values) else None
+        if self.mysql and isinstance(alias, exp.TableAlias):
+            # VALUES (...) AS new(a, b): the proposed row by another name
+            cols = [identifier(c, True) for c in alias.columns or []]
+            seen[_ROW_ALIAS] = _rename(row, cols) if cols else row
+            items.append(_row_item(_ROW_ALIAS, identifier(alias.this, True)))
+        elif self.mysql and isinstance(inner, exp.Select):
+            # MySQL resolves ON DUPLICATE KEY UPDATE's columns in the source
+            # SELECT's FROM items too
+            seen = self.resolver.with_ctes(inner, seen, None)
+            from_ = inner.args.get("from_") or inner.args.get("from")
+            if isinstance(from_, exp.From):
+                items.append(from_.this)
+                items.extend(from_.expressions or [])
+            joins.extend(inner.args.get("joins") or [])
+        if where is not None and not isinstance(where, exp.Where):
+            raise _Refused("")
+        _one_meaning([*items, *(j.this for j in joins if isinstance(j, exp.Join))], self.fold)
+        cond = where.this if isinstance(where, exp.Where) else None
+        self.query(_select(values or [exp.Null()], items, cond, joins), seen, None, True)
 
     def query(self, q: exp.Expr, ctes: _Ctes, outer: _Scope | None, output: bool) -> None:
         """Judge ``q``; ``output``: its columns are returned (FROM item, CTE,
@@ -225,7 +359,12 @@ class _Judge:
                 else:
                     sources |= item.column(name)[0]
             found = self.restricted(sources)
-            if found is not None and found[1] == "deny":
+            if found is None:
+                continue
+            # MySQL compares a string with a number as numbers: only provable
+            # text may meet a masked column (NATURAL's columns are unknown)
+            text = not self.mysql or (name != "*" and self.using_text(name, scope, sources))
+            if found[1] == "deny" or not text:
                 self.refuse(found, "a join USING / NATURAL on it")
         on = join.args.get("on")
         if on is not None:
@@ -267,7 +406,8 @@ class _Judge:
         if found is None:
             return
         bare = all(o.bare and not o.star for o in outs) and len(outs) == 1
-        if found[1] == "equality" and bare and _equality(holder, self.mysql):
+        compared = self.compared(scope, ctes, _all_sources(outs))
+        if found[1] == "equality" and bare and _equality(holder, compared):
             return
         self.refuse(found, "a subquery whose result is compared with something")
 
@@ -297,8 +437,8 @@ class _Judge:
                 return  # shown as itself: masked, or compared by the query above
             self.refuse(found, "an expression over it can fail or branch on its value and")
         condition = clause in ("where", "having", "on") and plain
-        equal = condition and found[1] == "equality" and bare and _equality(col, self.mysql)
-        if equal and (not self.mysql or self.masked_peers(col, scope)):
+        equal = condition and found[1] == "equality" and bare
+        if equal and _equality(col, self.compared(scope, ctes, sources)):
             return
         what = {
             "where": "this WHERE condition",
@@ -312,22 +452,72 @@ class _Judge:
             what = "a window's PARTITION BY / ORDER BY, or an ORDER BY inside an aggregate,"
         self.refuse(found, what)
 
-    def masked_peers(self, col: exp.Expr, scope: _Scope) -> bool:
-        """On MySQL, whether every column ``col`` is compared with is masked by
-        some rule too (a string like it); a number column would compare only
-        the leading digits of ``col``'s value."""
-        node = col
-        while isinstance(node.parent, exp.Paren):
-            node = node.parent
-        cmp = node.parent
-        assert cmp is not None
-        for other in cmp.iter_expressions():
-            while isinstance(other, exp.Paren):
-                other = other.this
-            if other is not node and isinstance(other, exp.Column):
-                sources, _ = self.resolver.column(other, scope)
-                if any(self.masking._rule(s) is None for s in sources):
-                    return False
+    def compared(
+        self, scope: _Scope, ctes: _Ctes, sources: set[str] | frozenset[str]
+    ) -> Callable[[exp.Expr | None], bool]:
+        """What a column with ``sources`` may be compared with under
+        ``equality``: values; on MySQL only provable text (``text``)."""
+        if not self.mysql:
+            return _plain
+        rules = {id(r) for r in map(self.masking._rule, sources) if r is not None}
+        return lambda node: self.text(node, scope, ctes, rules)
+
+    def text(self, node: exp.Expr | None, scope: _Scope, ctes: _Ctes, rules: set[int]) -> bool:
+        """Whether MySQL compares ``node`` with a masked string as a string,
+        not as a number (which reads the string's leading digits): a string
+        literal, NULL, a value cast to a character type, a column only when
+        it is a base-table column the masked column's own rule covers (a
+        string like it), a subquery only when each of its columns is such."""
+        while isinstance(node, exp.Paren):
+            node = node.this
+        if isinstance(node, exp.Cast | exp.Literal | exp.Null):
+            return _text_value(node)
+        if isinstance(node, exp.Column):
+            if isinstance(node.this, exp.Star):
+                return False
+            sources, bare = self.resolver.column(node, scope)
+            return bare and self.same_rule(sources, rules)
+        if not isinstance(node, _QUERIES):
+            return False
+        q = _unwrap(node)
+        ctes = self.resolver.with_ctes(q, ctes, scope)
+        if isinstance(q, exp.SetOperation):
+            return self.text(q.this, scope, ctes, rules) and self.text(
+                q.expression, scope, ctes, rules
+            )
+        if not isinstance(q, exp.Select) or not q.expressions:
+            return False
+        inner = self.resolver.scope(q, ctes, scope)
+        return all(
+            self.text(e.this if isinstance(e, exp.Alias) else e, inner, ctes, rules)
+            for e in q.expressions
+        )
+
+    def same_rule(self, sources: set[str] | frozenset[str], rules: set[int]) -> bool:
+        """Every source a base-table column covered by the one rule in ``rules``."""
+        if len(rules) != 1 or not sources:
+            return False
+        for src in sources:
+            rule = self.masking._rule(src)
+            if src.startswith("?.") or src.endswith(".*") or rule is None or id(rule) not in rules:
+                return False
+        return True
+
+    def using_text(self, name: str, scope: _Scope, sources: set[str]) -> bool:
+        """On MySQL, whether a join USING (``name``) compares only columns
+        the masked column's own rule covers: no item may bring a number."""
+        rules = {id(r) for r in map(self.masking._rule, sources) if r is not None}
+        for item in scope.items.values():
+            if (
+                item.kind == "derived"
+                and item.outs is not None
+                and all(o.name is not None and not o.star for o in item.outs)
+                and not any(str(o.name).lower() == name.lower() for o in item.outs)
+            ):
+                continue  # certainly not a column of this item
+            got, bare = item.column(name)
+            if not bare or not self.same_rule(got, rules):
+                return False
         return True
 
     def resolve(
@@ -393,20 +583,19 @@ def _clause(col: exp.Expr, q: exp.Expr) -> tuple[str, list[exp.Expr]]:
     return {"from_": "from"}.get(key, key), path
 
 
-def _equality(node: exp.Expr, mysql: bool) -> bool:
+def _equality(node: exp.Expr, value: Callable[[exp.Expr | None], bool]) -> bool:
     """``node`` (a column or a subquery) compared with ``=`` / ``IN`` / ``IS
-    NULL`` to values or columns, in a plain AND / OR / NOT condition.
+    NULL`` to what ``value`` accepts, in a plain AND / OR / NOT condition.
 
     On MySQL a string compared with a number is read as a number, which
-    compares only its leading digits (``'123-45-6789' = 123``): there a
-    value must be a string literal or a parameter cast to text."""
-    value = _text_value if mysql else _value
+    compares only its leading digits (``'123-45-6789' = 123``): there
+    ``value`` accepts only provable text (``_Judge.text``)."""
     while isinstance(node.parent, exp.Paren):
         node = node.parent
     cmp = node.parent
     if isinstance(cmp, exp.EQ | exp.NullSafeEQ):
         other = cmp.expression if node is cmp.this else cmp.this
-        if not value(other) and not _query_of(other, value):
+        if not value(other):
             return False
     elif isinstance(cmp, exp.In):
         if node is cmp.this:
@@ -414,7 +603,7 @@ def _equality(node: exp.Expr, mysql: bool) -> bool:
                 return False
             if not all(value(e) for e in cmp.expressions):
                 return False
-            if cmp.args.get("query") is not None and not _query_of(cmp.args["query"], value):
+            if cmp.args.get("query") is not None and not value(cmp.args["query"]):
                 return False
         elif node is cmp.args.get("query"):
             if not value(cmp.this):
@@ -430,6 +619,11 @@ def _equality(node: exp.Expr, mysql: bool) -> bool:
     while isinstance(up.parent, _BOOLEAN):
         up = up.parent
     return isinstance(up.parent, _CONDITIONS) and up.arg_key in ("this", "on")
+
+
+def _plain(node: exp.Expr | None) -> bool:
+    """A value, or a subquery whose every column is one (PostgreSQL, SQLite)."""
+    return _value(node) or (node is not None and _query_of(node, _value))
 
 
 def _query_of(node: exp.Expr, value: Any) -> bool:
@@ -466,39 +660,170 @@ def _text_value(node: exp.Expr | None) -> bool:
     return isinstance(node, exp.Null | exp.Column) and _value(node)
 
 
+def _inert(value: object) -> bool:
+    """A flag, a keyword, a name or a constant: nothing that reads a value."""
+    if value is None or isinstance(value, bool | str):
+        return True
+    if isinstance(value, list):
+        return all(_inert(v) for v in value)
+    if isinstance(value, exp.Expr):
+        return all(isinstance(n, _INERT) for n in value.walk())
+    return False
+
+
+def _walked(node: exp.Expr, parts: frozenset[str]) -> None:
+    """Refuse ``node`` when a part the judge does not walk holds more than
+    flags and names (an allowlist: a new clause is refused until judged).
+    An optimizer hint (``/*+ ... */``) is never evaluated on rows."""
+    for key, value in node.args.items():
+        if key == "hint" and isinstance(value, exp.Hint):
+            continue
+        if key not in parts and not _inert(value):
+            raise _Refused("")
+
+
+def _target(node: exp.Expr | None) -> tuple[exp.Table, list[str] | None]:
+    """An INSERT's target table and its column list (None: every column, by
+    position); anything but a plain table and plain names is refused."""
+    names: list[str] | None = None
+    if isinstance(node, exp.Schema):
+        if not all(isinstance(e, exp.Identifier) for e in node.expressions):
+            raise _Refused("")
+        names = [identifier(e, True) for e in node.expressions]
+        node = node.this
+    if not isinstance(node, exp.Table) or not isinstance(node.this, exp.Identifier):
+        raise _Refused("")
+    for key, value in node.args.items():
+        if key not in ("this", "db", "catalog", "alias") and not _inert(value):
+            raise _Refused("")
+    alias = node.args.get("alias")
+    if alias is not None and (not isinstance(alias, exp.TableAlias) or alias.columns):
+        raise _Refused("")
+    return node, names
+
+
+def _proposed(value: exp.Expr) -> exp.Expr:
+    """``value`` with MySQL's ``VALUES(c)`` (the proposed row's column c)
+    read as a column of the proposed row; any other VALUES(...) is refused."""
+
+    def swap(node: exp.Expr) -> exp.Expr:
+        if isinstance(node, exp.Anonymous) and str(node.name).upper() == "VALUES":
+            args = node.expressions
+            if len(args) != 1 or not isinstance(args[0], exp.Identifier | exp.Column):
+                raise _Refused("")
+            name = args[0] if isinstance(args[0], exp.Identifier) else args[0].this
+            return exp.Column(this=name.copy(), table=exp.to_identifier(_ROW))
+        return node
+
+    return value.copy().transform(swap)
+
+
+def _proposed_row(
+    table: str, names: list[str] | None, outs: list[Output] | None
+) -> list[Output] | None:
+    """The proposed row's columns: column ``c`` is the value given for the
+    target's ``c`` (so ``table.c``) and carries what its source value
+    carries; without a column list, or with lists that do not line up,
+    every column may carry any source value."""
+    if outs is None:
+        return None
+    if names is not None and len(names) == len(outs) and not any(o.star for o in outs):
+        return [
+            Output(n, o.sources | {f"{table}.{n}"}, (), o.bare or not o.sources)
+            for n, o in zip(names, outs, strict=True)
+        ]
+    return [Output(None, frozenset(_all_sources(outs)), (table,))]
+
+
+def _one_meaning(items: list[exp.Expr], fold: bool) -> None:
+    """Refuse FROM items that share a name but are not the same table (the
+    target of ON DUPLICATE KEY UPDATE beside its source SELECT's items):
+    which one a column names is the server's choice, not the judge's."""
+    seen: dict[str, str] = {}
+    for n, item in enumerate(items):
+        name = item.alias_or_name.lower() if hasattr(item, "alias_or_name") else ""
+        plain = isinstance(item, exp.Table) and isinstance(item.this, exp.Identifier)
+        what = table_name(item, fold) if isinstance(item, exp.Table) and plain else f"#{n}"
+        if seen.setdefault(name, what) != what:
+            raise _Refused("")
+
+
+def _row_item(cte: str, alias: str) -> exp.Table:
+    """A FROM item naming the proposed row (a CTE of the judge's own)."""
+    return exp.Table(
+        this=exp.to_identifier(cte, quoted=True),
+        alias=exp.TableAlias(this=exp.to_identifier(alias, quoted=True)),
+    )
+
+
+def _select(
+    projections: list[exp.Expr],
+    items: list[exp.Expr],
+    where: exp.Expr | None = None,
+    joins: list[exp.Expr] | None = None,
+) -> exp.Select:
+    """The SELECT of ``projections`` over FROM ``items`` (a table's own
+    JOINs moved into the SELECT's, where the resolver sees them) and
+    ``joins``, filtered by ``where``: how a write's clauses are judged."""
+    seen: set[int] = set()
+    unique = [i for i in items if id(i) not in seen and not seen.add(id(i))]  # type: ignore[func-returns-value]
+    if not unique:
+        raise _Refused("")
+    flat: list[exp.Expr] = []
+    for item in unique:
+        item = item.copy()
+        nested = list(item.args.get("joins") or [])
+        if nested:
+            item.set("joins", None)
+        flat.append(item if not flat else exp.Join(this=item))
+        flat.extend(nested)
+    flat.extend(j.copy() for j in joins or [])
+    sel = exp.Select(expressions=[p.copy() for p in projections])
+    sel.set("from_", exp.From(this=flat[0]))
+    if len(flat) > 1:
+        sel.set("joins", flat[1:])
+    if where is not None:
+        sel.set("where", exp.Where(this=where.copy()))
+    return sel
+
+
 def _as_select(tree: exp.Update | exp.Delete) -> exp.Select:
     """An UPDATE or DELETE read as the SELECT of the rows it touches: its
     WHERE, joins and FROM/USING judged like a query's, what it sets and
-    returns as a select list (so subqueries there are judged too)."""
-    items: list[exp.Expr] = []
+    returns as a select list (so subqueries there are judged too), and
+    MySQL's ORDER BY ... LIMIT, which picks the rows by their order."""
+    _walked(tree, _CHANGE_PARTS)
+    # DELETE t1 FROM customers t1 ...: the targets name items of FROM/USING,
+    # which come after them and so stand for the alias
+    items: list[exp.Expr] = [t for t in tree.args.get("tables") or [] if isinstance(t, exp.Expr)]
     target = tree.this
     if isinstance(target, exp.Expr):
         items.append(target)
-    for key in ("tables", "using"):
-        items.extend(t for t in tree.args.get(key) or [] if isinstance(t, exp.Expr))
+    items.extend(t for t in tree.args.get("using") or [] if isinstance(t, exp.Expr))
     from_ = tree.args.get("from_") or tree.args.get("from")
     if isinstance(from_, exp.From):
         items.append(from_.this)
         items.extend(from_.expressions or [])
     projections: list[exp.Expr] = [exp.Star()]
     if isinstance(tree, exp.Update):
-        projections.extend(e.expression.copy() for e in tree.expressions if isinstance(e, exp.EQ))
+        if not all(isinstance(e, exp.EQ) for e in tree.expressions):
+            raise _Refused("")
+        projections.extend(e.expression for e in tree.expressions)
     returning = tree.args.get("returning")
     if returning is not None:
-        projections.extend(e.copy() for e in returning.expressions)
-    seen: set[int] = set()
-    unique = [i for i in items if id(i) not in seen and not seen.add(id(i))]  # type: ignore[func-returns-value]
-    if not unique:
-        raise _Refused("")
-    sel = exp.Select(expressions=projections)
-    sel.set("from_", exp.From(this=unique[0].copy()))
-    joins = [exp.Join(this=i.copy()) for i in unique[1:]]
-    joins.extend(j.copy() for j in tree.args.get("joins") or [])
-    if joins:
-        sel.set("joins", joins)
+        if not isinstance(returning, exp.Returning) or not _inert(returning.args.get("into")):
+            raise _Refused("")
+        projections.extend(returning.expressions)
     where = tree.args.get("where")
-    if where is not None:
-        sel.set("where", where.copy())
+    if where is not None and not isinstance(where, exp.Where):
+        raise _Refused("")
+    sel = _select(
+        projections, items, where.this if where is not None else None, tree.args.get("joins")
+    )
+    for key in ("order", "limit"):
+        clause = tree.args.get(key)
+        if clause is not None:
+            sel.set(key, clause.copy())
     with_ = _with(tree)
     if with_ is not None:
         sel.set("with_", with_.copy())
@@ -531,24 +856,24 @@ def filters_masked(analysis: Analysis, masking: Masking) -> str | None:
         if trees is None:
             trees = parsed(analysis)
         tree = trees[i] if trees is not None and i < len(trees) else None
+        lost = (
+            "guardeddb cannot follow how this statement uses the masked column "
+            f"{found[0]}: {_fix(found[0], found[1])}"
+            if named
+            else "guardeddb cannot follow every part of this statement, which may use a "
+            "column masked by a rule with a filter (refused to be safe); select masked "
+            "columns only as themselves and filter, join, group and order on other "
+            "columns (or use an identity that may unmask them)"
+        )
         try:
             if tree is None:
                 raise _Refused("")
             judge.statement(tree)
         except _Opaque:
             if named:
-                return (
-                    "guardeddb cannot follow how this statement uses the masked column "
-                    f"{found[0]}: {_fix(found[0], found[1])}"
-                )
+                return lost
         except _Refused as why:
-            return str(why) or (
-                "guardeddb cannot follow how this statement uses the masked column "
-                f"{found[0]}: {_fix(found[0], found[1])}"
-            )
+            return str(why) or lost
         except Exception:  # a tree shape the judge did not expect: fail closed
-            return (
-                "guardeddb cannot follow how this statement uses the masked column "
-                f"{found[0]}: {_fix(found[0], found[1])}"
-            )
+            return lost
     return None
