@@ -517,17 +517,15 @@ def _audit(args: argparse.Namespace) -> int:
 def _decide(
     store: Any, policy: Any, request_id: str, approve: bool, by: str | None, note: str | None
 ) -> bool:
-    """Approve or deny a pending request, and audit who did (when the policy has a trail)."""
-    from .audit import AuditTrail, sink_for
+    """Approve or deny a pending request through the path the console takes
+    too (four eyes, the decision audited); False after saying why not."""
+    from .approvals import DecisionRefused, decide
 
-    if not store.decide(request_id, approve, by, note):
+    try:
+        decide(store, policy, request_id, approve, by, note)
+    except DecisionRefused as exc:
+        print(f"error: {_safe(exc)}", file=sys.stderr)
         return False
-    sink = sink_for(policy.audit) if policy is not None else None
-    if sink is not None:
-        # Who approved or denied what is part of the record of proof.
-        trail = AuditTrail(sink, True)
-        trail.approval("approval" if approve else "denial", request_id, by, note)
-        trail.close()
     return True
 
 
@@ -565,7 +563,6 @@ def _approvals(args: argparse.Namespace) -> int:
         return 0
     approve = args.approvals_command == "approve"
     if not _decide(store, policy, args.id, approve, args.by, args.note):
-        print(f"error: request {args.id} is not pending (or has expired)", file=sys.stderr)
         return 1
     print(
         f"{args.id} {'approved' if approve else 'denied'}" + (f" by {args.by}" if args.by else "")
@@ -687,7 +684,17 @@ def _main(argv: Sequence[str] | None) -> int:
     token.add_argument("--audience", help="expected aud (this server's id at the provider)")
     token.add_argument("--roles-claim", default="roles", help="claim with the roles")
     token.add_argument("--agent-claim", help="claim naming the agent (default: azp, client_id)")
+    console_cmd = sub.add_parser(
+        "console", help="pending approvals, the audit trail and activity in a browser"
+    )
+    from .console import add_arguments
+
+    add_arguments(console_cmd)
     args = parser.parse_args(argv)
+    if args.command == "console":
+        from .console import run as run_console
+
+        return run_console(args)
     if args.command == "mcp":
         from .integrations.mcp import run as run_mcp
 

@@ -1,0 +1,363 @@
+"""The console over HTTP: sign-in, CSRF, four eyes, approvers, and an
+approval that lets a waiting guarded connection run its statement once."""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("starlette", reason="the console extra is not installed")
+from starlette.testclient import TestClient
+
+import guardeddb
+from guardeddb import ApprovalRequired, Identity
+from guardeddb.approvals import ApprovalStore
+from guardeddb.cli import main
+from guardeddb.console import create_app
+from guardeddb.console.auth import Auth
+from guardeddb.errors import PolicyError
+
+from .fix_db import PG_DSN, Backend
+
+AGENT = Identity(user="alice@example.com", agent="support-bot", roles=frozenset({"support"}))
+TOKEN = "console-test-token-" + uuid.uuid4().hex
+BULK = "UPDATE {table} SET name = name || '!' WHERE id > 0"
+CSRF = re.compile(r'name="csrf" value="([^"]+)"')
+
+
+def policy_dict(tmp_path: Path, audit: dict[str, Any]) -> dict[str, Any]:
+    """Bulk changes wait for a person; dba may decide; a trail and a store."""
+    return {
+        "version": 1,
+        "extends": ["agent-safe"],
+        "rules": [
+            {
+                "id": "bulk-needs-a-human",
+                "match": {"statements": ["update"], "where": True, "affected_rows": {"gt": 1}},
+                "action": "review",
+                "message": "changes to more than one row wait for a person",
+            }
+        ],
+        "approvals": {
+            "store": f"sqlite:///{tmp_path}/approvals.db",
+            "ttl": "1h",
+            "approvers": {"roles": ["dba"], "users": ["carol@example.com"]},
+        },
+        "audit": audit,
+    }
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.pg)])
+def db(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[Backend, str, dict[str, Any]]]:
+    """A three-row table on SQLite (JSONL trail) or PostgreSQL (PostgreSQL trail)."""
+    table = f"console_{uuid.uuid4().hex[:10]}"
+    if request.param == "sqlite":
+        path = tmp_path / "shop.db"
+        backend = Backend(
+            "sqlite", f"sqlite:///{path}", lambda: sqlite3.connect(path), "?", "sqlite"
+        )
+        audit: dict[str, Any] = {"jsonl": str(tmp_path / "audit.jsonl")}
+    else:
+        backend = request.getfixturevalue("pg_backend")
+        audit = {"postgresql": PG_DSN, "stream": table}
+    raw = backend.connect_raw()
+    cur = raw.cursor()
+    cur.execute(f"CREATE TABLE {table} (id INTEGER PRIMARY KEY, name VARCHAR(100))")
+    cur.executemany(
+        backend.sql(f"INSERT INTO {table} (id, name) VALUES (?, ?)"),
+        [(1, "Ada"), (2, "Grace"), (3, "Linus")],
+    )
+    raw.commit()
+    try:
+        yield backend, table, policy_dict(tmp_path, audit)
+    finally:
+        raw.rollback()
+        raw.cursor().execute(f"DROP TABLE {table}")
+        raw.commit()
+        raw.close()
+
+
+class AgentThread(threading.Thread):
+    """An agent's guarded connection: holds a bulk UPDATE, waits for the
+    decision, retries it once, then tries it a second time."""
+
+    def __init__(self, url: str, policy: Any, sql: str) -> None:
+        super().__init__(daemon=True)
+        self.url, self.policy, self.sql = url, policy, sql
+        self.held = threading.Event()
+        self.request_id: str | None = None
+        self.outcomes: list[str] = []
+
+    def _try(self, conn: Any) -> str:
+        cur = conn.cursor()
+        try:
+            cur.execute(self.sql)
+        except ApprovalRequired as held:
+            conn.rollback()
+            self.request_id = self.request_id or held.request_id
+            return "held"
+        conn.commit()
+        return "ran"
+
+    def run(self) -> None:
+        conn = guardeddb.connect(self.url, policy=self.policy)
+        try:
+            with guardeddb.identity(AGENT):
+                self.outcomes.append(self._try(conn))
+                self.held.set()
+                store = ApprovalStore(str(self.policy.approvals["store"]))
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline:
+                    found = store.get(str(self.request_id))
+                    if found is None or found.status != "pending":
+                        break
+                    time.sleep(0.05)
+                self.outcomes.append(self._try(conn))
+                self.outcomes.append(self._try(conn))
+        finally:
+            conn.close()
+
+
+def sign_in(client: TestClient, token: str = TOKEN) -> Any:
+    page = client.get("/login")
+    csrf = CSRF.search(page.text)
+    assert csrf is not None
+    return client.post(
+        "/login", data={"token": token, "csrf": csrf.group(1)}, follow_redirects=False
+    )
+
+
+def csrf_of(client: TestClient) -> str:
+    found = CSRF.search(client.get("/approvals").text)
+    assert found is not None
+    return found.group(1)
+
+
+def app_for(policy: Any, user: str, roles: set[str]) -> TestClient:
+    auth = Auth(token=TOKEN, operator=Identity(user=user, roles=frozenset(roles)))
+    return TestClient(create_app(policy, auth))
+
+
+def names(backend: Backend, table: str) -> list[str]:
+    raw = backend.connect_raw()
+    cur = raw.cursor()
+    cur.execute(f"SELECT name FROM {table} ORDER BY id")
+    out = [str(r[0]) for r in cur.fetchall()]
+    raw.close()
+    return out
+
+
+@pytest.fixture
+def held(
+    db: tuple[Backend, str, dict[str, Any]],
+) -> Iterator[tuple[Backend, str, Any, AgentThread]]:  # type: ignore[type-arg]
+    backend, table, raw_policy = db
+    policy = guardeddb.load_policy(raw_policy)
+    agent = AgentThread(backend.url, policy, BULK.format(table=table))
+    agent.start()
+    assert agent.held.wait(30) and agent.outcomes == ["held"]
+    yield backend, table, policy, agent
+    if agent.is_alive():  # let it go: deny what is still pending
+        store = ApprovalStore(str(policy.approvals["store"]))
+        store.decide(str(agent.request_id), False, "teardown", None)
+        agent.join(10)
+
+
+def test_every_page_needs_a_session_and_sends_security_headers(tmp_path: Path) -> None:
+    policy = guardeddb.load_policy(policy_dict(tmp_path, {"jsonl": str(tmp_path / "a.jsonl")}))
+    client = app_for(policy, "dba@example.com", {"dba"})
+    for path in ("/approvals", "/audit", "/activity", "/"):
+        response = client.get(path, follow_redirects=False)
+        assert response.status_code == 303 and response.headers["location"] == "/login"
+    refused = client.post("/approvals/abc", data={"decision": "approve", "note": "x"})
+    assert refused.status_code == 401
+    page = client.get("/login")
+    headers = page.headers
+    assert "script-src" not in headers["content-security-policy"]
+    assert "default-src 'none'" in headers["content-security-policy"]
+    assert headers["x-frame-options"] == "DENY"
+    assert headers["x-content-type-options"] == "nosniff"
+    assert headers["referrer-policy"] == "no-referrer"
+    assert "<script" not in page.text
+
+
+def test_sign_in_needs_the_token_and_the_forms_csrf(tmp_path: Path) -> None:
+    policy = guardeddb.load_policy(policy_dict(tmp_path, {"jsonl": str(tmp_path / "a.jsonl")}))
+    client = app_for(policy, "dba@example.com", {"dba"})
+    client.get("/login")
+    no_csrf = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert no_csrf.status_code == 403 and "guardeddb_session" not in no_csrf.cookies
+    wrong = sign_in(client, "not-the-token-at-all")
+    assert wrong.status_code == 401 and "guardeddb_session" not in wrong.cookies
+    assert client.get("/approvals", follow_redirects=False).status_code == 303
+    ok = sign_in(client)
+    assert ok.status_code == 303 and ok.headers["location"] == "/approvals"
+    cookie = ok.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+    assert client.get("/approvals").status_code == 200
+    forged = TestClient(client.app, cookies={"guardeddb_session": "abc.def"})
+    assert forged.get("/approvals", follow_redirects=False).status_code == 303
+    # Signing out ends the session on the server, not only in the browser.
+    session = client.cookies["guardeddb_session"]
+    assert client.post("/logout", data={"csrf": csrf_of(client)}).status_code == 200
+    replay = TestClient(client.app, cookies={"guardeddb_session": session})
+    assert replay.get("/approvals", follow_redirects=False).status_code == 303
+
+
+def test_decisions_need_the_csrf_token(held: tuple[Backend, str, Any, AgentThread]) -> None:
+    backend, table, policy, agent = held
+    client = app_for(policy, "dba@example.com", {"dba"})
+    sign_in(client)
+    for data in (
+        {"decision": "approve", "note": "ok"},
+        {"decision": "approve", "note": "ok", "csrf": "x"},
+    ):
+        refused = client.post(f"/approvals/{agent.request_id}", data=data)
+        assert refused.status_code == 403
+    store = ApprovalStore(str(policy.approvals["store"]))
+    assert store.get(str(agent.request_id)).status == "pending"  # type: ignore[union-attr]
+    assert names(backend, table) == ["Ada", "Grace", "Linus"]
+
+
+def test_nobody_approves_their_own_request(held: tuple[Backend, str, Any, AgentThread]) -> None:
+    backend, table, policy, agent = held
+    client = app_for(policy, AGENT.user or "", {"dba"})  # alice is a dba too
+    sign_in(client)
+    page = client.get("/approvals")
+    assert "Your own request" in page.text and 'value="approve"' not in page.text
+    refused = client.post(
+        f"/approvals/{agent.request_id}",
+        data={"decision": "approve", "note": "mine", "csrf": csrf_of(client)},
+    )
+    assert refused.status_code == 403 and "own request" in refused.text
+    store = ApprovalStore(str(policy.approvals["store"]))
+    assert store.get(str(agent.request_id)).status == "pending"  # type: ignore[union-attr]
+    assert names(backend, table) == ["Ada", "Grace", "Linus"]
+
+
+def test_only_the_policys_approvers_decide_or_see_the_sql(
+    held: tuple[Backend, str, Any, AgentThread],
+) -> None:
+    backend, table, policy, agent = held
+    client = app_for(policy, "bob@example.com", {"support", "auditor"})
+    sign_in(client)
+    page = client.get("/approvals")
+    assert str(agent.request_id) in page.text and "bulk-needs-a-human" in page.text
+    assert table not in page.text  # the statement is shown to approvers only
+    refused = client.post(
+        f"/approvals/{agent.request_id}",
+        data={"decision": "approve", "note": "looks fine", "csrf": csrf_of(client)},
+    )
+    assert refused.status_code == 403 and "not an approver" in refused.text
+    store = ApprovalStore(str(policy.approvals["store"]))
+    assert store.get(str(agent.request_id)).status == "pending"  # type: ignore[union-attr]
+    assert names(backend, table) == ["Ada", "Grace", "Linus"]
+
+
+def test_approved_in_the_console_the_statement_runs_exactly_once(
+    held: tuple[Backend, str, Any, AgentThread],
+) -> None:
+    backend, table, policy, agent = held
+    client = app_for(policy, "dba@example.com", {"dba"})
+    sign_in(client)
+    page = client.get("/approvals")
+    section = page.text.split(f'id="request-{agent.request_id}"')[1]
+    assert "alice@example.com" in section and "support-bot" in section
+    assert f"UPDATE {table} SET name = name || &#39;!&#39; WHERE id &gt; 0" in section
+    assert re.search(r"a dry run counts <strong>3</strong> rows", section)
+    decided = client.post(
+        f"/approvals/{agent.request_id}",
+        data={"decision": "approve", "note": "three names, checked", "csrf": csrf_of(client)},
+    )
+    assert decided.status_code == 200, decided.text
+    agent.join(30)
+    assert agent.outcomes == ["held", "ran", "held"]
+    assert names(backend, table) == ["Ada!", "Grace!", "Linus!"]  # once, not twice
+    again = client.post(
+        f"/approvals/{agent.request_id}",
+        data={"decision": "approve", "note": "again", "csrf": csrf_of(client)},
+    )
+    assert again.status_code == 403  # no longer pending
+    audit = client.get("/audit")
+    assert "Hash chain intact" in audit.text
+    assert "bulk-needs-a-human" in audit.text and "review" in audit.text
+    assert f"approval of <code>{agent.request_id}</code>" in audit.text
+    assert "dba@example.com" in audit.text and "three names, checked" in audit.text
+    only = client.get("/audit", params={"action": "approval"})
+    assert only.text.count('class="event-approval"') == 1
+    assert 'class="event-decision"' not in only.text
+    activity = client.get("/activity")
+    assert "<svg" in activity.text and "support-bot" in activity.text
+    assert "held 2" in activity.text  # the first attempt and the one after it ran
+
+
+def test_the_cli_takes_the_same_path(
+    held: tuple[Backend, str, Any, AgentThread], tmp_path: Path
+) -> None:
+    """`guardeddb approvals approve` refuses the requester too."""
+    _backend, _table, policy, agent = held
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps(policy_dict(tmp_path, dict(policy.audit))))
+    rid = str(agent.request_id)
+    assert main(["approvals", "--policy", str(path), "approve", rid, "--by", AGENT.user or ""]) == 1
+    store = ApprovalStore(str(policy.approvals["store"]))
+    assert store.get(rid).status == "pending"  # type: ignore[union-attr]
+
+
+def test_the_banner_sees_an_edited_record(tmp_path: Path) -> None:
+    audit = tmp_path / "audit.jsonl"
+    raw_policy = policy_dict(tmp_path, {"jsonl": str(audit)})
+    policy = guardeddb.load_policy(raw_policy)
+    db = tmp_path / "t.db"
+    conn = guardeddb.connect(f"sqlite:///{db}", policy=policy)
+    with guardeddb.identity(AGENT):
+        for _ in range(3):
+            conn.cursor().execute("SELECT 1").fetchall()
+    client = app_for(policy, "dba@example.com", {"dba"})
+    sign_in(client)
+    verified = re.compile(r"Hash chain intact: (\d+) of (\d+) records verified")
+    first = verified.search(client.get("/audit").text)
+    assert first is not None and first.group(1) == first.group(2)
+    with guardeddb.identity(AGENT):
+        conn.cursor().execute("SELECT 2").fetchall()
+    conn.close()
+    later = verified.search(client.get("/audit").text)
+    assert later is not None and later.group(1) == later.group(2)
+    assert int(later.group(1)) > int(first.group(1))  # the appended records, verified
+    lines = audit.read_text().splitlines()
+    edited = json.loads(lines[-2])
+    edited["ts"] = "2020-01-01T00:00:00+00:00"  # an earlier time, the hash left as it was
+    lines[-2] = json.dumps(edited)
+    audit.write_text("\n".join(lines) + "\n")
+    assert "Hash chain broken" in client.get("/audit").text
+
+
+@pytest.mark.parametrize(
+    ("approvers", "key", "says"),
+    [
+        ("[dba]", "approvals.approvers", "must be a mapping"),
+        ("{}", "approvals.approvers", "must name roles or users"),
+        ("{groups: [dba]}", "approvals.approvers.groups", "unknown key 'groups'"),
+        ("{roles: [1]}", "approvals.approvers.roles[0]", "non-empty string"),
+    ],
+)
+def test_approvers_are_validated(tmp_path: Path, approvers: str, key: str, says: str) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "version: 1\napprovals:\n  store: sqlite:///a.db\n  approvers: " + approvers + "\n"
+    )
+    with pytest.raises(PolicyError) as err:
+        guardeddb.load_policy(str(path))
+    assert err.value.source == str(path) and err.value.line == 4
+    assert err.value.key == key and says in str(err.value)
