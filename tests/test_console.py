@@ -161,7 +161,7 @@ def names(backend: Backend, table: str) -> list[str]:
 @pytest.fixture
 def held(
     db: tuple[Backend, str, dict[str, Any]],
-) -> Iterator[tuple[Backend, str, Any, AgentThread]]:  # type: ignore[type-arg]
+) -> Iterator[tuple[Backend, str, Any, AgentThread]]:
     backend, table, raw_policy = db
     policy = guardeddb.load_policy(raw_policy)
     agent = AgentThread(backend.url, policy, BULK.format(table=table))
