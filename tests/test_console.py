@@ -361,3 +361,59 @@ def test_approvers_are_validated(tmp_path: Path, approvers: str, key: str, says:
         guardeddb.load_policy(str(path))
     assert err.value.source == str(path) and err.value.line == 4
     assert err.value.key == key and says in str(err.value)
+
+
+def test_demo_console_waits_for_the_decision_made_in_the_console(tmp_path: Path) -> None:
+    """`guardeddb demo --console`: the held bulk change waits until someone
+    approves it in the console, then the agent's retry runs once."""
+    import os
+    import subprocess
+    import sys
+
+    import httpx
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "GUARDEDDB_CONSOLE_TOKEN": TOKEN}
+    env.pop("OTEL_EXPORTER_OTLP_ENDPOINT", None)
+    command = ["demo", "--console", "--port", "0", "--dir", str(tmp_path / "demo")]
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "guardeddb.cli", *command],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        env=env,
+    )
+    assert demo.stdout is not None
+    try:
+        url = rid = None
+        for line in demo.stdout:
+            if "is held (request " in line:
+                rid = line.split("(request ")[1].split(")")[0]
+            if "in the console: " in line:
+                url = line.split("in the console: ")[1].strip().removesuffix("/approvals")
+                break
+        assert url and rid and TOKEN not in url
+        with httpx.Client(base_url=url, timeout=10) as client:
+            login = client.get("/login")
+            csrf = CSRF.search(login.text)
+            assert csrf is not None
+            client.post("/login", data={"token": TOKEN, "csrf": csrf.group(1)})
+            page = client.get("/approvals")
+            assert f'id="request-{rid}"' in page.text and "a dry run counts" in page.text
+            found = CSRF.search(page.text)
+            assert found is not None
+            decided = client.post(
+                f"/approvals/{rid}",
+                data={"decision": "approve", "note": "demo", "csrf": found.group(1)},
+            )
+            assert decided.status_code == 200 and "approved by dba@example.com" in decided.text
+        rest = demo.stdout.read()
+        assert demo.wait(60) == 0
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+        demo.stdout.close()
+    assert f"Request {rid}: approved" in rest
+    assert "retries the approved change" in rest and "rows changed" in rest
+    assert "hash chain intact" in rest
