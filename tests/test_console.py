@@ -417,3 +417,23 @@ def test_demo_console_waits_for_the_decision_made_in_the_console(tmp_path: Path)
     assert f"Request {rid}: approved" in rest
     assert "retries the approved change" in rest and "rows changed" in rest
     assert "hash chain intact" in rest
+
+
+def test_oidc_tokens_sign_in_whoever_they_name(tmp_path: Path) -> None:
+    """A JWT verified by Identity.from_jwt signs its subject in, with its
+    roles; a token from another issuer, or signed by another key, does not;
+    the session ends when the token expires."""
+    from .test_jwt import AUDIENCE, ISSUER, _ec, _jwk, _rsa, _token
+
+    policy = guardeddb.load_policy(policy_dict(tmp_path, {"jsonl": str(tmp_path / "a.jsonl")}))
+    jwt = {"jwks": {"keys": [_jwk(_rsa(), "rsa1")]}, "issuer": ISSUER, "audience": AUDIENCE}
+    client = TestClient(create_app(policy, Auth(jwt=jwt)))
+    assert sign_in(client, TOKEN).status_code == 401  # no operator token configured
+    assert sign_in(client, _token(_rsa(), iss="https://evil.example")).status_code == 401
+    assert sign_in(client, _token(_ec(), alg="ES256")).status_code == 401  # unknown key
+    carol = _token(_rsa(), sub="carol@example.com", roles=["dba"], exp=int(time.time()) + 2)
+    assert sign_in(client, carol).status_code == 303
+    page = client.get("/approvals")
+    assert '<strong id="who">carol@example.com</strong>' in page.text and "(dba)" in page.text
+    time.sleep(2.5)
+    assert client.get("/approvals", follow_redirects=False).status_code == 303
