@@ -118,6 +118,18 @@ def serve(app: Any, host: str, port: int) -> Server:
     return server
 
 
+def _warm(app: Any) -> None:
+    """Read and verify the whole trail before the first page asks (a
+    100,000-record trail takes seconds); the page waits for it if it must."""
+    trail = app.state.trail
+    if trail is None:
+        return
+    try:
+        trail.refresh()
+    except Exception as exc:  # the page load tries again and shows the error
+        print(f"warning: reading the audit trail: {exc}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     """``guardeddb console``: serve until interrupted."""
     try:
@@ -135,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     app = create_app(policy, auth)
+    threading.Thread(target=_warm, args=(app,), daemon=True).start()
     print(f"guardeddb console on http://{args.host}:{args.port}/ (sign in with the token)")
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     return 0

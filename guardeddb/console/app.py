@@ -326,7 +326,9 @@ def create_app(
         Route("/activity", activity, methods=["GET"]),
         Mount("/static", StaticFiles(directory=_HERE / "static"), name="static"),
     ]
-    return Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
+    app = Starlette(routes=routes, middleware=[Middleware(_SecurityHeaders)])
+    app.state.trail = trail  # `guardeddb console` reads it ahead of the first page
+    return app
 
 
 class _SecurityHeaders:

@@ -1,4 +1,5 @@
-"""The audit trail as the console reads it: records kept in memory, the hash
+"""The audit trail as the console reads it: records kept in memory (as the
+lines they were read from, indexed for the filters), the hash
 chain verified once and then only what was appended since.
 
 A JSONL trail is read from the byte offset verified last; a PostgreSQL
@@ -11,12 +12,14 @@ changed, is re-verified from the start.
 
 from __future__ import annotations
 
+import bisect
 import datetime
 import json
 import os
 import threading
+from array import array
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,20 +41,15 @@ class Filters:
     since: str = ""  # ISO timestamps, compared as text (records are UTC ISO)
     until: str = ""
 
-    def match(self, rec: Mapping[str, Any]) -> bool:
-        ident = rec.get("identity") or {}
-        decision = rec.get("decision") or {}
-        if self.user and self.user not in (ident.get("user"), rec.get("approver")):
-            return False
-        if self.agent and ident.get("agent") != self.agent:
-            return False
-        if self.action and self.action not in (decision.get("action"), rec.get("event")):
-            return False
-        if self.rule and decision.get("rule") != self.rule:
-            return False
-        if self.table and self.table not in (rec.get("tables") or ()):
-            return False
-        ts = str(rec.get("ts", ""))
+    def equalities(self) -> list[tuple[str, str]]:
+        """The equality filters given, as keys of ``TrailView``'s index."""
+        return [
+            (k, v) for k in ("user", "agent", "action", "rule", "table") if (v := getattr(self, k))
+        ]
+
+    def within(self, ts: str) -> bool:
+        """Whether a record's timestamp is in the time window (``until``
+        compared at its own precision: ``2026-01-31`` takes the whole day)."""
         if self.since and ts < self.since:
             return False
         return not (self.until and ts[: len(self.until)] > self.until)
@@ -94,13 +92,27 @@ class TrailView:
         self._reset()
 
     def _reset(self) -> None:
-        self.records: list[dict[str, Any]] = []
+        # Each record as the line it was read from (parsed again only to be
+        # shown: a parsed record costs several times its bytes).
+        self._raw: list[bytes] = []
         self._report = Report()
         self._chain = _Chain(self._report, None)
         self._offset = 0  # JSONL: bytes verified; PostgreSQL: the last seq read
         self._line = 0
         self._last_line = b""
         self._head_problem: str | None = None
+        # Built as records are read, so a page load never scans the trail:
+        # (filter, value) -> record positions; each record's ts, time, keys.
+        self._index: dict[tuple[str, str], array[int]] = defaultdict(lambda: array("q"))
+        self._ts: list[str] = []
+        self._sorted = True  # timestamps ascending: time filters bisect
+        self._values: dict[str, set[str]] = defaultdict(set)
+        self._activity: dict[str, tuple[int, Activity]] = {}
+        # Activity counted as records arrive, per minute and per hour:
+        # (by, unit seconds) -> (group, slot) -> one count per metric.
+        self._agg: dict[tuple[str, int], dict[tuple[str, int], list[int]]] = defaultdict(dict)
+        self._first: float | None = None
+        self._last: float | None = None
 
     def refresh(self) -> None:
         """Read and verify what was appended since the last refresh."""
@@ -122,7 +134,53 @@ class TrailView:
             self._report.problems.append(Problem(where, "not an audit record"))
             return
         self._chain.feed(where, record)
-        self.records.append(record)
+        self._remember(record, raw if isinstance(raw, bytes) else raw.encode())
+
+    def _remember(self, rec: dict[str, Any], raw: bytes) -> None:
+        """Keep ``rec`` and index it for the filters and the activity page."""
+        at = len(self._raw)
+        self._raw.append(raw)
+        ident = rec.get("identity")
+        ident = ident if isinstance(ident, dict) else {}
+        decision = rec.get("decision")
+        decision = decision if isinstance(decision, dict) else {}
+        keys = [
+            ("user", ident.get("user")),
+            ("user", rec.get("approver")),
+            ("agent", ident.get("agent")),
+            ("action", decision.get("action")),
+            ("action", rec.get("event")),
+            ("rule", decision.get("rule")),
+        ]
+        tables = rec.get("tables")
+        if isinstance(tables, list):
+            keys.extend(("table", t) for t in tables)
+        seen = set()
+        for key, value in keys:
+            if isinstance(value, str) and value and (key, value) not in seen:
+                seen.add((key, value))
+                self._index[key, value].append(at)
+                if key != "action" and len(self._values[key]) < 200:
+                    self._values[key].add(value)
+        ts = str(rec.get("ts", ""))
+        if self._ts and ts < self._ts[-1]:
+            self._sorted = False
+        self._ts.append(ts)
+        when = _time(rec)
+        if when is None:
+            return
+        at_s = when.timestamp()
+        self._first = at_s if self._first is None else min(self._first, at_s)
+        self._last = at_s if self._last is None else max(self._last, at_s)
+        counts = list(_counts(rec))
+        if not counts:
+            return
+        for by in ("agent", "user"):
+            group = str(ident.get(by) or "(none)")
+            for unit in _UNITS:
+                cell = self._agg[by, unit].setdefault((group, int(at_s // unit)), [0] * 4)
+                for metric, n in counts:
+                    cell[_METRIC_AT[metric]] += n
 
     def _refresh_jsonl(self) -> None:
         try:
@@ -198,52 +256,80 @@ class TrailView:
             problems.append(self._head_problem)
         return Status(not problems, report.records, report.verified, problems)
 
+    @property
+    def count(self) -> int:
+        """Records read (those that are JSON objects)."""
+        return len(self._raw)
+
     def query(self, filters: Filters, page: int, per_page: int) -> tuple[list[dict[str, Any]], int]:
-        """One page of matching records, newest first, and how many match."""
-        matching = [r for r in reversed(self.records) if filters.match(r)]
+        """One page of matching records, newest first, and how many match:
+        from the indexes, parsing only the records shown."""
+        lists = sorted((self._index.get(key, array("q")) for key in filters.equalities()), key=len)
+        timed = bool(filters.since or filters.until)
+        candidates: Sequence[int]
+        if lists:
+            candidates = lists[0]
+            for other in lists[1:]:
+                wanted = set(other)
+                candidates = [i for i in candidates if i in wanted]
+        else:
+            lo, hi = 0, len(self._raw)
+            if timed and self._sorted:  # a time window is a slice of the trail
+                if filters.since:
+                    lo = bisect.bisect_left(self._ts, filters.since)
+                if filters.until:
+                    hi = bisect.bisect_right(self._ts, filters.until + "\U0010ffff")
+                timed = False
+            candidates = range(lo, max(lo, hi))
+        if timed:
+            candidates = [i for i in candidates if filters.within(self._ts[i])]
         start = max(0, page - 1) * per_page
-        return matching[start : start + per_page], len(matching)
+        shown = candidates[::-1][start : start + per_page]
+        return [json.loads(self._raw[i]) for i in shown], len(candidates)
 
     def choices(self) -> dict[str, list[str]]:
         """Values the filters can take (users, agents, rules, tables) for the form."""
-        out: dict[str, set[str]] = defaultdict(set)
-        for rec in self.records[-20000:]:
-            ident = rec.get("identity") or {}
-            for key in ("user", "agent"):
-                if ident.get(key):
-                    out[key].add(str(ident[key]))
-            rule = (rec.get("decision") or {}).get("rule")
-            if rule:
-                out["rule"].add(str(rule))
-            out["table"].update(str(t) for t in rec.get("tables") or ())
-        return {k: sorted(v)[:200] for k, v in out.items()}
+        return {k: sorted(v) for k, v in self._values.items()}
 
     def activity(self, by: str, buckets: int = 24) -> Activity:
         """Per ``by`` (``agent`` or ``user``) over time: queries (decisions),
-        blocked, held and values masked in results, in ``buckets`` slices."""
-        stamps = [_time(r) for r in self.records]
-        known = [t for t in stamps if t is not None]
-        if not known:
+        blocked, held and values masked in results, in ``buckets`` slices.
+        Computed again only when records were appended."""
+        cached = self._activity.get(by)
+        if cached is not None and cached[0] == len(self._raw):
+            return cached[1]
+        found = self._count_activity(by, buckets)
+        self._activity[by] = (len(self._raw), found)
+        return found
+
+    def _count_activity(self, by: str, buckets: int) -> Activity:
+        if self._first is None or self._last is None:
             return Activity([], {}, {})
-        first, last = min(known), max(known)
-        width = max((last - first).total_seconds() / buckets, 1.0)
+        first, last = self._first, self._last
+        # Minutes for a trail of two days or less, else hours: either way a
+        # bounded number of cells per group, however many records.
+        unit = _UNITS[0] if last - first <= 2 * 86400 else _UNITS[1]
+        first = first // unit * unit
+        width = max((last - first) / buckets, 1.0)
         labels = [
-            (first + datetime.timedelta(seconds=width * i)).strftime("%m-%d %H:%M")
+            datetime.datetime.fromtimestamp(first + width * i, datetime.UTC).strftime("%m-%d %H:%M")
             for i in range(buckets)
         ]
         groups: dict[str, dict[str, list[int]]] = {}
         totals: dict[str, Counter[str]] = defaultdict(Counter)
-        for rec, when in zip(self.records, stamps, strict=True):
-            if when is None:
-                continue
-            ident = rec.get("identity") or {}
-            key = str(ident.get(by) or "(none)")
-            slot = min(int((when - first).total_seconds() / width), buckets - 1)
-            series = groups.setdefault(key, {m: [0] * buckets for m in METRICS})
-            for metric, n in _counts(rec):
-                series[metric][slot] += n
-                totals[key][metric] += n
+        for (group, slot), cell in self._agg[by, unit].items():
+            at = min(max(int((slot * unit - first) / width), 0), buckets - 1)
+            series = groups.get(group)
+            if series is None:
+                series = groups[group] = {m: [0] * buckets for m in METRICS}
+            for i, metric in enumerate(METRICS):
+                series[metric][at] += cell[i]
+                totals[group][metric] += cell[i]
         return Activity(labels, groups, dict(totals))
+
+
+_UNITS = (60, 3600)
+_METRIC_AT = {m: i for i, m in enumerate(METRICS)}
 
 
 def _counts(rec: Mapping[str, Any]) -> Iterator[tuple[str, int]]:
