@@ -491,3 +491,23 @@ def test_the_filter_indexes_agree_with_a_scan_of_the_trail(tmp_path: Path) -> No
         want = scan(f)
         got, total = view.query(f, 2, 10)
         assert total == len(want) and got == want[10:20], f
+
+
+def test_what_a_reader_cannot_see_is_written_out_and_large_posts_refused(tmp_path: Path) -> None:
+    """A bidi override in a held statement is shown as its escape, so the
+    approver reads what would run; a huge POST is refused before it is read."""
+    policy = guardeddb.load_policy(policy_dict(tmp_path, {"jsonl": str(tmp_path / "a.jsonl")}))
+    store = ApprovalStore(str(policy.approvals["store"]))
+    sql = "UPDATE t SET note = 'x\u202e; DROP TABLE t; --' WHERE id > 0"
+    rid = store.hold(AGENT, "d" * 64, sql, "bulk-needs-a-human", "held")
+    client = app_for(policy, "dba@example.com", {"dba"})
+    sign_in(client)
+    page = client.get("/approvals").text
+    assert rid is not None and f'id="request-{rid}"' in page
+    assert "\u202e" not in page and "x\\u202e; DROP TABLE t" in page
+    big = client.post(
+        f"/approvals/{rid}",
+        data={"decision": "approve", "note": "x" * 100_000, "csrf": csrf_of(client)},
+    )
+    assert big.status_code == 413 and big.headers["x-frame-options"] == "DENY"
+    assert store.get(rid).status == "pending"  # type: ignore[union-attr]

@@ -9,13 +9,16 @@ request id (not secret) in the path.
 from __future__ import annotations
 
 import datetime
+import functools
 import os
+import unicodedata
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -44,6 +47,7 @@ _HERE = Path(__file__).parent
 SESSION_COOKIE = "guardeddb_session"
 LOGIN_COOKIE = "guardeddb_login"
 PER_PAGE = 50
+MAX_BODY = 64 * 1024
 
 #: Sent with every response: no script at all, no framing, no sniffing, no referrer.
 HEADERS = {
@@ -56,6 +60,26 @@ HEADERS = {
     "Referrer-Policy": "no-referrer",
     "Cache-Control": "no-store",
 }
+
+
+_HIDDEN = frozenset({"Cc", "Cf", "Cs", "Zl", "Zp"})
+
+
+def visible(value: object) -> str:
+    """``value`` with what a reader cannot see written out: control and
+    format characters (bidi overrides, zero-width spaces) as ``\\uXXXX``,
+    so the statement an approver reads is the statement that runs."""
+    text = "" if value is None else str(value)
+    if text.isprintable():
+        return text
+    out = []
+    for ch in text:
+        if ch not in "\n\t" and unicodedata.category(ch) in _HIDDEN:
+            code = ord(ch)
+            out.append(f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
 
 
 def _now() -> datetime.datetime:
@@ -117,6 +141,7 @@ def create_app(
     env = Environment(
         loader=FileSystemLoader(_HERE / "templates"), autoescape=select_autoescape(default=True)
     )
+    env.filters["visible"] = visible
 
     def page(
         request: Request, name: str, session: Session | None, status: int = 200, **ctx: Any
@@ -200,7 +225,7 @@ def create_app(
             now = _now().isoformat()
             pending = [
                 _pending_view(r, session, approver)
-                for r in store.list("pending")
+                for r in await run_in_threadpool(store.list, "pending")
                 if r.expires > now
             ]
         return page(
@@ -228,14 +253,17 @@ def create_app(
             return refused(request, session, 400, "Give a reason: it goes into the audit trail.")
         rid = request.path_params["rid"]
         try:
-            decide(
-                store,
-                policy,
-                rid,
-                verdict == "approve",
-                None,
-                note.strip()[:2000],
-                decider=session.identity,
+            await run_in_threadpool(
+                functools.partial(
+                    decide,
+                    store,
+                    policy,
+                    rid,
+                    verdict == "approve",
+                    None,
+                    note.strip()[:2000],
+                    decider=session.identity,
+                )
             )
         except DecisionRefused as exc:
             return refused(request, session, 403, str(exc))
@@ -266,7 +294,7 @@ def create_app(
             number = max(1, min(int(q.get("page", "1")), 10**6))
         except ValueError:
             number = 1
-        trail.refresh()
+        await run_in_threadpool(trail.refresh)  # file or database reads, off the loop
         records, total = trail.query(filters, number, PER_PAGE)
         args = {k: v for k, v in filters.__dict__.items() if v}
         return page(
@@ -297,7 +325,7 @@ def create_app(
                 title="Activity",
                 message="The policy has no audit trail.",
             )
-        trail.refresh()
+        await run_in_threadpool(trail.refresh)  # file or database reads, off the loop
         sections = []
         for by in ("agent", "user"):
             act = trail.activity(by)
@@ -341,7 +369,18 @@ class _SecurityHeaders:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if scope["method"] == "POST":
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if not length.isdigit() or int(length) > MAX_BODY:
+                # A form is small; a body of unknown or large size is refused
+                # before anything reads it (the sign-in form takes no session).
+                refuse = Response("a form of at most 64 KiB, with Content-Length", 413)
+                await refuse(scope, receive, self._with_headers(send))
+                return
+        await self.app(scope, receive, self._with_headers(send))
 
+    @staticmethod
+    def _with_headers(send: Send) -> Send:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = MutableHeaders(scope=message)
@@ -349,7 +388,7 @@ class _SecurityHeaders:
                     headers[key] = value
             await send(message)
 
-        await self.app(scope, receive, sending)
+        return sending
 
 
 def _ts() -> float:
