@@ -511,3 +511,29 @@ def test_what_a_reader_cannot_see_is_written_out_and_large_posts_refused(tmp_pat
     )
     assert big.status_code == 413 and big.headers["x-frame-options"] == "DENY"
     assert store.get(rid).status == "pending"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("env", "flags", "says"),
+    [
+        ({}, [], "no way to sign in"),
+        ({"GUARDEDDB_CONSOLE_TOKEN": "short"}, ["--user", "dba"], "at least 16 characters"),
+        ({"GUARDEDDB_CONSOLE_TOKEN": TOKEN}, [], "needs the operator's identity"),
+    ],
+)
+def test_the_console_will_not_start_open_to_anyone(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    env: dict[str, str],
+    flags: list[str],
+    says: str,
+) -> None:
+    monkeypatch.delenv("GUARDEDDB_CONSOLE_TOKEN", raising=False)
+    monkeypatch.delenv("GUARDEDDB_CONSOLE_USER", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    path = tmp_path / "policy.json"
+    path.write_text(json.dumps(policy_dict(tmp_path, {"jsonl": str(tmp_path / "a.jsonl")})))
+    assert main(["console", "--policy", str(path), *flags]) == 2
+    assert says in capsys.readouterr().err

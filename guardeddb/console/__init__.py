@@ -88,7 +88,9 @@ class Server:
     def __init__(self, app: Any, host: str = "127.0.0.1", port: int = 0) -> None:
         import uvicorn
 
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
+        config = uvicorn.Config(
+            app, host=host, port=port, log_level="warning", lifespan="off", server_header=False
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
@@ -149,5 +151,5 @@ def run(args: argparse.Namespace) -> int:
     app = create_app(policy, auth)
     threading.Thread(target=_warm, args=(app,), daemon=True).start()
     print(f"guardeddb console on http://{args.host}:{args.port}/ (sign in with the token)")
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", server_header=False)
     return 0
