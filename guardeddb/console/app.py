@@ -171,19 +171,22 @@ def create_app(
     async def login_form(request: Request) -> Response:
         cookie = auth.pre_session()
         nonce = cookie.split(".")[0]
-        response = page(request, "login.html", None, login_csrf=auth.csrf(nonce), error=None)
+        response = page(request, "login.html", None, login_csrf=auth.login_csrf(nonce), error=None)
         _cookie(response, LOGIN_COOKIE, cookie, 600)
         return response
 
     async def login(request: Request) -> Response:
         nonce = auth.pre_nonce(request.cookies.get(LOGIN_COOKIE))
         form = await request.form()
-        if nonce is None or not auth.csrf_ok(nonce, form.get("csrf")):
+        if nonce is None or not auth.login_csrf_ok(nonce, form.get("csrf")):
             return refused(
                 request, None, 403, "Missing or wrong CSRF token: reload the sign-in page."
             )
         token = form.get("token")
-        found = auth.authenticate(token) if isinstance(token, str) else None
+        # A JWKS URL may be fetched: off the event loop.
+        found = (
+            await run_in_threadpool(auth.authenticate, token) if isinstance(token, str) else None
+        )
         if found is None:
             cookie = auth.pre_session()
             response = page(
@@ -191,7 +194,7 @@ def create_app(
                 "login.html",
                 None,
                 401,
-                login_csrf=auth.csrf(cookie.split(".")[0]),
+                login_csrf=auth.login_csrf(cookie.split(".")[0]),
                 error="That token does not sign anyone in.",
             )
             _cookie(response, LOGIN_COOKIE, cookie, 600)

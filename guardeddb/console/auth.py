@@ -140,6 +140,13 @@ class Auth:
     def csrf_ok(self, nonce: str, given: object) -> bool:
         return isinstance(given, str) and hmac.compare_digest(given, self.csrf(nonce))
 
+    def login_csrf(self, nonce: str) -> str:
+        """The sign-in form's CSRF token, bound to its pre-session cookie."""
+        return self._sign("login-csrf", nonce)
+
+    def login_csrf_ok(self, nonce: str, given: object) -> bool:
+        return isinstance(given, str) and hmac.compare_digest(given, self.login_csrf(nonce))
+
     def pre_session(self) -> str:
         """A signed nonce for the sign-in form's cookie (its CSRF binding)."""
         nonce = secrets.token_urlsafe(16)
