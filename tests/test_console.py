@@ -232,7 +232,7 @@ def test_decisions_need_the_csrf_token(held: tuple[Backend, str, Any, AgentThrea
 
 def test_nobody_approves_their_own_request(held: tuple[Backend, str, Any, AgentThread]) -> None:
     backend, table, policy, agent = held
-    client = app_for(policy, AGENT.user or "", {"dba"})  # alice is a dba too
+    client = app_for(policy, "Alice@Example.com", {"dba"})  # alice is a dba too
     sign_in(client)
     page = client.get("/approvals")
     assert "Your own request" in page.text and 'value="approve"' not in page.text

@@ -53,6 +53,7 @@ __all__ = [
     "render_statement",
     "request_hash",
     "requester",
+    "same_user",
 ]
 
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -534,6 +535,13 @@ def requester(request: ApprovalRequest) -> dict[str, Any]:
     return found if isinstance(found, dict) else {}
 
 
+def same_user(a: object, b: object) -> bool:
+    """Whether two user names are one person's, for four eyes: compared
+    case-insensitively (``Alice@Example.com`` is alice@example.com), so a
+    difference in case never lets a requester approve their own request."""
+    return isinstance(a, str) and isinstance(b, str) and a.casefold() == b.casefold()
+
+
 def may_decide(policy: Policy | None, ident: Identity | None) -> bool:
     """Whether ``ident`` is one of the approvers ``approvals.approvers``
     names (by user or by role). No such key, or no user: nobody (fails closed)."""
@@ -576,7 +584,7 @@ def decide(
     if request is None or request.status != "pending":
         raise DecisionRefused(f"request {request_id} is not pending")
     asked_by = requester(request).get("user")
-    if approve and asked_by is not None and by is not None and asked_by == by:
+    if approve and same_user(asked_by, by):
         raise DecisionRefused(
             f"{by} asked for request {request_id}: nobody approves their own request"
         )

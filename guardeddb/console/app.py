@@ -35,6 +35,7 @@ from ..approvals import (
     may_decide,
     parse_ttl,
     requester,
+    same_user,
 )
 from ..policy import Policy
 from .auth import Auth, Session
@@ -115,7 +116,7 @@ def _pending_view(req: ApprovalRequest, viewer: Session, approver: bool) -> dict
         "database": req.database if approver else None,
         "age": _span((now - created).total_seconds()),
         "ttl": _span((expires - now).total_seconds()),
-        "own": asked.get("user") is not None and asked.get("user") == viewer.identity.user,
+        "own": same_user(asked.get("user"), viewer.identity.user),
     }
 
 
