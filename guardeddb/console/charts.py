@@ -19,7 +19,7 @@ def line_chart(
     height: int = 180,
 ) -> str:
     """One chart: a polyline per series over ``labels``, with axes and a legend."""
-    left, right, top, bottom = 40, 10, 24, 28
+    left, right, top, bottom = 40, 10, 40, 28
     plot_w, plot_h = width - left - right, height - top - bottom
     peak = max([1, *(v for values in series.values() for v in values)])
     n = max(len(labels), 2)
@@ -47,7 +47,7 @@ def line_chart(
             f'<text x="{left + plot_w}" y="{height - 8}" font-size="10" text-anchor="end">'
             f"{escape(labels[-1])}</text>"
         )
-    legend_x = left + 150
+    legend_x = left
     for name, values in series.items():
         colour = COLOURS.get(name, "#444")
         points = " ".join(f"{x(i):.1f},{y(v):.1f}" for i, v in enumerate(values))
@@ -56,8 +56,8 @@ def line_chart(
             f"<title>{escape(name)}: {sum(values)}</title></polyline>"
         )
         out.append(
-            f'<rect x="{legend_x}" y="6" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{legend_x + 14}" y="15" font-size="11">{escape(name)}</text>'
+            f'<rect x="{legend_x}" y="20" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{legend_x + 14}" y="29" font-size="11">{escape(name)}</text>'
         )
         legend_x += 80
     out.append("</svg>")

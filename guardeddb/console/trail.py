@@ -175,9 +175,14 @@ class TrailView:
         counts = list(_counts(rec))
         if not counts:
             return
+        units: tuple[int, ...] = _UNITS
+        if self._last - self._first > _SECONDS_SPAN:
+            units = _UNITS[1:]  # seconds only for a short trail: then they are few
+            for by in ("agent", "user"):
+                self._agg.pop((by, 1), None)
         for by in ("agent", "user"):
             group = str(ident.get(by) or "(none)")
-            for unit in _UNITS:
+            for unit in units:
                 cell = self._agg[by, unit].setdefault((group, int(at_s // unit)), [0] * 4)
                 for metric, n in counts:
                     cell[_METRIC_AT[metric]] += n
@@ -306,13 +311,16 @@ class TrailView:
         if self._first is None or self._last is None:
             return Activity([], {}, {})
         first, last = self._first, self._last
-        # Minutes for a trail of two days or less, else hours: either way a
-        # bounded number of cells per group, however many records.
-        unit = _UNITS[0] if last - first <= 2 * 86400 else _UNITS[1]
+        # Seconds for a trail of two hours or less, minutes for two days or
+        # less, else hours: a bounded number of cells per group either way.
+        span = last - first
+        unit = 1 if span <= _SECONDS_SPAN else 60 if span <= 2 * 86400 else 3600
         first = first // unit * unit
-        width = max((last - first) / buckets, 1.0)
+        width = max((last - first) / buckets, 1.0 if unit > 1 else 0.001)
         labels = [
-            datetime.datetime.fromtimestamp(first + width * i, datetime.UTC).strftime("%m-%d %H:%M")
+            datetime.datetime.fromtimestamp(first + width * i, datetime.UTC).strftime(
+                "%H:%M:%S" if unit == 1 else "%m-%d %H:%M"
+            )
             for i in range(buckets)
         ]
         groups: dict[str, dict[str, list[int]]] = {}
@@ -328,7 +336,8 @@ class TrailView:
         return Activity(labels, groups, dict(totals))
 
 
-_UNITS = (60, 3600)
+_UNITS = (1, 60, 3600)
+_SECONDS_SPAN = 2 * 3600
 _METRIC_AT = {m: i for i, m in enumerate(METRICS)}
 
 
