@@ -62,6 +62,7 @@ masking:
 approvals:
   store: sqlite:///{approvals}
   ttl: 1h
+  approvers: {{roles: [dba]}}  # who may decide in `guardeddb console` (never the requester)
 audit:
   jsonl: {audit}
   required: true

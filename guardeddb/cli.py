@@ -10,6 +10,7 @@ held queries.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -72,7 +73,14 @@ def _demo(args: argparse.Namespace) -> int:
     ).tracer_provider
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     directory = Path(args.dir) if args.dir else story_mod.default_directory()
-    story = story_mod.run(directory, _approve_as_demo_human, provider)
+    try:
+        console = _DemoConsole(args) if args.console else None
+    except ImportError as exc:
+        print(f"error: --console needs the console extra ({exc}): pip install 'guardeddb[console]'")
+        return 2
+    story = story_mod.run(
+        directory, console.decide if console else _approve_as_demo_human, provider
+    )
     provider.shutdown()
     spans = _span_rows(exporter.get_finished_spans())
     if args.json:
@@ -91,9 +99,65 @@ def _demo(args: argparse.Namespace) -> int:
         json.dump(out, sys.stdout, indent=2, default=str)
         print()
     else:
-        console = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
-        _print_story(console, story, spans, exported)
+        screen = Console(width=None if sys.stdout.isatty() else 110, highlight=False)
+        _print_story(screen, story, spans, exported)
+    if console is not None:
+        console.linger()
     return 0 if story.audit_problem is None else 1
+
+
+class _DemoConsole:
+    """``demo --console``: the person who approves the held bulk change is
+    you, in the console, instead of a scripted call. The operator is the
+    demo's approver (role dba); the token is $GUARDEDDB_CONSOLE_TOKEN, else
+    a random one printed here."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import importlib
+
+        for name in ("starlette", "jinja2", "uvicorn"):  # ImportError: the extra is missing
+            importlib.import_module(name)
+        self.args = args
+        self.server: Any = None
+
+    def decide(self, store: Any, policy: Any, request_id: str) -> None:
+        import secrets
+        import time
+
+        from ._demo import APPROVER
+        from .console import Server, create_app
+        from .console.auth import Auth
+
+        token = os.environ.get("GUARDEDDB_CONSOLE_TOKEN") or secrets.token_urlsafe(24)
+        operator = guardeddb.Identity(user=APPROVER, roles=frozenset({"dba"}))
+        self.server = Server(create_app(policy, Auth(token, operator)), "127.0.0.1", self.args.port)
+        base = self.server.start()
+        shown = (
+            "from $GUARDEDDB_CONSOLE_TOKEN" if "GUARDEDDB_CONSOLE_TOKEN" in os.environ else token
+        )
+        print(
+            f"The agent's bulk change is held (request {request_id}).\n"
+            f"Approve or deny it in the console: {base}/approvals\n"
+            f"Sign in as {APPROVER} with the token: {shown}\n"
+            "Waiting for your decision ...",
+            flush=True,
+        )
+        while True:
+            found = store.get(request_id)
+            if found is None or found.status != "pending":
+                break
+            time.sleep(0.2)
+        print(f"Request {request_id}: {found.status if found else 'gone'}.\n", flush=True)
+
+    def linger(self) -> None:
+        """Keep the console up for a person at a terminal to read the audit page."""
+        if self.server is None:
+            return
+        if sys.stdin.isatty():
+            print("The console stays open (audit trail, activity); press Enter to stop it.")
+            with contextlib.suppress(EOFError, KeyboardInterrupt):
+                input()
+        self.server.stop()
 
 
 def _approve_as_demo_human(store: Any, policy: Any, request_id: str) -> None:
@@ -517,17 +581,15 @@ def _audit(args: argparse.Namespace) -> int:
 def _decide(
     store: Any, policy: Any, request_id: str, approve: bool, by: str | None, note: str | None
 ) -> bool:
-    """Approve or deny a pending request, and audit who did (when the policy has a trail)."""
-    from .audit import AuditTrail, sink_for
+    """Approve or deny a pending request through the path the console takes
+    too (four eyes, the decision audited); False after saying why not."""
+    from .approvals import DecisionRefused, decide
 
-    if not store.decide(request_id, approve, by, note):
+    try:
+        decide(store, policy, request_id, approve, by, note)
+    except DecisionRefused as exc:
+        print(f"error: {_safe(exc)}", file=sys.stderr)
         return False
-    sink = sink_for(policy.audit) if policy is not None else None
-    if sink is not None:
-        # Who approved or denied what is part of the record of proof.
-        trail = AuditTrail(sink, True)
-        trail.approval("approval" if approve else "denial", request_id, by, note)
-        trail.close()
     return True
 
 
@@ -565,7 +627,6 @@ def _approvals(args: argparse.Namespace) -> int:
         return 0
     approve = args.approvals_command == "approve"
     if not _decide(store, policy, args.id, approve, args.by, args.note):
-        print(f"error: request {args.id} is not pending (or has expired)", file=sys.stderr)
         return 1
     print(
         f"{args.id} {'approved' if approve else 'denied'}" + (f" by {args.by}" if args.by else "")
@@ -603,6 +664,12 @@ def _main(argv: Sequence[str] | None) -> int:
     demo.add_argument(
         "--otlp", action="store_true", help="also export spans over OTLP/HTTP (OTEL_* variables)"
     )
+    demo.add_argument(
+        "--console",
+        action="store_true",
+        help="decide the held bulk change yourself, in `guardeddb console` (needs its extra)",
+    )
+    demo.add_argument("--port", type=int, default=8700, help="the console's port (with --console)")
     check = sub.add_parser("check", help="judge one SQL statement under a policy (no database)")
     source = check.add_mutually_exclusive_group()
     source.add_argument(
@@ -689,7 +756,17 @@ def _main(argv: Sequence[str] | None) -> int:
     token.add_argument("--audience", help="expected aud (this server's id at the provider)")
     token.add_argument("--roles-claim", default="roles", help="claim with the roles")
     token.add_argument("--agent-claim", help="claim naming the agent (default: azp, client_id)")
+    console_cmd = sub.add_parser(
+        "console", help="pending approvals, the audit trail and activity in a browser"
+    )
+    from .console import add_arguments
+
+    add_arguments(console_cmd)
     args = parser.parse_args(argv)
+    if args.command == "console":
+        from .console import run as run_console
+
+        return run_console(args)
     if args.command == "mcp":
         from .integrations.mcp import run as run_mcp
 

@@ -57,3 +57,10 @@ def test_detectors_benchmark_quick_run() -> None:
     """bench_detectors.py scores the detectors on the corpus and times them."""
     out = _run("bench_detectors.py", "--quick")
     assert "recall" in out and "false-positive rate" in out and "us per cell" in out
+
+
+def test_console_benchmark_quick_run() -> None:
+    """bench_console.py loads the console's pages over a generated trail."""
+    pytest.importorskip("starlette", reason="the console extra is not installed")
+    out = _run("bench_console.py", "--records", "2000", "--rounds", "1", "--no-pg")
+    assert "audit, user filter" in out and "activity after 1,000 appended" in out

@@ -37,6 +37,7 @@ from ..sql.settings import APPROVALS_TABLE as _TABLE
 
 if TYPE_CHECKING:  # the policy loader imports this module (for parse_ttl)
     from ..policy.decision import Decision
+    from ..policy.model import Policy
     from ..sql.analysis import Analysis
 
 __all__ = [
@@ -44,12 +45,17 @@ __all__ = [
     "ApprovalRequest",
     "ApprovalStore",
     "Approver",
+    "DecisionRefused",
     "UnboundParameters",
     "database_key",
+    "decide",
+    "may_decide",
     "parse_ttl",
     "render_params",
     "render_statement",
     "request_hash",
+    "requester",
+    "same_user",
 ]
 
 _TTL = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
@@ -533,3 +539,84 @@ class Approver:
         except Exception as exc:  # the approver's own failure is a no, never a yes
             return False, f"{who} (raised {type(exc).__name__})"
         return answer is True, who
+
+
+class DecisionRefused(Exception):
+    """A decision on a held query that is not recorded, and why (said to the
+    person deciding): not pending, their own request, not an approver."""
+
+
+def requester(request: ApprovalRequest) -> dict[str, Any]:
+    """Who asked: the identity a request was filed for (user, agent, roles,
+    session, verified), or an empty dict when it was filed without one."""
+    try:
+        found = json.loads(request.identity or "{}")
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def same_user(a: object, b: object) -> bool:
+    """Whether two user names are one person's, for four eyes: compared
+    case-insensitively (``Alice@Example.com`` is alice@example.com), so a
+    difference in case never lets a requester approve their own request."""
+    return isinstance(a, str) and isinstance(b, str) and a.casefold() == b.casefold()
+
+
+def may_decide(policy: Policy | None, ident: Identity | None) -> bool:
+    """Whether ``ident`` is one of the approvers ``approvals.approvers``
+    names (by user or by role). No such key, or no user: nobody (fails closed)."""
+    if ident is None or not ident.user or policy is None:
+        return False
+    named = policy.approvals.get("approvers")
+    if not isinstance(named, Mapping):
+        return False
+    users, roles = named.get("users") or (), named.get("roles") or ()
+    return ident.user in users or bool(ident.roles & frozenset(roles))
+
+
+def decide(
+    store: ApprovalStore,
+    policy: Policy | None,
+    request_id: str,
+    approve: bool,
+    by: str | None,
+    note: str | None,
+    *,
+    decider: Identity | None = None,
+) -> ApprovalRequest:
+    """Approve or deny a pending request and write who did to the policy's
+    audit trail: the one path the CLI and the console both take.
+
+    Four eyes: the requester's own user may withdraw (deny) a request, never
+    approve it. With ``decider`` (a signed-in console identity) the decision
+    is also refused unless the policy names them among ``approvals.approvers``,
+    and ``by`` is their user. Raises ``DecisionRefused`` saying why; returns
+    the request as it was before the decision.
+    """
+    if decider is not None:
+        if not may_decide(policy, decider):
+            raise DecisionRefused(
+                f"{decider.user or 'this identity'} is not an approver: the policy's "
+                "approvals.approvers names who may decide"
+            )
+        by = decider.user
+    request = store.get(request_id)
+    if request is None or request.status != "pending":
+        raise DecisionRefused(f"request {request_id} is not pending")
+    asked_by = requester(request).get("user")
+    if approve and same_user(asked_by, by):
+        raise DecisionRefused(
+            f"{by} asked for request {request_id}: nobody approves their own request"
+        )
+    if not store.decide(request_id, approve, by, note):
+        raise DecisionRefused(f"request {request_id} is not pending (or has expired)")
+    from ..audit import AuditTrail, sink_for  # the audit package imports policy, which imports us
+
+    sink = sink_for(policy.audit) if policy is not None else None
+    if sink is not None:
+        # Who approved or denied what is part of the record of proof.
+        trail = AuditTrail(sink, True)
+        trail.approval("approval" if approve else "denial", request_id, by, note)
+        trail.close()
+    return request

@@ -67,7 +67,7 @@ _MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
 _MASK_RULE_KEYS = {"columns", "operator", "keep_first", "keep_last", "fill", "value", "filter"}
 _UNMASK_KEYS = {"roles", "users"}
 _AUDIT_KEYS = {"jsonl", "postgresql", "stream", "required", "fsync"}
-_APPROVALS_KEYS = {"store", "ttl"}
+_APPROVALS_KEYS = {"store", "ttl", "approvers"}
 
 Path_ = tuple[str | int, ...]
 
@@ -580,7 +580,20 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ctx.error(("approvals", "ttl"), str(exc)) from None
         if seconds > MAX_TTL:
             raise ctx.error(("approvals", "ttl"), f"at most 366d, not {raw['ttl']!r}")
+    if "approvers" in raw:
+        raw = {**raw, "approvers": _approvers(ctx, raw["approvers"])}
     return dict(raw)
+
+
+def _approvers(ctx: _Context, value: Any) -> dict[str, list[str]]:
+    """``approvals.approvers``: who may decide held queries in the console,
+    by role and by user; an empty section would let nobody decide, so it is
+    refused rather than silently locking approvers out."""
+    path: Path_ = ("approvals", "approvers")
+    raw = _keys(ctx, value, path, {"roles", "users"}, "approvals.approvers")
+    if not raw:
+        raise ctx.error(path, "must name roles or users (e.g. {roles: [dba]})")
+    return {key: _strings(ctx, raw[key], (*path, key)) for key in ("roles", "users") if key in raw}
 
 
 _LIMIT_KEYS = {"statement_timeout", "max_rows", "max_statement_bytes"}
