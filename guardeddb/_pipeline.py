@@ -54,6 +54,8 @@ from .approvals import (
     render_params,
     request_hash,
 )
+from .approvals.notify import notifier_for
+from .approvals.notify import payload as notify_payload
 from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
@@ -108,6 +110,7 @@ class Guard:
         "masking",
         "max_bytes",
         "max_rows",
+        "notifier",
         "policy",
         "raw",
         "read_only",
@@ -167,6 +170,7 @@ class Guard:
             if cfg.get("store")
             else None
         )
+        self.notifier = notifier_for(cfg) if self.approvals is not None else None
 
     # --- 1. analyze ---------------------------------------------------------
 
@@ -520,8 +524,8 @@ class Guard:
             return Decision("allow", decision.rule_id, why), None, granted.id
         if impact is not None and not impact.measured:
             yield from impact.measure(self.driver, self.raw, text, params, analysis)
-        rid = yield Call(
-            self.approvals.hold,
+        held = yield Call(
+            self.approvals.hold_request,
             (
                 ident,
                 digest,
@@ -533,7 +537,7 @@ class Guard:
                 where,
             ),
         )
-        if rid is None:
+        if held is None:
             return (
                 Decision(
                     "block",
@@ -544,7 +548,23 @@ class Guard:
                 None,
                 None,
             )
-        return decision, rid, None
+        if held.new and self.notifier is not None:
+            # Queued, never sent here: a webhook cannot delay or decide the hold.
+            self.notifier.submit(
+                notify_payload(
+                    held.id,
+                    ident,
+                    decision.rule_id,
+                    decision.message,
+                    analysis.sanitized,
+                    analysis.summary,
+                    impact.count if impact is not None else None,
+                    held.created,
+                    held.expires,
+                    self.notifier.link(held.id),
+                )
+            )
+        return decision, held.id, None
 
     def refusal(self, decision: Decision, request_id: str | None = None) -> QueryBlocked:
         """The error for a blocked or held query, mixed with the driver's."""
