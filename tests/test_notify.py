@@ -3,6 +3,7 @@ never changes what the held query does."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import hmac
@@ -526,3 +527,52 @@ def test_policy_show_and_validate_never_print_secrets(
         "https://hooks.slack.com",
         "https://ops.example",
     ]
+
+
+@pytest.mark.pg
+@pytest.mark.parametrize("held_db", ["postgresql"], indirect=True)
+def test_asyncio_hold_notifies_without_waiting(held_db: tuple[Backend, str, str]) -> None:
+    """On an asyncio connection (psycopg's) the hold is as prompt, beside a
+    webhook that never answers, and the other webhook still gets the request."""
+    backend, table, store = held_db
+    silent, accepted = _silent_port()
+    try:
+        with _receiver(200) as rec:
+            hooks = (
+                {"url": f"http://127.0.0.1:{silent.getsockname()[1]}/", "secret": SECRET},
+                {"url": rec.url, "secret": SECRET},
+            )
+            policy = guardeddb.load_policy(_policy(store, *hooks))
+            _fast(policy, deadline=3).attempts = 1
+
+            async def hold() -> tuple[str, float]:
+                conn = await guardeddb.connect_async(backend.url, policy=policy)
+                try:
+                    with guardeddb.identity(AGENT):
+                        start = time.monotonic()
+                        with pytest.raises(ApprovalRequired) as held:
+                            await conn.cursor().execute(f"DELETE FROM {table} WHERE id = 2")
+                        return held.value.request_id, time.monotonic() - start
+                finally:
+                    await conn.close()
+
+            rid, took = asyncio.run(hold())
+            assert took < 1.0  # not the silent webhook's 3 s
+            (got,) = rec.wait(1, timeout=10)  # sent after the silent one timed out
+            _verify(got)
+            assert json.loads(got.body)["id"] == rid
+    finally:
+        silent.close()
+        for s in accepted:
+            s.close()
+    assert _count(backend, table) == 3
+
+
+def test_readme_notify_example_loads() -> None:
+    """The README's notify example loads as written."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Telling approvers a request is waiting", 1)[1]
+    block = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    policy = guardeddb.load_policy(yaml.safe_load(block))
+    hooks = policy.approvals["notify"]
+    assert [h.format for h in hooks] == ["json", "slack"]  # type: ignore[attr-defined]
