@@ -50,6 +50,7 @@ class Receiver:
     (the last one repeated)."""
 
     statuses: list[int]
+    location: str | None = None  # sent with every answer, for redirects
     got: list[Received] = field(default_factory=list)
     cond: threading.Condition = field(default_factory=threading.Condition)
     port: int = 0
@@ -78,9 +79,15 @@ def _receiver(*statuses: int) -> Iterator[Receiver]:
                 rec.cond.notify_all()
             status = rec.statuses[min(n, len(rec.statuses) - 1)]
             self.send_response(status)
+            if rec.location:
+                self.send_header("Location", rec.location)
             self.send_header("Content-Length", "2")
             self.end_headers()
             self.wfile.write(b"ok")
+
+        def do_GET(self) -> None:  # http.server names it so
+            self.headers["Content-Length"] = "0"
+            self.do_POST()
 
         def log_message(self, format: str, *args: Any) -> None:
             pass
@@ -186,7 +193,7 @@ def test_a_new_held_request_is_posted_signed_once(held_db: tuple[Backend, str, s
     with _receiver(200) as rec:
         hook = {"url": rec.url, "secret": SECRET}
         policy = guardeddb.load_policy(_policy(store, hook, console="https://console.example/"))
-        _fast(policy)
+        notifier = _fast(policy)
         conn = guardeddb.connect(backend.url, policy=policy)
         cur = conn.cursor()
         delete = backend.sql(f"DELETE FROM {table} WHERE name = 'Ada' OR email = ?")
@@ -219,7 +226,7 @@ def test_a_new_held_request_is_posted_signed_once(held_db: tuple[Backend, str, s
         assert (event["created"], event["expires"]) == (request.created, request.expires)
         assert b"Ada" not in got.body and b"grace@example.com" not in got.body
         assert got.headers["Content-Type"] == "application/json"
-        time.sleep(0.3)
+        assert notifier.flush(10)
         assert len(rec.got) == 1  # the same pending request, found again: no second POST
         conn.close()
     assert _count(backend, table) == 3
@@ -227,17 +234,26 @@ def test_a_new_held_request_is_posted_signed_once(held_db: tuple[Backend, str, s
 
 def test_failures_are_retried_with_backoff(tmp_path: Path) -> None:
     """Two 500s then a 200: three identical, freshly signed deliveries, the
-    pauses growing; a 429 is retried too, a 400 is not."""
+    pauses growing; a 429 is retried too, a 400 is not, a redirect is
+    neither retried nor followed (the body goes nowhere else)."""
     store = f"sqlite:///{tmp_path}/approvals.db"
     db = tmp_path / "shop.db"
     sqlite3.connect(db).executescript("CREATE TABLE t (id INTEGER); INSERT INTO t VALUES (1);")
-    with _receiver(500, 500, 200) as rec, _receiver(429, 200) as busy, _receiver(400) as bad:
+    with (
+        _receiver(500, 500, 200) as rec,
+        _receiver(429, 200) as busy,
+        _receiver(400) as bad,
+        _receiver(200) as elsewhere,
+        _receiver(302) as moved,
+    ):
+        moved.location = elsewhere.url
         policy = guardeddb.load_policy(
             _policy(
                 store,
                 {"url": rec.url, "secret": SECRET},
                 {"url": busy.url, "secret": SECRET},
                 {"url": bad.url, "secret": SECRET},
+                {"url": moved.url, "secret": SECRET},
             )
         )
         notifier = _fast(policy)
@@ -256,6 +272,7 @@ def test_failures_are_retried_with_backoff(tmp_path: Path) -> None:
         assert 0.2 <= first < second  # exponential: 0.2 s, then 0.4 s
         assert len(busy.got) == 2
         assert len(bad.got) == 1
+        assert len(moved.got) == 1 and elsewhere.got == []  # a redirect is not followed
         conn.close()
 
 
@@ -403,6 +420,7 @@ def test_verify_signature_refuses_forgeries_and_replays() -> None:
     old_mac = hmac.new(b"k", old.encode() + b"." + body, hashlib.sha256).hexdigest()
     assert not verify_signature(b"k", body, old, f"sha256={old_mac}")
     assert not verify_signature(b"k", body, "soon", f"sha256={mac}")
+    assert not verify_signature(b"k", body, stamp, "sha256=\u00e9")  # no TypeError
 
 
 def test_a_full_queue_drops_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:

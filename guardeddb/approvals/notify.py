@@ -44,7 +44,9 @@ __all__ = [
     "Secret",
     "Webhook",
     "notifier_for",
+    "payload",
     "sign",
+    "slack",
     "verify_signature",
 ]
 
@@ -123,7 +125,8 @@ def verify_signature(
         return False
     if abs((time.time() if now is None else now) - sent) > tolerance:
         return False
-    return hmac.compare_digest(sign(key, timestamp, body), signature)
+    # As bytes: compare_digest refuses non-ASCII str, and a forger chooses it.
+    return hmac.compare_digest(sign(key, timestamp, body).encode(), signature.encode())
 
 
 def payload(
