@@ -500,12 +500,17 @@ def test_bad_webhooks_are_refused_at_load(
 
 
 def test_other_bad_notify_sections(tmp_path: Path) -> None:
-    """Not a list, no store to wait on, a console that is not http(s)."""
+    """Not a list, no store to wait on, a console that is not http(s) or
+    has a query a link cannot be appended to."""
     for approvals, key in (
         ({"store": "sqlite:///a.db", "notify": {"url": "https://h"}}, "approvals.notify"),
         ({"notify": [{"url": "https://h", "secret": "k"}]}, "approvals.notify"),
         (
             {"store": "sqlite:///a.db", "console_url": "javascript:alert(1)"},
+            "approvals.console_url",
+        ),
+        (
+            {"store": "sqlite:///a.db", "console_url": "https://c.example/?x=1"},
             "approvals.console_url",
         ),
     ):

@@ -588,6 +588,11 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
     out = dict(raw)
     if "console_url" in raw:
         out["console_url"] = _http_url(ctx, raw["console_url"], ("approvals", "console_url"))
+        if "?" in out["console_url"] or "#" in out["console_url"]:
+            raise ctx.error(
+                ("approvals", "console_url"),
+                "must be the console's base URL: links append /approvals/<id>, so no ? or #",
+            )
     if "notify" in raw:
         out["notify"] = _webhooks(ctx, raw["notify"], ("approvals", "notify"))
         if not store:
