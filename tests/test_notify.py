@@ -269,7 +269,9 @@ def test_failures_are_retried_with_backoff(tmp_path: Path) -> None:
         for g in got:
             _verify(g)
         first, second = got[1].at - got[0].at, got[2].at - got[1].at
-        assert 0.2 <= first < second  # exponential: 0.2 s, then 0.4 s
+        # Exponential: at least 0.2 s, then at least 0.4 s (lower bounds only:
+        # a loaded machine only adds to them).
+        assert first >= 0.2 and second >= 0.4
         assert len(busy.got) == 2
         assert len(bad.got) == 1
         assert len(moved.got) == 1 and elsewhere.got == []  # a redirect is not followed
@@ -353,7 +355,8 @@ def test_a_dead_webhook_never_delays_or_releases_the_hold(
 
 def test_slack_format(tmp_path: Path) -> None:
     """``format: slack``: a text line and blocks with a button to the
-    console; mrkdwn's control characters escaped; no secret needed."""
+    console; mrkdwn's control characters escaped everywhere (an agent named
+    ``<!channel>`` pings nobody); no secret needed."""
     store = f"sqlite:///{tmp_path}/approvals.db"
     db = tmp_path / "shop.db"
     sqlite3.connect(db).executescript("CREATE TABLE t (id INTEGER, note TEXT);")
@@ -363,7 +366,10 @@ def test_slack_format(tmp_path: Path) -> None:
         )
         _fast(policy)
         conn = guardeddb.connect(f"sqlite:///{db}", policy=policy)
-        with guardeddb.identity(AGENT), pytest.raises(ApprovalRequired) as held:
+        pinger = Identity(
+            user="alice@example.com", agent="<!channel>", roles=frozenset({"support"})
+        )
+        with guardeddb.identity(pinger), pytest.raises(ApprovalRequired) as held:
             conn.cursor().execute("DELETE FROM t WHERE id < 5 AND note <> 'x<y>'")
         rid = held.value.request_id
         (got,) = rec.wait(1)
@@ -379,6 +385,8 @@ def test_slack_format(tmp_path: Path) -> None:
         assert "deletes-need-a-human" in details and "support" in details
         assert message["blocks"][1]["text"]["text"].startswith("```DELETE FROM t WHERE id &lt; ?")
         assert "x<y>" not in got.body.decode() and "x&lt;y&gt;" not in got.body.decode()
+        assert "<!channel>" not in got.body.decode()  # escaped: it pings nobody
+        assert "&lt;!channel&gt;" in message["text"]
         assert "X-Guardeddb-Signature" not in got.headers  # unsigned without a secret
         conn.close()
 

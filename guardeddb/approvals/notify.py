@@ -171,6 +171,9 @@ def _mrkdwn(text: str) -> str:
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
+_SLACK_SECTION = 2900  # characters of a section's text, under Slack's 3,000
+
+
 def slack(event: Mapping[str, Any]) -> dict[str, Any]:
     """``event`` as a Slack incoming-webhook message: a one-line ``text``
     (notifications, clients without blocks) and blocks with the details and
@@ -178,7 +181,8 @@ def slack(event: Mapping[str, Any]) -> dict[str, Any]:
     who = event["requested_by"]
     asker = " / ".join(str(x) for x in (who["user"], who["agent"]) if x) or "an anonymous caller"
     rule = event["rule"] or "a review rule"
-    text = f"Approval needed: {asker} ran a query held by {rule} (request {event['id']})"
+    # Every field is escaped, ``text`` too: an agent named <!channel> pings nobody.
+    text = _mrkdwn(f"Approval needed: {asker} ran a query held by {rule} (request {event['id']})")
     lines = [f"*Approval needed* for request `{_mrkdwn(event['id'])}`"]
     lines.append(
         f"*Who:* {_mrkdwn(asker)}"
@@ -191,12 +195,14 @@ def slack(event: Mapping[str, Any]) -> dict[str, Any]:
         lines.append(f"*Rows a dry run touched:* {event['impact']}")
     lines.append(f"*Expires:* {_mrkdwn(event['expires'])}")
     statement = _mrkdwn(event["statement"]).replace("```", "` ` `")
+    if len(statement) > _SLACK_SECTION:  # Slack refuses a longer section
+        statement = statement[:_SLACK_SECTION] + "..."
     blocks: list[dict[str, Any]] = [
         {"type": "section", "text": {"type": "mrkdwn", "text": "\n".join(lines)}},
         {"type": "section", "text": {"type": "mrkdwn", "text": f"```{statement}```"}},
     ]
     if event["link"]:
-        text += f": {event['link']}"
+        text += f": {_mrkdwn(event['link'])}"
         blocks.append(
             {
                 "type": "actions",
