@@ -54,6 +54,8 @@ from .approvals import (
     render_params,
     request_hash,
 )
+from .approvals.notify import notifier_for
+from .approvals.notify import payload as notify_payload
 from .audit import AuditTrail, sink_for
 from .drivers import ConnectionFacts, Driver
 from .errors import ApprovalRequired, AuditUnavailable, QueryBlocked, for_driver
@@ -109,6 +111,7 @@ class Guard:
         "masking",
         "max_bytes",
         "max_rows",
+        "notifier",
         "policy",
         "raw",
         "read_only",
@@ -170,6 +173,7 @@ class Guard:
             if cfg.get("store")
             else None
         )
+        self.notifier = notifier_for(cfg) if self.approvals is not None else None
 
     # --- 1. analyze ---------------------------------------------------------
 
@@ -547,8 +551,8 @@ class Guard:
         reason = decision.message
         if retired is not None:  # the approver of the new request sees why
             reason = f"{reason}; {retired}" if reason else retired
-        rid = yield Call(
-            self.approvals.hold,
+        held = yield Call(
+            self.approvals.hold_request,
             (
                 ident,
                 digest,
@@ -560,7 +564,7 @@ class Guard:
                 where,
             ),
         )
-        if rid is None:
+        if held is None:
             return (
                 Decision(
                     "block",
@@ -572,11 +576,27 @@ class Guard:
                 None,
                 None,
             )
+        if held.new and self.notifier is not None:
+            # Queued, never sent here: a webhook cannot delay or decide the hold.
+            self.notifier.submit(
+                notify_payload(
+                    held.id,
+                    ident,
+                    decision.rule_id,
+                    reason,
+                    analysis.sanitized,
+                    analysis.summary,
+                    impact.count if impact is not None else None,
+                    held.created,
+                    held.expires,
+                    self.notifier.link(held.id),
+                )
+            )
         if retired is not None:
             decision = Decision(
-                decision.action, decision.rule_id, f"{reason}; held again as request {rid}"
+                decision.action, decision.rule_id, f"{reason}; held again as request {held.id}"
             )
-        return decision, rid, None
+        return decision, held.id, None
 
     def refusal(self, decision: Decision, request_id: str | None = None) -> QueryBlocked:
         """The error for a blocked or held query, mixed with the driver's."""

@@ -437,6 +437,12 @@ def _validate(args: argparse.Namespace) -> int:
                 "the application's DSN cannot use), or an agent's process could change it "
                 "outside guardeddb"
             )
+    hooks = policy.approvals.get("notify")
+    if isinstance(hooks, tuple) and hooks:
+        print(
+            "new approval requests are sent to: "
+            + ", ".join(f"{h.where} ({h.format})" for h in hooks)
+        )
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     return 0

@@ -7,6 +7,7 @@ import contextlib
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 
 import guardeddb
 from guardeddb import PolicyError, QueryBlocked, load_policy
-from guardeddb.sql.analysis import analyze
+from guardeddb.sql.analysis import analyze, cache_for
 from tests.fix_db import MYSQL_DSN, PG_DSN
 
 AGENT_USER = "alice@example.com"
@@ -24,6 +25,17 @@ ATTACK = "SELECT 1 WHERE $a(')=1;PRAGMA query_only=0;ATTACH '{path}' AS x;DROP T
 def _fool(conn: Any, text: str, as_sql: str = "SELECT 1") -> None:
     """Make the analyzer say ``as_sql`` for ``text``: a tokenizer differential."""
     conn._self_guard.cache[text] = analyze(as_sql, "sqlite")
+
+
+@pytest.fixture(autouse=True)
+def _unfool() -> Iterator[None]:
+    """``_fool`` writes into the process-wide analysis cache: put it back
+    after each test, or a later test's ``DELETE FROM t`` is a ``SELECT 1``."""
+    cache = cache_for("sqlite")
+    before = dict(cache)
+    yield
+    cache.clear()
+    cache.update(before)
 
 
 def _sqlite_file(tmp_path: Path) -> str:

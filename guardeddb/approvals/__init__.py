@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from ..drivers import require, unguarded
 from ..identity import Identity
@@ -46,6 +46,7 @@ __all__ = [
     "ApprovalStore",
     "Approver",
     "DecisionRefused",
+    "Held",
     "UnboundParameters",
     "database_key",
     "decide",
@@ -239,6 +240,15 @@ class ApprovalRequest:
     database: str | None = None  # [system, namespace, address, port]
 
 
+class Held(NamedTuple):
+    """A held query's pending request, and whether this hold filed it."""
+
+    id: str
+    new: bool  # filed now; False when a pending request was found again
+    created: str
+    expires: str
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -346,6 +356,25 @@ class ApprovalStore:
         None when the identity already has ``cap`` other pending requests.
         ``statement`` is the exact text; it is stored as ``render_statement``
         shows it (values visible, what the detectors find masked)."""
+        held = self.hold_request(
+            ident, digest, statement, rule, reason, impact, params, database, cap
+        )
+        return held.id if held is not None else None
+
+    def hold_request(
+        self,
+        ident: Identity | None,
+        digest: str,
+        statement: str,
+        rule: str | None,
+        reason: str | None,
+        impact: int | None = None,
+        params: str | None = None,
+        database: str | None = None,
+        cap: int = MAX_PENDING,
+    ) -> Held | None:
+        """``hold``, saying whether the request was filed by this call (so
+        notifications go out once per request, not once per retry)."""
         statement = render_statement(statement)
         now = _now()
         who = _identity_key(ident)
@@ -354,13 +383,13 @@ class ApprovalStore:
             with self._exclusive(conn, who):
                 row = conn.execute(
                     self._sql(
-                        f"SELECT id FROM {_TABLE} WHERE request_hash = ? "
+                        f"SELECT id, created, expires FROM {_TABLE} WHERE request_hash = ? "
                         "AND status = 'pending' AND expires > ?"
                     ),
                     (digest, now.isoformat()),
                 ).fetchone()
                 if row:
-                    return str(row[0])
+                    return Held(str(row[0]), False, str(row[1]), str(row[2]))
                 pending = conn.execute(
                     self._sql(
                         f"SELECT count(*) FROM {_TABLE} WHERE identity = ? "
@@ -371,6 +400,8 @@ class ApprovalStore:
                 if int(pending[0]) >= cap:
                     return None
                 rid = uuid.uuid4().hex[:12]
+                created = now.isoformat()
+                expires = (now + datetime.timedelta(seconds=self.ttl)).isoformat()
                 conn.execute(
                     self._sql(
                         f"INSERT INTO {_TABLE} (id, request_hash, status, identity, "
@@ -384,16 +415,16 @@ class ApprovalStore:
                         statement,
                         rule,
                         reason,
-                        now.isoformat(),
-                        (now + datetime.timedelta(seconds=self.ttl)).isoformat(),
+                        created,
+                        expires,
                         impact,
                         params,
                         database,
                     ),
                 )
-                return rid
         finally:
             conn.close()
+        return Held(rid, True, created, expires)
 
     def find(self, digest: str) -> ApprovalRequest | None:
         """The unused, unexpired approval of this exact query, if any; not

@@ -15,10 +15,12 @@ from collections.abc import Mapping, Sequence
 from fnmatch import translate
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
 from ..approvals import parse_ttl
+from ..approvals.notify import FORMATS, Secret, Webhook
 from ..errors import PolicyError
 from ..identity import Identity
 from ..masking import operators
@@ -67,7 +69,9 @@ _MASKING_KEYS = {"rules", "detectors", "unmask", "hash_key", "hash_key_env"}
 _MASK_RULE_KEYS = {"columns", "operator", "keep_first", "keep_last", "fill", "value", "filter"}
 _UNMASK_KEYS = {"roles", "users"}
 _AUDIT_KEYS = {"jsonl", "postgresql", "stream", "required", "fsync"}
-_APPROVALS_KEYS = {"store", "ttl", "approvers"}
+_APPROVALS_KEYS = {"store", "ttl", "approvers", "notify", "console_url"}
+_WEBHOOK_KEYS = {"url", "secret", "secret_env", "format", "timeout"}
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 Path_ = tuple[str | int, ...]
 
@@ -566,7 +570,8 @@ def _audit(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The approvals section, checked: a store URL and a TTL."""
+    """The approvals section, checked: a store URL, a TTL, the webhooks told
+    of new requests and the console that links point to."""
     store = raw.get("store")
     if store is not None and (
         not isinstance(store, str)
@@ -582,7 +587,87 @@ def _approvals(ctx: _Context, raw: Mapping[str, Any]) -> dict[str, Any]:
             raise ctx.error(("approvals", "ttl"), f"at most 366d, not {raw['ttl']!r}")
     if "approvers" in raw:
         raw = {**raw, "approvers": _approvers(ctx, raw["approvers"])}
-    return dict(raw)
+    out = dict(raw)
+    if "console_url" in raw:
+        out["console_url"] = _http_url(ctx, raw["console_url"], ("approvals", "console_url"))
+        if "?" in out["console_url"] or "#" in out["console_url"]:
+            raise ctx.error(
+                ("approvals", "console_url"),
+                "must be the console's base URL: links append /approvals/<id>, so no ? or #",
+            )
+    if "notify" in raw:
+        out["notify"] = _webhooks(ctx, raw["notify"], ("approvals", "notify"))
+        if not store:
+            raise ctx.error(
+                ("approvals", "notify"), "needs approvals.store: only a stored request is waited on"
+            )
+    return out
+
+
+def _http_url(ctx: _Context, value: Any, path: Path_) -> str:
+    """An http(s) URL with a host and no credentials; errors never echo it
+    (a Slack webhook's path is its token)."""
+    if not isinstance(value, str) or not value:
+        raise ctx.error(path, "must be an http:// or https:// URL")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018  # raises ValueError for a port out of range
+    except ValueError as exc:
+        raise ctx.error(path, f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ctx.error(path, f"must be an http:// or https:// URL, not a {parts.scheme!r} URL")
+    if not parts.hostname:
+        raise ctx.error(path, "must name a host")
+    if "@" in parts.netloc:
+        raise ctx.error(path, "must not carry credentials (user:password@); use a secret")
+    if any(ch.isspace() or ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ctx.error(path, "must not contain spaces or control characters")
+    return value
+
+
+def _webhooks(ctx: _Context, value: Any, path: Path_) -> tuple[Webhook, ...]:
+    """``approvals.notify``: webhooks told of each new request, checked here
+    so a typo is found at load, not when the first query is held."""
+    if not isinstance(value, list) or not value:
+        raise ctx.error(path, "must be a non-empty list of webhooks ({url: ..., secret: ...})")
+    hooks = []
+    for i, item in enumerate(value):
+        hpath = (*path, i)
+        raw = _keys(ctx, item, hpath, _WEBHOOK_KEYS, "a webhook")
+        if "url" not in raw:
+            raise ctx.error((*hpath, "url"), "a webhook needs 'url'")
+        url = _http_url(ctx, raw["url"], (*hpath, "url"))
+        fmt = _choice(ctx, raw.get("format", "json"), (*hpath, "format"), FORMATS)
+        secret = raw.get("secret")
+        if secret is not None and (not isinstance(secret, str) or not secret):
+            raise ctx.error((*hpath, "secret"), "must be a non-empty string")
+        env = raw.get("secret_env")
+        if env is not None and (not isinstance(env, str) or not _ENV_NAME.match(env)):
+            raise ctx.error((*hpath, "secret_env"), "must be the name of an environment variable")
+        if secret is not None and env is not None:
+            raise ctx.error((*hpath, "secret_env"), "give one of secret and secret_env")
+        if fmt == "json" and secret is None and env is None:
+            raise ctx.error(
+                (*hpath, "secret"),
+                "a json webhook is signed: give secret or secret_env (an environment variable)",
+            )
+        timeout = raw.get("timeout", 5.0)
+        if (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, int | float)
+            or not 0 < timeout <= 60
+        ):
+            raise ctx.error((*hpath, "timeout"), f"must be seconds from 0 to 60, not {timeout!r}")
+        hooks.append(
+            Webhook(
+                url,
+                Secret(secret) if secret is not None else None,
+                env,
+                fmt,
+                float(timeout),
+            )
+        )
+    return tuple(hooks)
 
 
 def _approvers(ctx: _Context, value: Any) -> dict[str, list[str]]:

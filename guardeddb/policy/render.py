@@ -11,6 +11,7 @@ from typing import Any
 
 import yaml
 
+from ..approvals.notify import Webhook
 from .model import Match, Policy, Rule
 
 __all__ = ["policy_dict", "policy_yaml"]
@@ -57,6 +58,20 @@ def _rule_dict(rule: Rule) -> dict[str, Any]:
     return out
 
 
+def _webhook_dict(hook: Webhook) -> dict[str, Any]:
+    """A webhook as written, its secret shown as set and its URL's path and
+    query cut (a Slack webhook's path is its token)."""
+    path = hook.url[len(hook.where) :]
+    out: dict[str, Any] = {"url": hook.where + ("/<path-not-shown>" if path.strip("/") else path)}
+    if hook.secret is not None:
+        out["secret"] = "<set, not shown>"
+    if hook.secret_env is not None:
+        out["secret_env"] = hook.secret_env
+    out["format"] = hook.format
+    out["timeout"] = hook.timeout
+    return out
+
+
 def policy_dict(policy: Policy) -> dict[str, Any]:
     """The effective policy as a dict ``load_policy`` accepts: ``extends: []``
     because the presets' rules are written out, in the order they are tried."""
@@ -64,6 +79,12 @@ def policy_dict(policy: Policy) -> dict[str, Any]:
     for key in _SECRET_KEYS:
         if key in masking:
             masking[key] = "<set, not shown>"
+    approvals = dict(policy.approvals)
+    hooks = approvals.get("notify")
+    if isinstance(hooks, tuple | list):
+        approvals["notify"] = [
+            _webhook_dict(h) if isinstance(h, Webhook) else "<not shown>" for h in hooks
+        ]
     out: dict[str, Any] = {
         "version": policy.version,
         "extends": [],
@@ -76,7 +97,7 @@ def policy_dict(policy: Policy) -> dict[str, Any]:
     for key, value in (
         ("masking", masking),
         ("audit", dict(policy.audit)),
-        ("approvals", dict(policy.approvals)),
+        ("approvals", approvals),
         ("limits", dict(policy.limits)),
     ):
         if value:
