@@ -63,7 +63,14 @@ from .masking.filters import filters_masked
 from .masking.plan import Masking
 from .policy.decision import Decision
 from .policy.model import Policy
-from .sql.analysis import MAX_CACHED_TEXT, Analysis, analyze, cache_for, oversized
+from .sql.analysis import (
+    CONVERTING,
+    MAX_CACHED_TEXT,
+    Analysis,
+    analyze,
+    cache_for,
+    oversized,
+)
 from .telemetry import Operation, Telemetry
 
 __all__ = [
@@ -98,6 +105,7 @@ class Guard:
         "blocked",
         "by_text",
         "cache",
+        "converted",
         "decisions",
         "dialect",
         "driver",
@@ -130,6 +138,10 @@ class Guard:
         self.driver = driver
         self.dialect = driver.dialect
         self.cache = cache_for(driver.dialect)
+        # the analyses of texts a pyformat driver rewrites (given parameters)
+        self.converted = (
+            cache_for(driver.dialect, True) if driver.dialect in CONVERTING else self.cache
+        )
         self.facts = facts
         self.telemetry = telemetry
         self.identity = identity
@@ -173,9 +185,21 @@ class Guard:
 
     # --- 1. analyze ---------------------------------------------------------
 
-    def analyze(self, query: Any, raw: Any) -> Analysis:
+    def converts(self, raw: Any, params: Any) -> bool:
+        """Whether the driver rewrites the text before sending it: pyformat
+        drivers (psycopg, PyMySQL) given parameters, even ``()``, turn ``%%``
+        into ``%`` (``sql/pyformat.py``); psycopg's RawCursor does not."""
+        if params is None or self.converted is self.cache:
+            return False
+        query_cls = getattr(raw, "_query_cls", None)  # psycopg's own, per cursor class
+        return query_cls is None or all(
+            c.__name__ != "PostgresRawQuery" for c in getattr(query_cls, "__mro__", ())
+        )
+
+    def analyze(self, query: Any, raw: Any, converted: bool = False) -> Analysis:
         """The analysis of a query given as str, bytes or a composed object;
-        one over ``limits.max_statement_bytes`` is not read at all."""
+        one over ``limits.max_statement_bytes`` is not read at all.
+        ``converted``: see ``converts``."""
         if isinstance(query, bytes | bytearray | memoryview):
             size = len(query)
             if size > self.max_bytes:
@@ -185,7 +209,7 @@ class Guard:
             size = len(text.encode("utf-8", "surrogatepass"))
             if size > self.max_bytes:
                 return oversized(size, self.max_bytes, self.dialect)
-        return analyze(text, self.dialect)
+        return analyze(text, self.dialect, converted)
 
     # --- 2. decide -----------------------------------------------------------
 
@@ -235,14 +259,15 @@ class Guard:
     # --- the pipeline --------------------------------------------------------
 
     def prepare(
-        self, query: Any, raw: Any
+        self, query: Any, raw: Any, converted: bool = False
     ) -> tuple[Analysis, Identity | None, Verdict | None, bool]:
         """Step 1 and the cached part of step 2: the analysis, the identity
         current now, the cached verdict (None if there is none) and whether
         nothing is left to do before the statement runs but its record."""
-        analysis = self.cache.get(query) if type(query) is str else None
+        cache = self.converted if converted else self.cache
+        analysis = cache.get(query) if type(query) is str else None
         if analysis is None:
-            analysis = self.analyze(query, raw)
+            analysis = self.analyze(query, raw, converted)
         ident = _current.get() or self.identity
         verdict = self.decisions.get((analysis if self.by_text else analysis.key, ident))
         if verdict is None or verdict[0].action == "review":
@@ -263,7 +288,7 @@ class Guard:
         a contextvar read, a dict hit for the decision, the audit record when
         there is a trail, and nothing else when no SDK records.
         """
-        analysis, ident, verdict, ready = self.prepare(query, raw)
+        analysis, ident, verdict, ready = self.prepare(query, raw, self.converts(raw, params))
         if not ready or verdict is None:
             steps = self.steps(analysis, ident, verdict, query, raw, batch, params)
             return run_steps(self.raw, steps)
@@ -278,7 +303,7 @@ class Guard:
     async def begin_async(self, query: Any, raw: Any, batch: int = 0, params: Any = None) -> Begun:
         """``begin`` for an asyncio connection: the same pipeline, awaited;
         with an audit trail, the record is written off the event loop."""
-        analysis, ident, verdict, ready = self.prepare(query, raw)
+        analysis, ident, verdict, ready = self.prepare(query, raw, self.converts(raw, params))
         if ready and verdict is not None and self.audit is None:
             op = self.opened(analysis, ident, verdict, batch)
             self.refuse(op, analysis, verdict[0])
@@ -721,10 +746,11 @@ class Guard:
         query: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        params: Any = None,
     ) -> Any:
         """Guard ``query`` and make one call that returns no rows to count."""
         with self.lock:
-            op, mask = self.begin(query, raw)
+            op, mask = self.begin(query, raw, 0, params)
             failure = None
             try:
                 result = method(*args, **kwargs)
