@@ -92,6 +92,11 @@ Verdict = tuple[Decision, bool, bool, bool]
 Begun = tuple[Operation | None, Analysis | None]
 
 
+#: cursor class -> whether it rewrites a text given parameters (Guard.converts);
+#: a process has a handful of cursor classes
+_REWRITES: dict[type, bool] = {}
+
+
 class Guard:
     """What every cursor of one guarded connection shares: the policy, the
     decision cache, the session's read-only state, the telemetry and the
@@ -189,12 +194,18 @@ class Guard:
         """Whether the driver rewrites the text before sending it: pyformat
         drivers (psycopg, PyMySQL) given parameters, even ``()``, turn ``%%``
         into ``%`` (``sql/pyformat.py``); psycopg's RawCursor does not."""
-        if params is None or self.converted is self.cache:
+        if params is None:
             return False
-        query_cls = getattr(raw, "_query_cls", None)  # psycopg's own, per cursor class
-        return query_cls is None or all(
-            c.__name__ != "PostgresRawQuery" for c in getattr(query_cls, "__mro__", ())
-        )
+        cls = type(raw)
+        found = _REWRITES.get(cls)  # the hot path: a dict hit
+        if found is None:
+            # a cursor class belongs to one driver, so to one dialect
+            query_cls = getattr(cls, "_query_cls", None)  # psycopg's own, per cursor class
+            found = _REWRITES[cls] = self.converted is not self.cache and (
+                query_cls is None
+                or all(c.__name__ != "PostgresRawQuery" for c in getattr(query_cls, "__mro__", ()))
+            )
+        return found
 
     def analyze(self, query: Any, raw: Any, converted: bool = False) -> Analysis:
         """The analysis of a query given as str, bytes or a composed object;
@@ -288,7 +299,8 @@ class Guard:
         a contextvar read, a dict hit for the decision, the audit record when
         there is a trail, and nothing else when no SDK records.
         """
-        analysis, ident, verdict, ready = self.prepare(query, raw, self.converts(raw, params))
+        converted = params is not None and (_REWRITES.get(type(raw)) or self.converts(raw, params))
+        analysis, ident, verdict, ready = self.prepare(query, raw, converted)
         if not ready or verdict is None:
             steps = self.steps(analysis, ident, verdict, query, raw, batch, params)
             return run_steps(self.raw, steps)
