@@ -236,3 +236,39 @@ def test_mysql_legit_percent_percent_keeps_working(mysql_backend: Backend) -> No
     assert odd == [(1,), (3,)]
     assert like is not None and [r[0] for r in like] == [1, 3], like
     assert all(r[1] != CUSTOMERS[r[0] - 1][4] for r in like), like
+
+
+def test_mysql_batch_mixing_none_and_parameters_is_refused(mysql_backend: Backend) -> None:
+    """PyMySQL sends the text as written for a None set and ``%%`` as ``%``
+    for the others: no single analysis holds for both, so nothing runs."""
+    with _conn(mysql_backend, NO_AMOUNT) as (conn, shop):
+        cur = conn.cursor()
+        sql = shop.sql("SELECT id FROM {p} WHERE id %% 2 = 1")
+        with pytest.raises(guardeddb.QueryBlocked):
+            cur.executemany(sql, [None, ()])
+
+
+# -- the conversion itself: what psycopg's _split_query makes of a text --------
+
+
+@pytest.mark.parametrize(
+    ("text", "sent", "marks"),
+    [
+        ("SELECT 999 %% s", "SELECT 999 % s", ()),
+        ("SELECT %s::int, 'a%%'", "SELECT  ? ::int, 'a%'", ((8, 7, "%s"),)),
+        ("x = %(n)s AND y %%(c)s", "x =  ?  AND y %(c)s", ((5, 4, "%(n)s"),)),
+        ("%%%s%", "% ? %", ((2, 2, "%s"),)),
+        ("a % b %d %\n", "a % b %d %\n", ()),
+    ],
+)
+def test_convert_spells_the_text_as_sent(
+    text: str, sent: str, marks: tuple[tuple[int, int, str], ...]
+) -> None:
+    from guardeddb.sql.pyformat import convert
+
+    got = convert(text)
+    assert got.analyzed == sent
+    assert got.placeholders == marks
+    assert got.server == sent.replace(" ? ", "$1")
+    for at, start, spec in got.placeholders:
+        assert got.analyzed[at] == "?" and text[start : start + len(spec)] == spec
