@@ -30,7 +30,7 @@ from .pgparse import second_opinion
 from .pyformat import convert
 from .settings import SAFE_TRANSACTION_MODES
 from .shape import shape_of, with_placeholders
-from .text import sanitize_and_summarize
+from .text import MAX_TOKENIZED, sanitize_and_summarize
 
 __all__ = [
     "CACHE_SIZE",
@@ -119,6 +119,10 @@ class Analysis:
     #: the analysis of the first text of this one's shape (``sql/shape.py``),
     #: when this one is a copy of it; None for an analysis of its own
     shape: Analysis | None = None
+    #: the text the statements were read from when it is not ``text``: as a
+    #: pyformat driver given parameters sends it, values as `` ? ``
+    #: (``sql/pyformat.py``); '' otherwise
+    sent: str = ""
 
     @property
     def key(self) -> Analysis:
@@ -482,7 +486,15 @@ def fresh_converted(text: str, dialect: str) -> Analysis:
     d = _dialect(dialect)
     sent = convert(text)
     sql = sent.analyzed
-    sanitized, summary, tokens, procedure = sanitize_and_summarize(sql, d)
+    # db.query.text, the summary and the fingerprint show the text as
+    # written (its placeholders as written), like every other statement's
+    sanitized, summary, _, procedure = sanitize_and_summarize(text, d)
+    tokens: list[Token] | None = None
+    if len(sql) <= MAX_TOKENIZED:
+        try:
+            tokens = _tokenize(dialect, sql)
+        except Exception:  # not understood: _statements says so
+            tokens = None
     statements = _statements(sql, tokens, d, dialect, converted=True)
     if dialect == "postgres" and (disagreement := second_opinion(sent.server, statements, True)):
         why = f"the PostgreSQL parser disagrees: {disagreement}"
@@ -495,7 +507,9 @@ def fresh_converted(text: str, dialect: str) -> Analysis:
         else {t.start for t in tokens if t.token_type is TokenType.PLACEHOLDER}
     )
     marks = tuple((at, spec) for start, at, spec in sent.placeholders if start in values)
-    return Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks, procedure)
+    return Analysis(
+        text, dialect, sanitized, summary, fingerprint, statements, marks, procedure, sent=sql
+    )
 
 
 def analyze(text: str, dialect: str, converted: bool = False) -> Analysis:
