@@ -65,7 +65,14 @@ from .masking.filters import filters_masked
 from .masking.plan import Masking
 from .policy.decision import Decision
 from .policy.model import Policy
-from .sql.analysis import MAX_CACHED_TEXT, Analysis, analyze, cache_for, oversized
+from .sql.analysis import (
+    CONVERTING,
+    MAX_CACHED_TEXT,
+    Analysis,
+    analyze,
+    cache_for,
+    oversized,
+)
 from .telemetry import Operation, Telemetry
 
 __all__ = [
@@ -87,6 +94,11 @@ Verdict = tuple[Decision, bool, bool, bool]
 Begun = tuple[Operation | None, Analysis | None]
 
 
+#: cursor class -> whether it rewrites a text given parameters (Guard.converts);
+#: a process has a handful of cursor classes
+_REWRITES: dict[type, bool] = {}
+
+
 class Guard:
     """What every cursor of one guarded connection shares: the policy, the
     decision cache, the session's read-only state, the telemetry and the
@@ -100,6 +112,7 @@ class Guard:
         "blocked",
         "by_text",
         "cache",
+        "converted",
         "decisions",
         "dialect",
         "driver",
@@ -133,6 +146,10 @@ class Guard:
         self.driver = driver
         self.dialect = driver.dialect
         self.cache = cache_for(driver.dialect)
+        # the analyses of texts a pyformat driver rewrites (given parameters)
+        self.converted = (
+            cache_for(driver.dialect, True) if driver.dialect in CONVERTING else self.cache
+        )
         self.facts = facts
         self.telemetry = telemetry
         self.identity = identity
@@ -177,9 +194,27 @@ class Guard:
 
     # --- 1. analyze ---------------------------------------------------------
 
-    def analyze(self, query: Any, raw: Any) -> Analysis:
+    def converts(self, raw: Any, params: Any) -> bool:
+        """Whether the driver rewrites the text before sending it: pyformat
+        drivers (psycopg, PyMySQL) given parameters, even ``()``, turn ``%%``
+        into ``%`` (``sql/pyformat.py``); psycopg's RawCursor does not."""
+        if params is None:
+            return False
+        cls = type(raw)
+        found = _REWRITES.get(cls)  # the hot path: a dict hit
+        if found is None:
+            # a cursor class belongs to one driver, so to one dialect
+            query_cls = getattr(cls, "_query_cls", None)  # psycopg's own, per cursor class
+            found = _REWRITES[cls] = self.converted is not self.cache and (
+                query_cls is None
+                or all(c.__name__ != "PostgresRawQuery" for c in getattr(query_cls, "__mro__", ()))
+            )
+        return found
+
+    def analyze(self, query: Any, raw: Any, converted: bool = False) -> Analysis:
         """The analysis of a query given as str, bytes or a composed object;
-        one over ``limits.max_statement_bytes`` is not read at all."""
+        one over ``limits.max_statement_bytes`` is not read at all.
+        ``converted``: see ``converts``."""
         if isinstance(query, bytes | bytearray | memoryview):
             size = len(query)
             if size > self.max_bytes:
@@ -189,7 +224,7 @@ class Guard:
             size = len(text.encode("utf-8", "surrogatepass"))
             if size > self.max_bytes:
                 return oversized(size, self.max_bytes, self.dialect)
-        return analyze(text, self.dialect)
+        return analyze(text, self.dialect, converted)
 
     # --- 2. decide -----------------------------------------------------------
 
@@ -239,14 +274,15 @@ class Guard:
     # --- the pipeline --------------------------------------------------------
 
     def prepare(
-        self, query: Any, raw: Any
+        self, query: Any, raw: Any, converted: bool = False
     ) -> tuple[Analysis, Identity | None, Verdict | None, bool]:
         """Step 1 and the cached part of step 2: the analysis, the identity
         current now, the cached verdict (None if there is none) and whether
         nothing is left to do before the statement runs but its record."""
-        analysis = self.cache.get(query) if type(query) is str else None
+        cache = self.converted if converted else self.cache
+        analysis = cache.get(query) if type(query) is str else None
         if analysis is None:
-            analysis = self.analyze(query, raw)
+            analysis = self.analyze(query, raw, converted)
         ident = _current.get() or self.identity
         verdict = self.decisions.get((analysis if self.by_text else analysis.key, ident))
         if verdict is None or verdict[0].action == "review":
@@ -267,7 +303,8 @@ class Guard:
         a contextvar read, a dict hit for the decision, the audit record when
         there is a trail, and nothing else when no SDK records.
         """
-        analysis, ident, verdict, ready = self.prepare(query, raw)
+        converted = params is not None and (_REWRITES.get(type(raw)) or self.converts(raw, params))
+        analysis, ident, verdict, ready = self.prepare(query, raw, converted)
         if not ready or verdict is None:
             steps = self.steps(analysis, ident, verdict, query, raw, batch, params)
             return run_steps(self.raw, steps)
@@ -282,7 +319,7 @@ class Guard:
     async def begin_async(self, query: Any, raw: Any, batch: int = 0, params: Any = None) -> Begun:
         """``begin`` for an asyncio connection: the same pipeline, awaited;
         with an audit trail, the record is written off the event loop."""
-        analysis, ident, verdict, ready = self.prepare(query, raw)
+        analysis, ident, verdict, ready = self.prepare(query, raw, self.converts(raw, params))
         if ready and verdict is not None and self.audit is None:
             op = self.opened(analysis, ident, verdict, batch)
             self.refuse(op, analysis, verdict[0])
@@ -769,10 +806,11 @@ class Guard:
         query: Any,
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
+        params: Any = None,
     ) -> Any:
         """Guard ``query`` and make one call that returns no rows to count."""
         with self.lock:
-            op, mask = self.begin(query, raw)
+            op, mask = self.begin(query, raw, 0, params)
             failure = None
             try:
                 result = method(*args, **kwargs)

@@ -57,6 +57,7 @@ __all__ = [
     "REFUSE",
     "SETTABLE",
     "AttributeRefused",
+    "mixed_placement",
     "placement",
     "shape",
     "surface_for",
@@ -548,6 +549,18 @@ def placement(guard: Guard, analysis: Analysis, style: str, shapes: set[str]) ->
         if why is not None:
             return Decision("block", "parameter-placement", why)
     return None
+
+
+def mixed_placement() -> Decision:
+    """Parameter sets with and without parameters for one text holding a
+    ``%``: the driver sends it rewritten for some and as written for others,
+    and one analysis cannot be both."""
+    return Decision(
+        "block",
+        "parameter-placement",
+        "some parameter sets are None and others are not, for a statement with '%': "
+        "the driver would send it as written for some and with '%%' as '%' for others",
+    )
 
 
 def shim(guard: Guard, func: Callable[..., Any] | None, what: str) -> Any:

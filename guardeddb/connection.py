@@ -287,7 +287,9 @@ class GuardedCursor(CursorBase):
         guard = self._self_guard
         failure = None
         with guard.lock:  # the session switch and the statement, together
-            op, self._self_mask = guard.begin(query, raw, batch, args[1:] or None)
+            op, self._self_mask = guard.begin(
+                query, raw, batch, args[1:] or _keyword_params(kwargs)
+            )
             self._self_left = guard.max_rows
             try:
                 result = method(*args, **kwargs)
@@ -315,7 +317,10 @@ class GuardedCursor(CursorBase):
         # the statement that needs it run together.
         with guard.lock:
             op, self._self_mask = guard.begin(
-                query, raw, 0, None if params is _NO_PARAMS else params
+                query,
+                raw,
+                0,
+                params if params is not _NO_PARAMS else _keyword_params(kwargs) if kwargs else None,
             )
             self._self_left = guard.max_rows
             try:
@@ -376,6 +381,16 @@ class GuardedCursor(CursorBase):
     def __exit__(self, *exc_info: Any) -> Any:
         self._self_done()
         return self.__wrapped__.__exit__(*exc_info)
+
+
+def _keyword_params(kwargs: dict[str, Any]) -> Any:
+    """Parameters given by keyword (PyMySQL's ``args``, psycopg's ``params``
+    and ``params_seq``, sqlite3's ``parameters``), or None: the driver
+    rewrites a text given parameters however they are passed."""
+    for key in ("args", "params", "params_seq", "parameters"):
+        if kwargs.get(key) is not None:
+            return kwargs[key]
+    return None
 
 
 def query_params(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -542,7 +557,9 @@ class _Copy:
         """psycopg's ``copy()``: the COPY statement is guarded like any other."""
         self._self_done()
         raw = self.__wrapped__
-        return self._self_guard.run(raw, raw.copy, statement, (statement, *args), kwargs)
+        return self._self_guard.run(
+            raw, raw.copy, statement, (statement, *args), kwargs, query_params(args, kwargs)
+        )
 
 
 class ConnectionBase(wrapt.BaseObjectProxy[Any]):
@@ -1016,12 +1033,22 @@ class _ClientParams:
 
     def _self_placed(self: Any, query: Any, shapes: set[str]) -> None:
         guard: Guard = self._self_guard
-        analysis = guard.cache.get(query) if type(query) is str else None
-        if analysis is None:
-            analysis = guard.analyze(query, self.__wrapped__)
-        decision = _surface.placement(guard, analysis, self._self_style, shapes)
-        if decision is not None:
-            raise _refused_placement(guard, analysis, decision)
+        raw = self.__wrapped__
+        for converted in (False, True):
+            # given parameters the driver rewrites the text (%% as %): the
+            # placeholders are judged on the analysis of what it sends
+            judged = {s for s in shapes if (s != "none") == converted}
+            if not judged:
+                continue
+            cache = guard.converted if converted else guard.cache
+            analysis = cache.get(query) if type(query) is str else None
+            if analysis is None:
+                analysis = guard.analyze(query, raw, converted)
+            decision = _surface.placement(guard, analysis, self._self_style, judged)
+            if decision is None and converted and "none" in shapes and "%" in analysis.text:
+                decision = _surface.mixed_placement()
+            if decision is not None:
+                raise _refused_placement(guard, analysis, decision)
 
 
 def _param_sets(

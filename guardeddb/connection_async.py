@@ -29,6 +29,7 @@ from .connection import (
     _compose,
     _ConnectionItself,
     _InfoView,
+    _keyword_params,
     _NextSet,
     _NoticeHandlers,
     _param_sets,
@@ -103,7 +104,7 @@ class GuardedAsyncCursor(CursorBase):
             query,
             (query, *args),
             kwargs,
-            args or None,
+            args or _keyword_params(kwargs),
             batch_size(args, kwargs),
         )
 

@@ -390,7 +390,6 @@ def test_mysql_set_autocommit_commits_without_a_record(
 # -- 6. psycopg: '%%' before an identifier hides a column from the analysis ------
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: '%% s' is a value to sqlglot, a column to PG")
 def test_pg_percent_percent_hides_a_column_from_masking(pg_backend: Backend) -> None:
     """With parameters given (even ``()``), psycopg turns ``%%`` into ``%``:
     the server reads ``999 %% s`` as ``999 % s``, s a column. sqlglot reads
@@ -476,7 +475,6 @@ def test_approval_runs_with_a_larger_impact_than_approved(
     assert left[0][0] >= 1, f"approved 2 rows, deleted {3 - left[0][0]}"
 
 
-@pytest.mark.xfail(strict=True, reason="attack4: '%% s.col' hides a column from a columns rule")
 def test_pg_percent_percent_hides_a_column_from_a_block_rule(pg_backend: Backend) -> None:
     """The same differential against a guardrail: a rule blocks every
     statement that reads ``*.amount``; ``SELECT 0 = 1200 %% s.amount ...

@@ -582,10 +582,11 @@ class GuardedTools:
 
     # -- plumbing ----------------------------------------------------------
 
-    def _streams(self, sql: str) -> bool:
+    def _streams(self, sql: str, converted: bool) -> bool:
         """Whether the statement is a plain read whose rows can be streamed
-        (psycopg ``stream()``, PyMySQL's unbuffered cursor) and stopped early."""
-        analysis = analyze(sql, self.dialect)
+        (psycopg ``stream()``, PyMySQL's unbuffered cursor) and stopped early;
+        ``converted``: it runs with parameters (``sql/pyformat.py``)."""
+        analysis = analyze(sql, self.dialect, converted)
         return (
             len(analysis.statements) == 1
             and analysis.kinds == frozenset({"select"})
@@ -595,7 +596,7 @@ class GuardedTools:
 
     def _execute(self, sql: str, params: tuple[Any, ...] | None) -> tuple[Any, Iterator[Any]]:
         """Run the statement: the guarded cursor and its rows, read lazily in batches."""
-        stream = self._streams(sql)
+        stream = self._streams(sql, params is not None)
         if stream and self.driver.module == "pymysql":
             import pymysql.cursors
 

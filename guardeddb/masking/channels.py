@@ -116,7 +116,8 @@ def parsed(analysis: Analysis) -> list[Any] | None:
         # pyformat markers read as ? on MySQL, NULL elsewhere: sqlglot's MySQL
         # parser takes %s for a modulo, its PostgreSQL one ? for a JSON operator
         mark = "?" if analysis.dialect == "mysql" else "NULL"
-        text = _PYFORMAT.sub(mark, analysis.text)
+        # a text a pyformat driver rewrites was analyzed as sent (%% as %)
+        text = analysis.sent or _PYFORMAT.sub(mark, analysis.text)
         return list(sqlglot.parse(text, read=analysis.dialect))
     except Exception:
         return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
-from sqlglot import Token, TokenType
+from sqlglot import Token, TokenType, exp
 from sqlglot.dialects.dialect import Dialect
 from sqlglot.errors import ErrorLevel
 from sqlglot.tokens import Tokenizer
@@ -27,12 +27,14 @@ from .classify import (
 )
 from .lineage import Lineage
 from .pgparse import second_opinion
+from .pyformat import convert
 from .settings import SAFE_TRANSACTION_MODES
 from .shape import shape_of, with_placeholders
-from .text import sanitize_and_summarize
+from .text import MAX_TOKENIZED, sanitize_and_summarize
 
 __all__ = [
     "CACHE_SIZE",
+    "CONVERTING",
     "MAX_CACHED_TEXT",
     "Analysis",
     "analyze",
@@ -117,6 +119,10 @@ class Analysis:
     #: the analysis of the first text of this one's shape (``sql/shape.py``),
     #: when this one is a copy of it; None for an analysis of its own
     shape: Analysis | None = None
+    #: the text the statements were read from when it is not ``text``: as a
+    #: pyformat driver given parameters sends it, values as `` ? ``
+    #: (``sql/pyformat.py``); '' otherwise
+    sent: str = ""
 
     @property
     def key(self) -> Analysis:
@@ -270,14 +276,16 @@ def _marks(text: str, tokens: list[Token] | None) -> tuple[tuple[int, str], ...]
 
 
 def _statements(
-    sql: str, tokens: list[Token] | None, dialect: Dialect, name: str
+    sql: str, tokens: list[Token] | None, dialect: Dialect, name: str, converted: bool = False
 ) -> tuple[Statement, ...]:
+    """The facts of each statement of ``sql``; ``converted``: ``sql`` is a
+    pyformat driver's text as sent (``pyformat.py``), its values spelled ``?``."""
     if tokens is None:
         return (untokenizable(sql, name),)
     if name == "mysql" and ("/*!" in sql or "/*M!" in sql):
         # MySQL runs the inside of /*! ... */; every parser skips it.
         return (Statement.unknown("MySQL executable comment (/*! ... */)"),)
-    if name in ("postgres", "mysql"):
+    if name in ("postgres", "mysql") and not converted:
         tokens = _placeholders(tokens)
     tokens, differential = normalize_tokens(tokens, sql, name)
     if differential:
@@ -310,6 +318,9 @@ def _statements(
         for tree in trees:
             if tree is None:
                 continue
+            if converted and name == "postgres" and _operator_as_value(tree):
+                statements.append(Statement.unknown(_OPERATOR_AS_VALUE))
+                continue
             try:
                 fact = classify(tree, text, name, facts)
             except Exception as exc:  # a tree shape the classifier did not expect
@@ -323,15 +334,18 @@ def _statements(
     return tuple(statements)
 
 
-def cache_for(dialect: str) -> dict[str, Analysis]:
-    """The analysis cache of one dialect, keyed by SQL text.
+def cache_for(dialect: str, converted: bool = False) -> dict[str, Analysis]:
+    """The analysis cache of one dialect, keyed by SQL text; ``converted``:
+    the one of texts executed with parameters by a pyformat driver, which
+    rewrites them (``pyformat.py``), so one text has two analyses.
 
     Guarded cursors look statements up here directly: a dict hit is the
     cheapest thing the hot path can do. ``analyze`` keeps it bounded.
     """
-    cache = _CACHES.get(dialect)
+    key = dialect + "%" if converted else dialect
+    cache = _CACHES.get(key)
     if cache is None:
-        cache = _CACHES.setdefault(dialect, {})
+        cache = _CACHES.setdefault(key, {})
     return cache
 
 
@@ -455,13 +469,75 @@ def fresh(text: str, dialect: str, tokens: list[Token] | None = None) -> Analysi
     return Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks, procedure)
 
 
-def analyze(text: str, dialect: str) -> Analysis:
+def _operator_as_value(tree: exp.Expr) -> bool:
+    """Whether sqlglot read a ``%`` of a converted text as a placeholder:
+    its PostgreSQL parser takes ``%`` where an operand starts for a pyformat
+    placeholder (``% s``), which the server reads as an operator. The
+    driver's own placeholders are ``?`` there, read with ``jdbc`` set."""
+    return any(not p.args.get("jdbc") for p in tree.find_all(exp.Placeholder))
+
+
+_OPERATOR_AS_VALUE = (
+    "a '%' where a value starts, which the SQL parser would read as a placeholder "
+    "and the server as an operator"
+)
+#: the dialects of pyformat drivers, which rewrite a text given parameters
+CONVERTING = frozenset({"postgres", "mysql"})
+
+
+def fresh_converted(text: str, dialect: str) -> Analysis:
+    """The analysis of ``text`` as a pyformat driver given parameters sends
+    it (``%%`` as ``%``), no cache read or written. ``text`` stays the text
+    as written, and ``placeholders`` are offsets in it: ``_surface.placement``
+    matches them against the driver's own reading of that text."""
+    _COUNTS[1] += 1
+    d = _dialect(dialect)
+    sent = convert(text)
+    sql = sent.analyzed
+    # db.query.text, the summary and the fingerprint show the text as
+    # written (its placeholders as written), like every other statement's
+    sanitized, summary, _, procedure = sanitize_and_summarize(text, d)
+    tokens: list[Token] | None = None
+    if len(sql) <= MAX_TOKENIZED:
+        try:
+            tokens = _tokenize(dialect, sql)
+        except Exception:  # not understood: _statements says so
+            tokens = None
+    statements = _statements(sql, tokens, d, dialect, converted=True)
+    if dialect == "postgres" and (disagreement := second_opinion(sent.server, statements, True)):
+        why = f"the PostgreSQL parser disagrees: {disagreement}"
+        statements = tuple(Statement.unknown(why) for _ in statements or (None,))
+    shape = " ".join(sanitized.split()).lower()
+    fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    values = (
+        set()
+        if tokens is None
+        else {t.start for t in tokens if t.token_type is TokenType.PLACEHOLDER}
+    )
+    marks = tuple((at, spec) for start, at, spec in sent.placeholders if start in values)
+    return Analysis(
+        text, dialect, sanitized, summary, fingerprint, statements, marks, procedure, sent=sql
+    )
+
+
+def analyze(text: str, dialect: str, converted: bool = False) -> Analysis:
     """Analyze ``text`` as ``dialect`` (sqlglot's name); results are cached,
     by text and by shape (texts that differ only in plain literal values).
+
+    ``converted``: the text is executed with parameters by a pyformat driver
+    (psycopg, PyMySQL), which sends ``%%`` as ``%``; it is analyzed as sent.
 
     Never raises: what cannot be understood is a statement with ``unparsed``
     set, which policies treat as ``on_unparsed`` says (block by default).
     """
+    if converted and "%" in text and dialect in CONVERTING:
+        kept = cache_for(dialect, True)
+        found = kept.get(text)
+        if found is None:
+            found = fresh_converted(text, dialect)
+            if len(text) <= MAX_CACHED_TEXT:
+                _bounded(kept, text, found)
+        return found
     cache = cache_for(dialect)
     found = cache.get(text)
     if found is not None:

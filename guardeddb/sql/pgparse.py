@@ -50,9 +50,12 @@ def available() -> bool:
     return _pglast() is not None
 
 
-# psycopg turns %s, %b, %t and %(name)s into $n with this same scan over the
-# raw text (strings and comments included), and %% into %: pglast is shown
-# the placeholders the way the server receives them.
+# A text executed without parameters reaches the server as written, ``%%``
+# included; the analysis reads its %s, %b, %t and %(name)s as values (and
+# ``_surface.placement`` refuses them where the driver interpolates), so
+# pglast is shown them as values too, ``$1``. A text executed with
+# parameters is converted by the caller first (``pyformat.convert``: ``%%``
+# as ``%``, placeholders as ``$1``), as psycopg sends it.
 _PYFORMAT = re.compile(r"%%|%(?:\([^)]+\))?[sbt]")
 
 
@@ -196,8 +199,10 @@ def _without_quoted_text(exc: Exception) -> str:
     return re.sub(r' at or near ".*"', "", first)[:200]
 
 
-def second_opinion(text: str, statements: tuple[Statement, ...]) -> str | None:
+def second_opinion(text: str, statements: tuple[Statement, ...], sent: bool = False) -> str | None:
     """Why PostgreSQL's parser disagrees with ``statements``, or None.
+
+    ``sent``: ``text`` is already what the driver sends (``pyformat.py``).
 
     Returns None when pglast is not installed, and when guardeddb already
     refused some statement as unparsed (there is nothing left to confirm).
@@ -207,7 +212,8 @@ def second_opinion(text: str, statements: tuple[Statement, ...]) -> str | None:
         return None
     collector = _Collector()
     try:
-        tree = json.loads(parser.parse_sql_json(_server_text(text)), object_hook=collector.hook)
+        sql = text if sent else _server_text(text)
+        tree = json.loads(parser.parse_sql_json(sql), object_hook=collector.hook)
     except Exception as exc:  # pglast.parser.ParseError, or anything else: no agreement
         return f"it does not parse ({_without_quoted_text(exc)})"
     raws = tree.get("stmts", [])
