@@ -150,11 +150,6 @@ def test_sqlite_double_quoted_string_tautology_is_no_where() -> None:
     assert left == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="pre-existing (not #15), attackshape: SQLite's ORDER BY (2) is positional; the "
-    "masking filter only knows a bare ORDER BY 2",
-)
 def test_sqlite_parenthesized_order_by_position_is_judged_like_a_position() -> None:
     """Attack: ``SELECT id, ssn FROM p ORDER BY (2)`` for an identity whose
     ``ssn`` is masked with ``filter: deny``. ``ORDER BY 2`` and ``ORDER BY +2``

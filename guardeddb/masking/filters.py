@@ -298,7 +298,15 @@ class _Judge:
                 terms.extend(
                     t.this if isinstance(t, exp.Ordered) else t for t in clause.expressions
                 )
-        places = [int(t.this) for t in terms if isinstance(t, exp.Literal) and not t.is_string]
+        places = []
+        for t in terms:
+            while isinstance(t, exp.Paren):  # SQLite reads ORDER BY (2) as a position too
+                t = t.this
+            if isinstance(t, exp.Literal) and not t.is_string:
+                try:
+                    places.append(int(t.this))
+                except ValueError:  # 2.0, 1e0: a constant, not a position
+                    continue
         if not places:
             return
         outs = self.resolver.query(q, ctes, outer)
