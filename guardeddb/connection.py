@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import operator
 import sqlite3
 import sys
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ __all__ = [
 
 _NO_PARAMS: Any = object()  # "the caller passed no parameters", distinct from None
 _FETCH: Any = object()  # "fetch from the driver": no rows were passed in
+_first = operator.itemgetter(0)  # a column's name in cursor.description
 
 
 def _surface_get(self: Any, name: str) -> Any:
@@ -123,7 +125,7 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
             return mask
         raw = self.__wrapped__
         desc = raw.description
-        names = tuple(str(d[0]) for d in desc) if desc else ()
+        names = tuple(map(str, map(_first, desc))) if desc else ()
         guard = self._self_guard
         masking = guard.masking
         plan = masking.plan(mask, names, guard.engine.columns) if masking is not None else None
