@@ -438,7 +438,9 @@ def _cell_bound(pattern: re.Pattern[str]) -> re.Pattern[str]:
 # The batch patterns. A card needs 12 digits or more in its run: runs with
 # fewer (every "Customer 12") are not matched only to be found to hold none.
 _BATCH_PATTERNS = {d.name: _cell_bound(d.pattern) for d in _D}
-_BATCH_PATTERNS["credit_card"] = re.compile(rf"(?<!\d)(?=(?:{_SEP}?\d){{12}}){_CARD_RUN}")
+# Written to start with a digit (the lookbehind after it), so the regex
+# engine skips to the next digit in C instead of trying every position.
+_BATCH_PATTERNS["credit_card"] = re.compile(rf"\d(?<!\d\d)(?=(?:{_SEP}?\d){{11}})\d*(?:{_SEP}\d+)*")
 # Values of these types hold no text to scan.
 _NOT_TEXT = frozenset(
     {
@@ -491,34 +493,48 @@ def _column_clues(cells: Sequence[str], joined: str) -> dict[int, int]:
     found: dict[int, int] = {}
     if most >= 7:
         found = dict.fromkeys([i for i, n in enumerate(digits) if n >= 7], _D7)
-    starts: list[int] | None = None
-    looks: list[tuple[str, tuple[tuple[str, int], ...], bool]] = [
-        (joined, (*_CLUE_NEEDLES, (".", _DOT)) if most >= 4 else _CLUE_NEEDLES, False)
-    ]
-    if max(map(len, cells)) >= 17:  # _clues looks for these in longer text only
-        looks.append((joined.lower(), _LOWER_NEEDLES, True))
     get = found.get
-    for text, needles, lowered in looks:
-        for needle, bit in needles:
-            at = text.find(needle)
+    lengths = list(map(len, cells))
+    starts: list[int] | None = None
+    for needle, bit in (*_CLUE_NEEDLES, (".", _DOT)) if most >= 4 else _CLUE_NEEDLES:
+        at = joined.find(needle)
+        if at < 0:
+            continue
+        if joined.count(needle) * 8 > len(cells):
+            # In most cells: a membership test per cell beats a find and a
+            # bisect per cell.
+            for i, cell in enumerate(cells):
+                if needle in cell and (bit != _DOT or digits[i] >= 4):
+                    found[i] = get(i, 0) | bit
+            continue
+        if starts is None:
+            starts = [0, *itertools.accumulate(map((1).__add__, lengths))]
+        while at >= 0:
+            i = bisect.bisect_right(starts, at) - 1
+            if bit != _DOT or digits[i] >= 4:  # "dot" needs 4 digits too
+                found[i] = get(i, 0) | bit
+            at = joined.find(needle, starts[i + 1])
+    # _clues looks for the rest in text of 17 characters or more, lowercased:
+    # only those cells are joined to be searched.
+    long = [i for i, n in enumerate(lengths) if n >= 17]
+    if long:
+        low = (
+            joined if len(long) == len(cells) else _CELL_SEP.join([cells[i] for i in long])
+        ).lower()
+        low_starts: list[int] | None = None
+        for needle, bit in _LOWER_NEEDLES:
+            at = low.find(needle)
             if at < 0:
                 continue
-            if not lowered and text.count(needle) * 8 > len(cells):
-                # In most cells: a membership test per cell beats a find and
-                # a bisect per cell.
-                for i, cell in enumerate(cells):
-                    if needle in cell and (bit != _DOT or digits[i] >= 4):
-                        found[i] = get(i, 0) | bit
-                continue
-            if starts is None:
-                starts = [0, *itertools.accumulate(map((1).__add__, map(len, cells)))]
+            if low_starts is None:
+                low_starts = [
+                    0,
+                    *itertools.accumulate(map((1).__add__, map(lengths.__getitem__, long))),
+                ]
             while at >= 0:
-                i = bisect.bisect_right(starts, at) - 1
-                end = starts[i + 1]
-                # "dot" needs 4 digits too, the lowercased clues 17 characters.
-                if (bit != _DOT or digits[i] >= 4) and (not lowered or end - starts[i] > 17):
-                    found[i] = get(i, 0) | bit
-                at = text.find(needle, end)
+                j = bisect.bisect_right(low_starts, at) - 1
+                found[long[j]] = get(long[j], 0) | bit
+                at = low.find(needle, low_starts[j + 1])
     for i, bits in found.items():
         if bits & _TOK and not _TOKEN_CLUE.search(cells[i].lower()):
             found[i] = bits & ~_TOK  # a looser prefix ("xk_live_") than the clue
