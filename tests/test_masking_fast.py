@@ -149,3 +149,41 @@ def test_batch_of_rows_equals_rows_one_by_one(rows: list[tuple[Any, ...]], kind:
     assert cells == [tuple(r.values()) if isinstance(r, dict) else tuple(r) for r in want]
     assert batch.count == single.count
     db.close()
+
+
+digit_text = st.one_of(
+    st.text(alphabet="0123456789 -.()+_x\u0663", min_size=7, max_size=40),
+    st.tuples(
+        st.sampled_from(["", "SSN ", "tel ", "Social Security no ", "\u017fsn ", "cell: "]),
+        st.one_of(
+            st.from_regex(r"\+?\(?\d{3}\)?[ .-]?\d{2,3}[ .-]?\d{4}", fullmatch=True),
+            st.sampled_from(
+                [
+                    "(212) 555-0142",
+                    "(212)555-0142",
+                    "+44 20 7946 0958",
+                    "212 555 0142",
+                    "212.555.0142",
+                ]
+            ),
+            st.tuples(  # SSNs, with the area numbers never issued
+                st.sampled_from(["000", "666", "912", "078", "123"]),
+                st.sampled_from("- ."),
+                st.sampled_from(["00", "05", "45"]),
+                st.sampled_from(["0000", "1120", "6789"]),
+            ).map(lambda t: f"{t[0]}{t[1]}{t[2]}{t[1]}{t[3]}"),
+        ),
+        st.sampled_from(["", " x", "1", "\x00"]),
+    ).map("".join),
+)
+
+
+@SETTINGS
+@given(st.lists(digit_text, min_size=8, max_size=40))
+def test_digit_columns_in_one_pass(cells: list[str]) -> None:
+    """Columns of numbers, phones and SSNs (scanned joined, by the keyword-
+    less patterns where no cell has a keyword): each cell as scan leaves it."""
+    results = [SCANNER.scan(c) for c in cells]
+    masked, n = SCANNER.scan_many(cells)
+    assert list(masked) == [t for t, _ in results]
+    assert n == sum(k for _, k in results)

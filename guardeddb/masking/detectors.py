@@ -441,6 +441,27 @@ _BATCH_PATTERNS = {d.name: _cell_bound(d.pattern) for d in _D}
 # Written to start with a digit (the lookbehind after it), so the regex
 # engine skips to the next digit in C instead of trying every position.
 _BATCH_PATTERNS["credit_card"] = re.compile(rf"\d(?<!\d\d)(?=(?:{_SEP}?\d){{11}})\d*(?:{_SEP}\d+)*")
+# Two detectors also match after a keyword ("SSN 078051120", "tel
+# 2125550142"). In ASCII text that holds none of their keywords, only their
+# other branch can match, and these are that branch alone, written to start
+# with what a match starts with: the same matches, found without the engine
+# trying every position. (Non-ASCII text can spell a keyword with case folds,
+# "\u017fsn": it gets the whole pattern.)
+_KEYWORDLESS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
+    "us_ssn": (
+        ("ssn", "social"),
+        re.compile(
+            r"\d(?<!\d\d)(?<!(?=000|666|9\d\d)\d)\d{2}([- .])(?!00)\d{2}\1(?!0000)\d{4}(?!\d)"
+        ),
+    ),
+    "phone": (
+        ("phone", "tel", "mobile", "cell", "fax", "sms", "whatsapp"),
+        re.compile(
+            r"[+(\d](?<![\w+][+(\d])(?:(?<=\+)\d[\d .()-]{5,19}\d"
+            r"|(?<=\()\d{3}\) ?\d{3}[-. ]\d{4}|(?<=\d)\d{2}(?:[-.]\d{3}[-.]| \d{3} )\d{4})(?![\w])"
+        ),
+    ),
+}
 # Values of these types hold no text to scan.
 _NOT_TEXT = frozenset(
     {
@@ -697,6 +718,7 @@ class Scanner:
             return got
 
         found: dict[int, list[tuple[int, int, str]]] = {}
+        lowered: dict[int, str] = {}  # a group's text lowercased, when asked for
         clues = 0
         for c in set(clue_sets):
             clues |= c
@@ -714,6 +736,13 @@ class Scanner:
             if not hints & clues:
                 continue
             joined, picked, starts = group(hints)
+            keywordless = _KEYWORDLESS.get(det.name)
+            if keywordless is not None and joined.isascii():
+                low = lowered.get(hints)
+                if low is None:
+                    low = lowered[hints] = joined.lower()
+                if not any(word in low for word in keywordless[0]):
+                    pattern = keywordless[1]
             at = 0
             while picked and (m := pattern.search(joined, at)) is not None:
                 at = m.end()
