@@ -47,19 +47,20 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
     stretch from each group wins. Each group is looked at from at most 19
     digits on, so a run of any length costs time in proportion to it.
     """
-    groups = [(m.start(), m.end()) for m in _DIGIT_GROUP.finditer(text)]
-    digits = "".join(text[a:b] for a, b in groups)
+    parts = _DIGIT_GROUP.findall(text)
+    digits = "".join(parts)
     if not digits.isascii():
         digits = "".join(str(int(c)) for c in digits)  # unicode decimal digits
-    cum = [0]
-    for a, b in groups:
-        cum.append(cum[-1] + b - a)
+    cum = [0, *itertools.accumulate(map(len, parts))]
+    groups: list[tuple[int, int]] | None = None  # where each group is: when a card is found
     spans: list[tuple[int, int]] = []
     g = 0
-    while g < len(groups):
+    while g < len(parts):
         start = cum[g]
-        if digits[start] not in "23456" or cum[-1] - start < 12:
-            g += 1  # no issuer's numbers start so, or too few digits left
+        if cum[-1] - start < 12:
+            break  # too few digits left for any card
+        if digits[start] not in "23456":
+            g += 1  # no issuer's numbers start so
             continue
         lengths = _brand_lengths(digits[start : start + 4])
         best = None
@@ -72,6 +73,8 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
         if best is None:
             g += 1
             continue
+        if groups is None:
+            groups = [m.span() for m in _DIGIT_GROUP.finditer(text)]
         spans.append((groups[g][0], groups[best][1]))
         g = best + 1
     return spans
