@@ -540,7 +540,7 @@ def _column_clues(cells: Sequence[str], joined: str) -> dict[int, int]:
             at = joined.find(needle, starts[i + 1])
     # _clues looks for the rest in text of 17 characters or more, lowercased:
     # only those cells are joined to be searched.
-    long = [i for i, n in enumerate(lengths) if n >= 17]
+    long = [i for i, n in enumerate(lengths) if n >= 17] if max(lengths) >= 17 else []
     if long:
         low = (
             joined if len(long) == len(cells) else _CELL_SEP.join([cells[i] for i in long])
