@@ -78,6 +78,9 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         self._self_mask: Analysis | MaskRun | None = None
         # True when a custom row factory masks values before building rows.
         self._self_factory_masks = False
+        # (operation, description) as read when the statement ran, so the
+        # mask plan does not read it again (psycopg builds it anew each read).
+        self._self_desc: tuple[Operation, Any] | None = None
 
     # The driver's own attributes: only those the surface table allows.
     _self_surface: dict[str, str] = {}  # noqa: RUF012 (each composed class has its own)
@@ -91,10 +94,12 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
     def _self_track(self, op: Operation, raw: Any) -> None:
         """The statement ran: its span stays open while rows are left to fetch."""
         op.executed()
-        if raw.description is None:
+        desc = raw.description
+        if desc is None:
             op.end()
         else:
             self._self_op = op
+            self._self_desc = (op, desc)
 
     def _self_finish(self, op: Operation) -> None:
         """End the span of the current result, with what masking did to it."""
@@ -114,6 +119,7 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         mask = self._self_mask
         if type(mask) is MaskRun:
             self._self_mask = mask.analysis
+        self._self_desc = None
         if self._self_left is not None:
             self._self_left = self._self_guard.max_rows
 
@@ -123,8 +129,14 @@ class CursorBase(wrapt.BaseObjectProxy[Any]):
         if mask is None or isinstance(mask, MaskRun):
             return mask
         raw = self.__wrapped__
-        desc = raw.description
-        names = tuple(str(d[0]) for d in desc) if desc else ()
+        held = self._self_desc
+        # The description read when this result's statement ran, else read now.
+        desc = held[1] if held is not None and held[0] is self._self_op else raw.description
+        names = tuple([d[0] for d in desc]) if desc else ()
+        try:
+            "".join(names)  # every name is text (all drivers give str): a cheap check
+        except TypeError:
+            names = tuple(map(str, names))
         guard = self._self_guard
         masking = guard.masking
         plan = masking.plan(mask, names, guard.engine.columns) if masking is not None else None

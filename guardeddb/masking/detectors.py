@@ -47,19 +47,20 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
     stretch from each group wins. Each group is looked at from at most 19
     digits on, so a run of any length costs time in proportion to it.
     """
-    groups = [(m.start(), m.end()) for m in _DIGIT_GROUP.finditer(text)]
-    digits = "".join(text[a:b] for a, b in groups)
+    parts = _DIGIT_GROUP.findall(text)
+    digits = "".join(parts)
     if not digits.isascii():
         digits = "".join(str(int(c)) for c in digits)  # unicode decimal digits
-    cum = [0]
-    for a, b in groups:
-        cum.append(cum[-1] + b - a)
+    cum = [0, *itertools.accumulate(map(len, parts))]
+    groups: list[tuple[int, int]] | None = None  # where each group is: when a card is found
     spans: list[tuple[int, int]] = []
     g = 0
-    while g < len(groups):
+    while g < len(parts):
         start = cum[g]
-        if digits[start] not in "23456" or cum[-1] - start < 12:
-            g += 1  # no issuer's numbers start so, or too few digits left
+        if cum[-1] - start < 12:
+            break  # too few digits left for any card
+        if digits[start] not in "23456":
+            g += 1  # no issuer's numbers start so
             continue
         lengths = _brand_lengths(digits[start : start + 4])
         best = None
@@ -72,6 +73,8 @@ def _card_spans(text: str) -> list[tuple[int, int]]:
         if best is None:
             g += 1
             continue
+        if groups is None:
+            groups = [m.span() for m in _DIGIT_GROUP.finditer(text)]
         spans.append((groups[g][0], groups[best][1]))
         g = best + 1
     return spans
@@ -266,7 +269,7 @@ _D = [
         "basic_auth",
         # The password of user:password@host in a URL.
         re.compile(r"(?i)[a-z][a-z0-9+.-]{0,20}://[^\s:/@]{1,128}:([^\s/@]{1,256})@"),
-        frozenset({"at"}),
+        frozenset({"url"}),
         mask=lambda s: s[: s.index(":", s.index("://") + 3) + 1] + REDACTED + "@",
     ),
     Detector(
@@ -361,39 +364,65 @@ _AWS_PREFIXES = (
 _AWS_CLUE = re.compile("|".join(_AWS_PREFIXES))
 
 
-def _clues(text: str) -> set[str]:
-    """Which detectors could match ``text`` at all, from cheap substring tests:
-    most text cells (names, cities, statuses) hold none of these clues."""
-    clues: set[str] = set()
-    digits = len(text) - len(text.translate(_NO_DIGITS))
-    if digits < 7 and not text.isascii():
-        digits = sum(c.isdecimal() for c in text)  # Arabic-Indic, fullwidth, ... digits
+# The clues, as bits of one int: a detector runs on a text when its hints'
+# bits and the text's clues share one (an int test, where sets cost a hash).
+_CLUE_BITS = {
+    name: 1 << i
+    for i, name in enumerate(
+        ("d7", "at", "colon", "eq", "arrow", "dot", "pem", "jwt", "aws", "tok", "url")
+    )
+}
+_D7, _AT, _COLON, _EQ, _ARROW, _DOT, _PEM, _JWT, _AWS, _TOK, _URL = _CLUE_BITS.values()
+_NON_DIGIT_BYTES = bytes(c for c in range(256) if not 0x30 <= c <= 0x39)
+
+
+def _bits(hints: Iterable[str]) -> int:
+    """The clue bits of ``hints``."""
+    out = 0
+    for h in hints:
+        out |= _CLUE_BITS[h]
+    return out
+
+
+def _clues(text: str) -> int:
+    """Which detectors could match ``text`` at all (clue bits), from cheap
+    substring tests: most text cells (names, cities, statuses) hold none."""
+    clues = 0
+    if text.isascii():
+        digits = len(text.encode().translate(None, _NON_DIGIT_BYTES))
+    else:
+        digits = len(text) - len(text.translate(_NO_DIGITS))
+        if digits < 7:
+            digits = sum(c.isdecimal() for c in text)  # Arabic-Indic, fullwidth, ... digits
     if digits >= 7:
-        clues.add("d7")  # cards, SSNs, IBANs, phones all have 7 digits or more
+        clues = _D7  # cards, SSNs, IBANs, phones all have 7 digits or more
     if "@" in text:
-        clues.add("at")
+        clues |= _AT
     if ":" in text:
-        clues.add("colon")
+        clues |= _COLON
+        if "://" in text:
+            clues |= _URL
     if "=" in text:
-        clues.add("eq")
+        clues |= _EQ
     if "->" in text:
-        clues.add("arrow")
+        clues |= _ARROW
     if digits >= 4 and "." in text:
-        clues.add("dot")
+        clues |= _DOT
     if "BEGIN" in text or "PuTTY" in text or "begin" in text:
-        clues.add("pem")
+        clues |= _PEM
     if len(text) >= 17:  # the shortest JWT; an AWS key id is 20
         low = text.lower()
         if "eyj" in low:
-            clues.add("jwt")
+            clues |= _JWT
         if _AWS_CLUE.search(low):
-            clues.add("aws")
-        if _TOKEN_CLUE.search(low):
-            clues.add("tok")
+            clues |= _AWS
+        if (
+            "_" in low or "-" in low or "sg." in low or "aiza" in low or "hooks.slack" in low
+        ) and _TOKEN_CLUE.search(low):  # each of its prefixes has one of these
+            clues |= _TOK
     return clues
 
 
-_PEM_HINTS = frozenset({"pem"})
 # Fewer cells with clues than this are scanned one by one: joining them per
 # detector costs more than it saves.
 _JOIN_FROM = 8
@@ -412,7 +441,30 @@ def _cell_bound(pattern: re.Pattern[str]) -> re.Pattern[str]:
 # The batch patterns. A card needs 12 digits or more in its run: runs with
 # fewer (every "Customer 12") are not matched only to be found to hold none.
 _BATCH_PATTERNS = {d.name: _cell_bound(d.pattern) for d in _D}
-_BATCH_PATTERNS["credit_card"] = re.compile(rf"(?<!\d)(?=(?:{_SEP}?\d){{12}}){_CARD_RUN}")
+# Written to start with a digit (the lookbehind after it), so the regex
+# engine skips to the next digit in C instead of trying every position.
+_BATCH_PATTERNS["credit_card"] = re.compile(rf"\d(?<!\d\d)(?=(?:{_SEP}?\d){{11}})\d*(?:{_SEP}\d+)*")
+# Two detectors also match after a keyword ("SSN 078051120", "tel
+# 2125550142"). In ASCII text that holds none of their keywords, only their
+# other branch can match, and these are that branch alone, written to start
+# with what a match starts with: the same matches, found without the engine
+# trying every position. (Non-ASCII text can spell a keyword with case folds,
+# "\u017fsn": it gets the whole pattern.)
+_KEYWORDLESS: dict[str, tuple[tuple[str, ...], re.Pattern[str]]] = {
+    "us_ssn": (
+        ("ssn", "social"),
+        re.compile(
+            r"\d(?<!\d\d)(?<!(?=000|666|9\d\d)\d)\d{2}([- .])(?!00)\d{2}\1(?!0000)\d{4}(?!\d)"
+        ),
+    ),
+    "phone": (
+        ("phone", "tel", "mobile", "cell", "fax", "sms", "whatsapp"),
+        re.compile(
+            r"[+(\d](?<![\w+][+(\d])(?:(?<=\+)\d[\d .()-]{5,19}\d"
+            r"|(?<=\()\d{3}\) ?\d{3}[-. ]\d{4}|(?<=\d)\d{2}(?:[-.]\d{3}[-.]| \d{3} )\d{4})(?![\w])"
+        ),
+    ),
+}
 # Values of these types hold no text to scan.
 _NOT_TEXT = frozenset(
     {
@@ -432,44 +484,91 @@ _NOT_TEXT = frozenset(
 
 
 _NOT_DIGIT_BYTES = bytes(c for c in range(256) if not 0x30 <= c <= 0x39 and c != 0)
-_CLUE_TEXT = ("@", ":", "=", "->", "BEGIN", "PuTTY", "begin")  # as _clues looks for them
+# What _clues looks for, and the clue each gives: in the text as it is, and
+# (in text of 17 characters or more) lowercased; a token prefix is a
+# candidate that _TOKEN_CLUE confirms.
+_CLUE_NEEDLES = (
+    ("@", _AT),
+    (":", _COLON),
+    ("://", _URL),
+    ("=", _EQ),
+    ("->", _ARROW),
+    ("BEGIN", _PEM),
+    ("PuTTY", _PEM),
+    ("begin", _PEM),
+)
+_LOWER_NEEDLES = (
+    ("eyj", _JWT),
+    *((p, _AWS) for p in _AWS_PREFIXES),
+    *((p, _TOK) for p in _TOKEN_PREFIXES),
+)
 
 
-def _column_clues(cells: Sequence[str], joined: str) -> dict[int, set[str]]:
-    """The clues of each cell that has any (by index), ``joined`` being the
-    cells joined by NUL. On ASCII text the cells that may have clues are
-    found in bulk (digit counts from one bytes.translate, substrings by
-    find), and only those have their clues computed one by one."""
+def _column_clues(cells: Sequence[str], joined: str) -> dict[int, int]:
+    """The clues of each cell that has any (by index, in order), ``joined``
+    being the cells joined by NUL, exactly as :func:`_clues` gives them. On
+    ASCII text they are found in bulk: digit counts from one
+    bytes.translate, substrings by find over the joined text (or by ``in``
+    per cell where most cells hold one), so a cell costs no Python call."""
     if not joined.isascii():
         return {i: got for i, text in enumerate(cells) if (got := _clues(text))}
     digits = list(map(len, joined.encode().translate(None, _NOT_DIGIT_BYTES).split(b"\0")))
     most = max(digits)
-    picked: set[int] = {i for i, n in enumerate(digits) if n >= 7} if most >= 7 else set()
+    found: dict[int, int] = {}
+    if most >= 7:
+        found = dict.fromkeys([i for i, n in enumerate(digits) if n >= 7], _D7)
+    get = found.get
+    lengths = list(map(len, cells))
     starts: list[int] | None = None
-    looks: list[tuple[str, tuple[str, ...]]] = [
-        (joined, (*_CLUE_TEXT, ".") if most >= 4 else _CLUE_TEXT)
-    ]
-    if max(map(len, cells)) >= 17:  # _clues looks for these in longer text only
-        looks.append((joined.lower(), ("eyj", *_AWS_PREFIXES, *_TOKEN_PREFIXES)))
-    for text, needles in looks:
-        for needle in needles:
-            at = text.find(needle)
+    for needle, bit in (*_CLUE_NEEDLES, (".", _DOT)) if most >= 4 else _CLUE_NEEDLES:
+        at = joined.find(needle)
+        if at < 0:
+            continue
+        if joined.count(needle) * 8 > len(cells):
+            # In most cells: a membership test per cell beats a find and a
+            # bisect per cell.
+            for i, cell in enumerate(cells):
+                if needle in cell and (bit != _DOT or digits[i] >= 4):
+                    found[i] = get(i, 0) | bit
+            continue
+        if starts is None:
+            starts = [0, *itertools.accumulate(map((1).__add__, lengths))]
+        while at >= 0:
+            i = bisect.bisect_right(starts, at) - 1
+            if bit != _DOT or digits[i] >= 4:  # "dot" needs 4 digits too
+                found[i] = get(i, 0) | bit
+            at = joined.find(needle, starts[i + 1])
+    # _clues looks for the rest in text of 17 characters or more, lowercased:
+    # only those cells are joined to be searched.
+    long = [i for i, n in enumerate(lengths) if n >= 17] if max(lengths) >= 17 else []
+    if long:
+        low = (
+            joined if len(long) == len(cells) else _CELL_SEP.join([cells[i] for i in long])
+        ).lower()
+        low_starts: list[int] | None = None
+        for needle, bit in _LOWER_NEEDLES:
+            at = low.find(needle)
             if at < 0:
                 continue
-            if starts is None:
-                starts = [0, *itertools.accumulate(map((1).__add__, map(len, cells)))]
+            if low_starts is None:
+                low_starts = [
+                    0,
+                    *itertools.accumulate(map((1).__add__, map(lengths.__getitem__, long))),
+                ]
             while at >= 0:
-                i = bisect.bisect_right(starts, at) - 1
-                if needle != "." or digits[i] >= 4:  # "dot" needs 4 digits too
-                    picked.add(i)
-                at = text.find(needle, starts[i + 1])
-    return {i: got for i in sorted(picked) if (got := _clues(cells[i]))}
+                j = bisect.bisect_right(low_starts, at) - 1
+                found[long[j]] = get(long[j], 0) | bit
+                at = low.find(needle, low_starts[j + 1])
+    for i, bits in found.items():
+        if bits & _TOK and not _TOKEN_CLUE.search(cells[i].lower()):
+            found[i] = bits & ~_TOK  # a looser prefix ("xk_live_") than the clue
+    return {i: found[i] for i in sorted(found) if found[i]}
 
 
 class Scanner:
     """The enabled detectors, run together over one text at a time."""
 
-    __slots__ = ("_batch", "_detectors", "_pem", "names")
+    __slots__ = ("_batch", "_detectors", "_pem", "_runs", "names")
 
     def __init__(self, names: Iterable[str]) -> None:
         self.names = tuple(names)
@@ -478,7 +577,17 @@ class Scanner:
             raise ValueError(f"unknown detectors: {', '.join(unknown)}")
         self._pem = "private_key" in self.names
         self._detectors = [d for n in self.names if (d := DETECTORS[n]) is not None]
-        self._batch = [(d, _BATCH_PATTERNS[d.name]) for d in self._detectors]
+        # Each detector with its hints' bits and its batch pattern.
+        self._batch = [(d, _bits(d.hints), _BATCH_PATTERNS[d.name]) for d in self._detectors]
+        # By a text's clues, the detectors that run on it (at most 2**10 sets).
+        self._runs: dict[int, tuple[Detector, ...]] = {}
+
+    def _run(self, clues: int) -> tuple[Detector, ...]:
+        """The detectors whose hints ``clues`` has, in order (remembered)."""
+        got = self._runs.get(clues)
+        if got is None:
+            got = self._runs[clues] = tuple(d for d, bits, _ in self._batch if bits & clues)
+        return got
 
     def scan(self, text: str) -> tuple[str, int]:
         """``text`` with every detected value masked, and how many were."""
@@ -487,18 +596,16 @@ class Scanner:
             return text, 0
         return self._scan(text, clues)
 
-    def _scan(self, text: str, clues: set[str]) -> tuple[str, int]:
+    def _scan(self, text: str, clues: int) -> tuple[str, int]:
         """:meth:`scan` of a ``text`` whose clues are known."""
         spans: list[tuple[int, int, str]] = []
-        if self._pem and "pem" in clues:
+        if self._pem and clues & _PEM:
             at = 0
             while (begin := _PEM_BEGIN.search(text, at)) is not None:
                 footer = _PEM_END.search(text, begin.end())
                 at = footer.end() if footer else len(text)
                 spans.append((begin.start(), at, REDACTED))
-        for det in self._detectors:
-            if not det.hints & clues:
-                continue
+        for det in self._runs.get(clues) or self._run(clues):
             at = 0
             while (m := det.pattern.search(text, at)) is not None:
                 value = m.group(det.group)
@@ -596,15 +703,15 @@ class Scanner:
         return out, n
 
     def _scan_joined(
-        self, cells: Sequence[str], clue_sets: Sequence[set[str]]
+        self, cells: Sequence[str], clue_sets: Sequence[int]
     ) -> tuple[Sequence[str], int]:
         """``cells`` (each with its clues) masked: each detector's batch
         pattern runs once over the cells :meth:`scan` would run it on,
         joined by NUL, and its matches are mapped back by offset."""
         # By a detector's hints: the cells it runs on, joined, and where each starts.
-        groups: dict[frozenset[str], tuple[str, list[int], list[int]]] = {}
+        groups: dict[int, tuple[str, list[int], list[int]]] = {}
 
-        def group(hints: frozenset[str]) -> tuple[str, list[int], list[int]]:
+        def group(hints: int) -> tuple[str, list[int], list[int]]:
             got = groups.get(hints)
             if got is None:
                 picked = [i for i, c in enumerate(clue_sets) if hints & c]
@@ -614,9 +721,12 @@ class Scanner:
             return got
 
         found: dict[int, list[tuple[int, int, str]]] = {}
-        clues: set[str] = set().union(*clue_sets)
-        if self._pem and "pem" in clues:
-            joined, picked, starts = group(_PEM_HINTS)
+        lowered: dict[int, str] = {}  # a group's text lowercased, when asked for
+        clues = 0
+        for c in set(clue_sets):
+            clues |= c
+        if self._pem and clues & _PEM:
+            joined, picked, starts = group(_PEM)
             at = 0
             while picked and (begin := _PEM_BEGIN.search(joined, at)) is not None:
                 j = bisect.bisect_right(starts, begin.start()) - 1
@@ -625,10 +735,17 @@ class Scanner:
                 at = footer.end() if footer else end
                 s = starts[j]
                 found.setdefault(picked[j], []).append((begin.start() - s, at - s, REDACTED))
-        for det, pattern in self._batch:
-            if not det.hints & clues:
+        for det, hints, pattern in self._batch:
+            if not hints & clues:
                 continue
-            joined, picked, starts = group(det.hints)
+            joined, picked, starts = group(hints)
+            keywordless = _KEYWORDLESS.get(det.name)
+            if keywordless is not None and joined.isascii():
+                low = lowered.get(hints)
+                if low is None:
+                    low = lowered[hints] = joined.lower()
+                if not any(word in low for word in keywordless[0]):
+                    pattern = keywordless[1]
             at = 0
             while picked and (m := pattern.search(joined, at)) is not None:
                 at = m.end()
@@ -670,8 +787,11 @@ def _each(values: Sequence[_T], scan: Callable[[_T], tuple[_T, int]]) -> tuple[S
 
 def _masked(text: str, spans: list[tuple[int, int, str]]) -> tuple[str, int]:
     """``text`` with ``spans`` (start, end, replacement) replaced, and how many."""
-    if not spans:
-        return text, 0
+    if len(spans) < 2:
+        if not spans:
+            return text, 0
+        start, end, masked = spans[0]
+        return text[:start] + masked + text[end:], 1
     spans.sort(key=lambda s: (s[0], -s[1]))
     out: list[str] = []
     pos = count = 0
