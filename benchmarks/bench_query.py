@@ -28,7 +28,7 @@ script checks that spans (and guardeddb's duration histogram) were produced.
 
 Usage::
 
-    python benchmarks/bench_query.py            # full run, about 1.5 minutes on 2 cores
+    python benchmarks/bench_query.py            # full run, 13 minutes on a loaded 2-core machine
     python benchmarks/bench_query.py --quick    # smoke run, a few seconds
     python benchmarks/bench_query.py --json results.json
 """

@@ -292,7 +292,10 @@ class Telemetry:
         ctx = otel_context.get_current()
         if ctx.get(_SUPPRESS_KEY):
             return None if audit is None else Operation(self, None, None, audit)
-        key = (analysis, batch, ident, decision.action, decision.rule_id)
+        # Keyed like _static: on what the analysis cache says caches of
+        # facts key on (one object per statement shape once sql/shape.py
+        # shares analyses; the analysis itself until then).
+        key = (getattr(analysis, "key", analysis), batch, ident, decision.action, decision.rule_id)
         entry = self._ops.get(key)
         if entry is None:
             entry = self._entry(key, analysis, ident, decision)
@@ -322,10 +325,11 @@ class Telemetry:
         the decision counter's key of one (statement, batch, caller,
         decision): everything start() would otherwise build per call.
 
-        Keyed on the analysis object the pipeline hands over (the same one
-        for every text the analysis cache maps to it, so the same
-        ``db.query.text``), the identity (frozen, compared by value) and what
-        the decision says; bounded like the other per-statement caches.
+        Keyed on the analysis (or the shape it shares: the same
+        ``db.query.text``, summary and procedure for every text mapped to
+        it), the identity (frozen, compared by value) and what the decision
+        says: everything the entry is built from; bounded like the other
+        per-statement caches.
         """
         name, static, metric = self._static(analysis, key[1])
         attrs = dict(static)
