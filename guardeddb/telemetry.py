@@ -461,4 +461,5 @@ class Operation:
                 )
             span.end()
         self._telemetry.open.discard(self)
-        self._audit_result(None)
+        if self._audit is not None:  # a call less per query without a trail
+            self._audit_result(None)
