@@ -28,7 +28,7 @@ script checks that spans (and guardeddb's duration histogram) were produced.
 
 Usage::
 
-    python benchmarks/bench_query.py            # full run, about 1.5 minutes on 2 cores
+    python benchmarks/bench_query.py            # full run, 13 minutes on a loaded 2-core machine
     python benchmarks/bench_query.py --quick    # smoke run, a few seconds
     python benchmarks/bench_query.py --json results.json
 """
@@ -36,6 +36,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import gc
 import json
 import os
@@ -245,6 +246,14 @@ class Workload:
     rounds: int
     batch: int  # queries per case per round
     params: list[tuple[int]] = field(default_factory=list)  # "one": one per query
+    #: which guardeddb cases run it (a key of POLICIES)
+    policy: str = "guardrails"
+    #: "one" with inlined literals: the statements of one batch, made anew for
+    #: every batch (outside the timing) so that no text is ever seen twice
+    texts: Callable[[int], list[str]] | None = None
+    #: False when guardeddb masks values: results are compared to raw's
+    #: without their text cells, and some text cell must differ
+    exact: bool = True
 
 
 @dataclass
@@ -274,18 +283,50 @@ class Result:
 #: The agent-safe guardrails (analysis, decision, identity) without masking:
 #: this benchmark measures the per-query path; bench_masking.py measures masking.
 GUARDRAILS: dict[str, Any] = {"version": 1, "extends": ["agent-safe"], "masking": {"detectors": []}}
+#: ``email`` masked by a rule; the preset's detectors stay on.
+MASK_EMAIL: dict[str, Any] = {
+    "version": 1,
+    "extends": ["agent-safe"],
+    "masking": {"rules": [{"columns": ["*.email"], "operator": "email"}]},
+}
+#: bench_masking.py's three masked columns of the ``customers`` table.
+MASK_RULES = [
+    {"columns": ["*.email"], "operator": "email"},
+    {"columns": ["*.ssn"], "operator": "redact"},
+    {"columns": ["*.card_number"], "operator": "last4"},
+]
+#: The policies the guardeddb cases run under; None is ``guardeddb.wrap(raw)``
+#: with no policy: the agent-safe preset, with its detectors on every text cell.
+POLICIES: dict[str, dict[str, Any] | None] = {
+    "guardrails": GUARDRAILS,
+    "default": None,
+    "mask-email": MASK_EMAIL,
+    "mask3": {
+        "version": 1,
+        "extends": ["agent-safe"],
+        "masking": {"rules": MASK_RULES, "detectors": []},
+    },
+    "mask3-detectors": {"version": 1, "extends": ["agent-safe"], "masking": {"rules": MASK_RULES}},
+}
 
 
-def build_cases(raw: Any, system: str, label: str, sdk: Sdk, checks: list[str]) -> list[Case]:
-    """The six cases over one raw connection (``system``: sqlite, postgresql)."""
+def build_cases(
+    raw: Any, system: str, label: str, sdk: Sdk, checks: list[str], policy: str = "guardrails"
+) -> list[Case]:
+    """The six cases over one raw connection (``system``: sqlite, postgresql),
+    the guardeddb ones under ``POLICIES[policy]``."""
     floor = FloorConnection(raw)
-    gdb_off = guardeddb.wrap(raw, policy=GUARDRAILS)
+    rules = POLICIES[policy]
+    gdb_off = guardeddb.wrap(raw) if rules is None else guardeddb.wrap(raw, policy=rules)
     otel_off = instrument_connection(OTEL_DBAPI_SCOPE, raw, system)
-    gdb_sdk = guardeddb.wrap(
-        raw,
-        policy=GUARDRAILS,
-        tracer_provider=sdk.tracer_provider,
-        meter_provider=sdk.meter_provider,
+    providers: dict[str, Any] = {
+        "tracer_provider": sdk.tracer_provider,
+        "meter_provider": sdk.meter_provider,
+    }
+    gdb_sdk = (
+        guardeddb.wrap(raw, **providers)
+        if rules is None
+        else guardeddb.wrap(raw, policy=rules, **providers)
     )
     otel_sdk = instrument_connection(
         OTEL_DBAPI_SCOPE,
@@ -301,7 +342,7 @@ def build_cases(raw: Any, system: str, label: str, sdk: Sdk, checks: list[str]) 
     if records_sdk is False:
         raise SystemExit("guardeddb found nothing to record to in the SDK case")
     checks.append(
-        f"{label}: guardeddb telemetry is "
+        f"{label} ({policy}): guardeddb telemetry is "
         f"{'off' if records_off is False else 'unknown'} without SDK, "
         f"{'on' if records_sdk else 'unknown'} with the SDK providers"
     )
@@ -324,6 +365,14 @@ def time_point(cur: Cursor, sql: str, params: Sequence[tuple[int]]) -> int:
     return time.perf_counter_ns() - start
 
 
+def time_texts(cur: Cursor, texts: Sequence[str]) -> int:
+    start = time.perf_counter_ns()
+    for text in texts:
+        cur.execute(text)
+        cur.fetchone()
+    return time.perf_counter_ns() - start
+
+
 def time_fetchall(cur: Cursor, sql: str, count: int) -> int:
     start = time.perf_counter_ns()
     for _ in range(count):
@@ -334,7 +383,9 @@ def time_fetchall(cur: Cursor, sql: str, count: int) -> int:
 
 def run_batch(case: Case, work: Workload) -> float:
     """One timed batch; µs per query."""
-    if work.fetch == "one":
+    if work.texts is not None:
+        elapsed = time_texts(case.cursor, work.texts(work.batch))
+    elif work.fetch == "one":
         elapsed = time_point(case.cursor, work.sql, work.params)
     else:
         elapsed = time_fetchall(case.cursor, work.sql, work.batch)
@@ -346,28 +397,57 @@ def run_batch(case: Case, work: Workload) -> float:
     return elapsed / 1_000 / work.batch
 
 
+def same_rows(got: Sequence[Any], want: Sequence[Any], exact: bool) -> bool:
+    """Rows equal to raw's; when values are masked, equal but for text cells,
+    and with at least one text cell changed (masking really ran)."""
+    got = [tuple(r) for r in got]
+    want = [tuple(r) for r in want]
+    if exact or len(got) != len(want):
+        return got == want
+    changed = False
+    for g, w in zip(got, want, strict=True):
+        for a, b in zip(g, w, strict=True):
+            if isinstance(b, str):
+                changed = changed or a != b
+            elif a != b:
+                return False
+    return changed
+
+
 def check_results(cases: Sequence[Case], work: Workload, expect_rows: int) -> None:
-    """Every case returns what the raw driver returns (untimed)."""
+    """Every case returns what the raw driver returns (untimed); guardeddb
+    under a masking policy returns it masked."""
     if work.fetch == "one":
-        probe = [work.params[0], work.params[len(work.params) // 2]]
-        expected = []
+        if work.texts is not None:
+            probe: list[tuple[str, tuple[int, ...] | None]] = [(t, None) for t in work.texts(2)]
+        else:
+            probe = [(work.sql, work.params[0]), (work.sql, work.params[len(work.params) // 2])]
+        expected: list[Any] = []
         for case in cases:
             got = []
-            for p in probe:
-                case.cursor.execute(work.sql, p)
-                got.append(tuple(case.cursor.fetchone()))
+            for sql, p in probe:
+                if p is None:
+                    case.cursor.execute(sql)
+                else:
+                    case.cursor.execute(sql, p)
+                got.append(case.cursor.fetchone())
                 case.executed += 1
             if case.key == RAW:
                 expected = got
-            elif got != expected:
-                raise SystemExit(f"{case.label}: {got!r} != raw {expected!r}")
+            elif not same_rows(got, expected, work.exact or case.key not in PAIRS):
+                raise SystemExit(f"{case.label}: {got!r} against raw {expected!r}")
     else:
+        raw_rows: list[Any] = []
         for case in cases:
             case.cursor.execute(work.sql)
             rows = case.cursor.fetchall()
             case.executed += 1
             if len(rows) != expect_rows:
                 raise SystemExit(f"{case.label}: {len(rows)} rows, expected {expect_rows}")
+            if case.key == RAW:
+                raw_rows = rows
+            elif not same_rows(rows, raw_rows, work.exact or case.key not in PAIRS):
+                raise SystemExit(f"{case.label}: rows differ from raw's")
 
 
 def run_workload(cases: Sequence[Case], work: Workload, warmup: int) -> Result:
@@ -411,6 +491,25 @@ def wide_rows() -> list[tuple[int, int, float, str, str, str]]:
     ]
 
 
+def customer_rows() -> list[tuple[int, str, str, str, str, str]]:
+    """bench_masking.py's table: three columns masked by rule (email, ssn,
+    card_number), two text columns for the detectors (name, and a city where
+    every tenth row carries a phone number)."""
+    cities = ("London", "New York", "Manchester", "Paris", "Berlin", "Lisbon")
+    return [
+        (
+            i,
+            f"Customer {i}",
+            f"customer{i}@example.com",
+            f"{100 + i % 500:03d}-{10 + i % 80:02d}-{1000 + i:04d}",
+            "4111111111111111",
+            cities[i % len(cities)]
+            + (f" (call +44 20 7946 {i % 10000:04d})" if i % 10 == 0 else ""),
+        )
+        for i in range(1, WIDE_ROWS + 1)
+    ]
+
+
 def setup_sqlite() -> sqlite3.Connection:
     conn = sqlite3.connect(":memory:")
     conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, email TEXT)")
@@ -420,6 +519,11 @@ def setup_sqlite() -> sqlite3.Connection:
         " name TEXT, email TEXT, city TEXT)"
     )
     conn.executemany("INSERT INTO wide VALUES (?, ?, ?, ?, ?, ?)", wide_rows())
+    conn.execute(
+        "CREATE TABLE customers (id INTEGER PRIMARY KEY, name TEXT, email TEXT, ssn TEXT,"
+        " card_number TEXT, city TEXT)"
+    )
+    conn.executemany("INSERT INTO customers VALUES (?, ?, ?, ?, ?, ?)", customer_rows())
     conn.commit()
     return conn
 
@@ -535,12 +639,23 @@ def result_json(res: Result) -> dict[str, Any]:
     w = res.workload
     return {
         "title": w.title,
+        "policy": w.policy,
         "sql": w.sql,
         "rounds": w.rounds,
         "batch": w.batch,
         "seconds": res.seconds,
         "cases": cases,
     }
+
+
+def ratios(res: Result) -> dict[str, float]:
+    """The comparisons of one workload at a glance (ratios of medians):
+    every case to raw, and each guardeddb case to its otel-dbapi case."""
+    raw = res.median(RAW)
+    out = {f"{key}/raw": res.median(key) / raw for key in CASE_KEYS if key != RAW}
+    for key, other in PAIRS.items():
+        out[f"{key}/{other}"] = res.median(key) / res.median(other)
+    return out
 
 
 def guardeddb_revision() -> str:
@@ -596,8 +711,12 @@ def versions() -> dict[str, str]:
 
 @dataclass
 class Plan:
-    sqlite_point: tuple[int, int]  # rounds, batch
+    """(rounds, batch) of each kind of workload."""
+
+    sqlite_point: tuple[int, int]
+    sqlite_literals: tuple[int, int]
     sqlite_all: tuple[int, int]
+    sqlite_masked_all: tuple[int, int]
     pg_point: tuple[int, int]
     pg_all: tuple[int, int]
     warmup: int
@@ -605,35 +724,49 @@ class Plan:
 
 def make_plan(args: argparse.Namespace) -> Plan:
     if args.quick:
-        return Plan((5, 300), (3, 2), (3, 100), (3, 1), warmup=1)
+        return Plan((5, 300), (3, 50), (3, 2), (3, 1), (3, 100), (3, 1), warmup=1)
     rounds = odd(max(1, args.rounds))
     fewer = odd(max(3, rounds // 2))
     return Plan(
         sqlite_point=(rounds, 5_000),
+        sqlite_literals=(fewer, 1_000),
         sqlite_all=(fewer, 20),
+        sqlite_masked_all=(fewer, 5),
         pg_point=(fewer, 2_000),
         pg_all=(fewer, 10),
         warmup=1,
     )
 
 
-def bench_database(
-    name: str,
-    raw: Any,
-    system: str,
-    placeholder: str,
-    point: tuple[int, int],
-    fetch_all: tuple[int, int],
-    warmup: int,
-    sdk: Sdk,
-    checks: list[str],
-) -> tuple[list[Case], list[Result]]:
-    cases = build_cases(raw, system, name, sdk, checks)
+class Literals:
+    """Point queries with their literals inlined, as agents write them: the id
+    cycles through the table and the string literal never repeats, so every
+    text of a run is new (to guardeddb's analysis cache and to the driver's
+    statement cache alike)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+
+    def __call__(self, count: int) -> list[str]:
+        start, self.n = self.n, self.n + count
+        return [
+            f"SELECT id, name, email FROM users WHERE id = {i % USERS_ROWS + 1} AND name <> 'x{i}'"
+            for i in range(start, start + count)
+        ]
+
+
+def database_workloads(name: str, placeholder: str, plan: Plan) -> list[Workload]:
+    """The workloads of one database (``name``: sqlite3, psycopg), in run order."""
+    pg = name != "sqlite3"
+    point = plan.pg_point if pg else plan.sqlite_point
+    fetch_all = plan.pg_all if pg else plan.sqlite_all
+    point_sql = f"SELECT id, name, email FROM users WHERE id = {placeholder}"
+    users = f"{USERS_ROWS:,}-row users table, ids cycling"
     works = [
         Workload(
             f"{name}-point",
-            f"[{name}] point query + fetchone, {USERS_ROWS:,}-row users table, ids cycling",
-            f"SELECT id, name, email FROM users WHERE id = {placeholder}",
+            f"[{name}] point query + fetchone, {users}",
+            point_sql,
             "one",
             point[0],
             point[1],
@@ -647,16 +780,104 @@ def bench_database(
             fetch_all[0],
             fetch_all[1],
         ),
+        Workload(
+            f"{name}-point-default",
+            f"[{name}] point query + fetchone, default policy (detectors on), {users}",
+            point_sql,
+            "one",
+            point[0],
+            point[1],
+            point_params(point[1]),
+            policy="default",
+            exact=False,
+        ),
     ]
+    if pg:
+        return works
+    literals = plan.sqlite_literals
+    masked_all = plan.sqlite_masked_all
+    customers = "SELECT id, name, email, ssn, card_number, city FROM customers"
+    return [
+        *works,
+        Workload(
+            f"{name}-point-literals",
+            f"[{name}] point query + fetchone, a new literal every time "
+            "(WHERE id = 4711 AND name <> 'x17'), default policy",
+            "SELECT id, name, email FROM users WHERE id = <n> AND name <> 'x<n>'",
+            "one",
+            literals[0],
+            literals[1],
+            policy="default",
+            texts=Literals(),
+            exact=False,
+        ),
+        Workload(
+            f"{name}-point-masked",
+            f"[{name}] point query + fetchone, email masked by a rule + detectors, {users}",
+            point_sql,
+            "one",
+            point[0],
+            point[1],
+            point_params(point[1]),
+            policy="mask-email",
+            exact=False,
+        ),
+        Workload(
+            f"{name}-fetchall-masked",
+            f"[{name}] fetchall of {WIDE_ROWS:,} x 6, three masked columns, no detectors",
+            customers,
+            "all",
+            masked_all[0],
+            masked_all[1],
+            policy="mask3",
+            exact=False,
+        ),
+        Workload(
+            f"{name}-fetchall-masked-detectors",
+            f"[{name}] fetchall of {WIDE_ROWS:,} x 6, three masked columns + detectors",
+            customers,
+            "all",
+            masked_all[0],
+            masked_all[1],
+            policy="mask3-detectors",
+            exact=False,
+        ),
+    ]
+
+
+def selected(works: Sequence[Workload], patterns: Sequence[str]) -> list[Workload]:
+    """The workloads whose key matches one of ``patterns`` (all without any)."""
+    if not patterns:
+        return list(works)
+    return [w for w in works if any(fnmatch.fnmatchcase(w.key, p) for p in patterns)]
+
+
+def bench_database(
+    name: str,
+    raw: Any,
+    system: str,
+    works: Sequence[Workload],
+    warmup: int,
+    sdk: Sdk,
+    checks: list[str],
+) -> tuple[list[Case], list[Result]]:
+    """Run ``works`` on one raw connection; the guardeddb cases of each
+    policy are made once (the other four cases are the same for all)."""
+    made: dict[str, list[Case]] = {}
     out = []
     for work in works:
+        cases = made.get(work.policy)
+        if cases is None:
+            cases = build_cases(raw, system, name, sdk, checks, work.policy)
+            made[work.policy] = cases
         check_results(cases, work, WIDE_ROWS)
         res = run_workload(cases, work, warmup)
         print_result(res)
         out.append(res)
-    for case in cases:
+    all_cases = [case for cases in made.values() for case in cases]
+    for case in all_cases:
         case.cursor.close()
-    return cases, out
+    return all_cases, out
 
 
 def verify_spans(sdk: Sdk, all_cases: Sequence[Case], checks: list[str]) -> None:
@@ -721,6 +942,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-pg", action="store_true", help="skip PostgreSQL")
     parser.add_argument(
+        "--workloads",
+        type=lambda text: [p.strip() for p in text.split(",") if p.strip()],
+        default=[],
+        metavar="PATTERNS",
+        help="run only the workloads whose key matches one of these comma-separated "
+        "shell patterns (e.g. 'sqlite3-point*,psycopg-point'); --list shows the keys",
+    )
+    parser.add_argument("--list", action="store_true", help="list the workload keys and exit")
+    parser.add_argument(
         "--otel-dbapi-metrics",
         action="store_true",
         help=f"set {SEMCONV_OPT_IN}=database so that otel-dbapi records its "
@@ -735,6 +965,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Read once, when the first instrumentation initializes: before build_cases.
         os.environ[SEMCONV_OPT_IN] = "database"
     plan = make_plan(args)
+    if args.list:
+        for db, mark in (("sqlite3", "?"), ("psycopg", "%s")):
+            for work in database_workloads(db, mark, plan):
+                print(f"{work.key:36} {work.title.split('] ', 1)[1]}")
+        return 0
     started = time.perf_counter()
     info = versions()
 
@@ -775,36 +1010,29 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     results: list[Result] = []
     all_cases: list[Case] = []
+    sqlite_works = selected(database_workloads("sqlite3", "?", plan), args.workloads)
+    pg_works = selected(database_workloads("psycopg", "%s", plan), args.workloads)
+    if not sqlite_works and not pg_works:
+        raise SystemExit(f"no workload matches {args.workloads}: see --list")
     sqlite_conn = setup_sqlite()
     gc.freeze()  # setup data is long-lived: keep it out of the collector's way
-    cases, done = bench_database(
-        "sqlite3",
-        sqlite_conn,
-        "sqlite",
-        "?",
-        plan.sqlite_point,
-        plan.sqlite_all,
-        plan.warmup,
-        sdk,
-        checks,
-    )
-    results.extend(done)
-    all_cases.extend(cases)
+    if sqlite_works:
+        cases, done = bench_database(
+            "sqlite3", sqlite_conn, "sqlite", sqlite_works, plan.warmup, sdk, checks
+        )
+        results.extend(done)
+        all_cases.extend(cases)
 
-    pg_conn, pg_note = open_postgres(args.pg_dsn, args.no_pg, info)
+    pg_conn, pg_note = (
+        open_postgres(args.pg_dsn, args.no_pg, info)
+        if pg_works or args.no_pg
+        else (None, "PostgreSQL: no workload selected")
+    )
     if pg_conn is not None:
         gc.collect()
         gc.freeze()
         cases, done = bench_database(
-            "psycopg",
-            pg_conn,
-            "postgresql",
-            "%s",
-            plan.pg_point,
-            plan.pg_all,
-            plan.warmup,
-            sdk,
-            checks,
+            "psycopg", pg_conn, "postgresql", pg_works, plan.warmup, sdk, checks
         )
         results.extend(done)
         all_cases.extend(cases)
@@ -827,6 +1055,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             SEMCONV_OPT_IN: os.environ.get(SEMCONV_OPT_IN, ""),
             "postgresql": pg_note or "ran",
             "checks": checks,
+            "ratios": {r.workload.key: ratios(r) for r in results},
             "workloads": {r.workload.key: result_json(r) for r in results},
         }
         write_json(args.json, payload)

@@ -171,6 +171,7 @@ class Telemetry:
         "_attrs",
         "_explicit",
         "_meter_provider",
+        "_ops",
         "_tracer_provider",
         "decisions",
         "driver",
@@ -195,6 +196,9 @@ class Telemetry:
         self.tracer: Tracer | None = None
         self.duration: Histogram | None = None
         self._attrs: dict[tuple[Analysis, int], tuple[str, dict[str, Any], dict[str, Any]]] = {}
+        # Everything start() passes per (statement, batch, caller, decision),
+        # built once: see _entry.
+        self._ops: dict[_OpKey, _OpEntry] = {}
         self.open: set[Operation] = set()  # operations whose span has not ended
         self._resolve()
 
@@ -300,20 +304,70 @@ class Telemetry:
         ):
             # Nothing to trace; the audit trail still follows the operation.
             return None if audit is None else Operation(self, None, None, audit)
-        if otel_context.get_value(_SUPPRESS_KEY):
+        ctx = otel_context.get_current()
+        if ctx.get(_SUPPRESS_KEY):
             return None if audit is None else Operation(self, None, None, audit)
-        count_decision(self.driver.system, decision)
-        name, static, metric = self._static(analysis, batch)
-        span: Span | None = None
-        if self.tracer is not None:
-            attrs = dict(static)
-            if ident is not None:
-                attrs.update(ident.span_attributes)
-            attrs["guardeddb.decision.action"] = decision.action
-            if decision.rule_id is not None:
-                attrs["guardeddb.decision.rule"] = decision.rule_id
-            span = self.tracer.start_span(name, kind=SpanKind.CLIENT, attributes=attrs)
+        # Keyed like _static: on what the analysis cache says caches of
+        # facts key on (one object per statement shape once sql/shape.py
+        # shares analyses; the analysis itself until then).
+        key = (getattr(analysis, "key", analysis), batch, ident, decision.action, decision.rule_id)
+        entry = self._ops.get(key)
+        if entry is None:
+            entry = self._entry(key, analysis, ident, decision)
+        name, attrs, metric, counted = entry
+        _decision_counts[counted] = _decision_counts.get(counted, 0) + 1
+        tracer = self.tracer
+        if tracer is None:
+            return Operation(self, None, metric, audit)
+        # The attributes dict is shared by every span of this entry: the SDK
+        # copies what it is given (SamplingResult, then BoundedAttributes),
+        # and nothing here mutates it. The exception arguments only matter
+        # when the span is used as a context manager, which it never is.
+        span = tracer.start_span(
+            name,
+            ctx,
+            SpanKind.CLIENT,
+            attrs,
+            record_exception=False,
+            set_status_on_exception=False,
+        )
         return Operation(self, span, metric, audit)
+
+    def _entry(
+        self, key: _OpKey, analysis: Analysis, ident: Identity | None, decision: Decision
+    ) -> _OpEntry:
+        """Span name, the span's start attributes, the metric attributes and
+        the decision counter's key of one (statement, batch, caller,
+        decision): everything start() would otherwise build per call.
+
+        Keyed on the analysis (or the shape it shares: the same
+        ``db.query.text``, summary and procedure for every text mapped to
+        it), the identity (frozen, compared by value) and what the decision
+        says: everything the entry is built from; bounded like the other
+        per-statement caches.
+        """
+        name, static, metric = self._static(analysis, key[1])
+        attrs = dict(static)
+        if ident is not None:
+            attrs.update(ident.span_attributes)
+        attrs["guardeddb.decision.action"] = decision.action
+        if decision.rule_id is not None:
+            attrs["guardeddb.decision.rule"] = decision.rule_id
+        counted = (self.driver.system, decision.action, decision.rule_id or "")
+        entry = (name, attrs, metric, counted)
+        if len(self._ops) >= _ATTR_CACHE_SIZE:
+            self._ops.clear()
+        self._ops[key] = entry
+        return entry
+
+
+#: What start() caches per operation kind: (statement, batch, identity,
+#: decision action, decision rule).
+_OpKey = tuple[Analysis, int, Identity | None, str, str | None]
+#: (span name, span start attributes, metric attributes, decision counter key)
+_OpEntry = tuple[str, dict[str, Any], dict[str, Any], tuple[str, str, str]]
+#: ``Operation.masked_counts`` until masking reports: nothing to add to the span.
+_UNMASKED = (0, 0)
 
 
 class Operation:
@@ -334,7 +388,7 @@ class Operation:
         self._metric = metric
         self._audit = audit
         self.rows = 0
-        self.masked_counts = (0, 0)
+        self.masked_counts = _UNMASKED
         self._start = time.perf_counter()
         if span is not None or audit is not None:
             telemetry.open.add(self)
@@ -360,12 +414,10 @@ class Operation:
             self.span.set_attribute(key, value)
 
     def masked(self, columns: int, values: int) -> None:
-        """What masking did to the result: counts only, never values."""
+        """What masking did to the result: counts only, never values. They
+        reach the span when it ends, with the row count, in one call (each
+        ``set_attribute`` takes the span's lock)."""
         self.masked_counts = (columns, values)
-        span = self.span
-        if span is not None:
-            span.set_attribute("guardeddb.masked.columns", columns)
-            span.set_attribute("guardeddb.masked.values", values)
 
     def _audit_result(self, error: str | None) -> None:
         audit = self._audit
@@ -393,9 +445,14 @@ class Operation:
         span = self.span
         if span is not None:
             self.span = None
-            span.set_attribute("error.type", etype)
+            attrs: dict[str, Any] = {"error.type": etype}
             if code is not None:
-                span.set_attribute("db.response.status_code", code)
+                attrs["db.response.status_code"] = code
+            counts = self.masked_counts
+            if counts is not _UNMASKED:
+                attrs["guardeddb.masked.columns"] = counts[0]
+                attrs["guardeddb.masked.values"] = counts[1]
+            span.set_attributes(attrs)
             span.set_status(Status(StatusCode.ERROR, etype))
             span.end()
         self._telemetry.open.discard(self)
@@ -406,7 +463,18 @@ class Operation:
         span = self.span
         if span is not None:
             self.span = None
-            span.set_attribute("db.response.returned_rows", self.rows)
+            counts = self.masked_counts
+            if counts is _UNMASKED:
+                span.set_attribute("db.response.returned_rows", self.rows)
+            else:
+                span.set_attributes(
+                    {
+                        "guardeddb.masked.columns": counts[0],
+                        "guardeddb.masked.values": counts[1],
+                        "db.response.returned_rows": self.rows,
+                    }
+                )
             span.end()
         self._telemetry.open.discard(self)
-        self._audit_result(None)
+        if self._audit is not None:  # a call less per query without a trail
+            self._audit_result(None)

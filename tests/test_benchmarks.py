@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -28,6 +29,32 @@ def test_query_benchmark_quick_run() -> None:
     out = _run("bench_query.py", "--quick", "--no-pg")
     assert "guardeddb, no SDK" in out and "otel-dbapi, SDK" in out
     assert "one per query" in out
+    assert "a new literal every time" in out and "three masked columns + detectors" in out
+
+
+@pytest.mark.slow
+def test_query_benchmark_workload_filter_and_json(tmp_path: Path) -> None:
+    """--workloads runs only the matching workloads; --json has their ratios,
+    guardeddb against raw and against otel-dbapi."""
+    path = tmp_path / "out.json"
+    out = _run(
+        "bench_query.py",
+        "--quick",
+        "--workloads",
+        "sqlite3-point-literals,sqlite3-fetchall-masked*",
+        "--json",
+        str(path),
+    )
+    assert "PostgreSQL: no workload selected" in out
+    data = json.loads(path.read_text())
+    assert sorted(data["ratios"]) == [
+        "sqlite3-fetchall-masked",
+        "sqlite3-fetchall-masked-detectors",
+        "sqlite3-point-literals",
+    ]
+    literals = data["ratios"]["sqlite3-point-literals"]
+    assert literals["guardeddb-sdk/raw"] > 0 and literals["guardeddb-sdk/otel-dbapi-sdk"] > 0
+    assert data["workloads"]["sqlite3-point-literals"]["policy"] == "default"
 
 
 def test_analysis_benchmark_quick_run() -> None:
@@ -39,6 +66,7 @@ def test_masking_benchmark_quick_run() -> None:
     """bench_masking.py masks and times a small fetchall."""
     out = _run("bench_masking.py", "--rounds", "1", "--rows", "200")
     assert "3 masked + detectors" in out and "cells/s" in out
+    assert "+us/row" in out and "ns per scanned cell" in out
 
 
 def test_audit_benchmark_quick_run() -> None:

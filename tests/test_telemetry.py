@@ -418,3 +418,55 @@ def test_cte_names_are_not_targets(backend: Backend, otel: Otel, table: str) -> 
         assert attrs["db.query.summary"] == f"SELECT {table} SELECT {table}"
     finally:
         conn.close()
+
+
+def test_masking_counts_and_rows_reach_the_span_together(
+    backend: Backend, otel: Otel, table: str
+) -> None:
+    """The masked column and value counts are on the span with the row count
+    (they are set in one call when the span ends), for each result alone."""
+    conn = guardeddb.connect(
+        backend.url,
+        policy={
+            "version": 1,
+            "extends": [],
+            "masking": {"rules": [{"columns": ["*.email"], "operator": "redact"}]},
+        },
+        tracer_provider=otel.tracer_provider,
+        meter_provider=otel.meter_provider,
+    )
+    cur = conn.cursor()
+    cur.execute(f"SELECT id, email FROM {table} ORDER BY id")
+    rows = cur.fetchall()
+    cur.execute(f"SELECT id FROM {table} WHERE id = 1")
+    cur.fetchall()
+    conn.close()
+    assert "ada@example.com" not in repr(rows)
+    masked, plain = (dict(s.attributes or {}) for s in otel.spans())
+    assert masked["guardeddb.masked.columns"] == 1
+    assert masked["guardeddb.masked.values"] == 3
+    assert masked["db.response.returned_rows"] == 3
+    assert "guardeddb.masked.columns" not in plain
+    assert plain["db.response.returned_rows"] == 1
+
+
+def test_cached_span_attributes_follow_identity_and_text(backend: Backend, otel: Otel) -> None:
+    """Span attributes cached per statement and caller stay each span's own:
+    the same statement under alternating identities, and statements that
+    differ only in a literal, each carry their own caller and query text."""
+    conn = _connect(backend, otel)
+    cur = conn.cursor()
+    users = ["alice", None, "bob", "alice", None]
+    for n, user in enumerate(users):
+        if user is None:
+            cur.execute(f"SELECT {n % 2}")
+            cur.fetchall()
+        else:
+            with guardeddb.identity(user=user):
+                cur.execute(f"SELECT {n % 2}")
+                cur.fetchall()
+    conn.close()
+    spans = [dict(s.attributes or {}) for s in otel.spans()]
+    assert [s.get("enduser.id") for s in spans] == users
+    assert {s["db.query.text"] for s in spans} == {"SELECT ?"}
+    assert all("db.response.returned_rows" in s for s in spans)
