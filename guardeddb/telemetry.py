@@ -310,7 +310,7 @@ class Telemetry:
         # Keyed like _static: on what the analysis cache says caches of
         # facts key on (one object per statement shape once sql/shape.py
         # shares analyses; the analysis itself until then).
-        key = (getattr(analysis, "key", analysis), batch, ident, decision.action, decision.rule_id)
+        key = (analysis.key, batch, ident, decision.action, decision.rule_id)
         entry = self._ops.get(key)
         if entry is None:
             entry = self._entry(key, analysis, ident, decision)
