@@ -1,0 +1,82 @@
+"""Bypasses found by attack review attack5 (pyformat conversion, shapes,
+masking filters, console, approvals).
+
+Each test states the SAFE outcome and fails while its bypass works, so each
+is marked ``xfail(strict=True)``: the day a fix lands the mark must go. They
+judge by what the caller (or a browser) sees or by the server's state, never
+by guardeddb's own decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import guardeddb
+from guardeddb import Identity
+
+from .fix_db import Backend
+from .fix_shop import CUSTOMERS, Shop, seeded
+
+AGENT = Identity(user="mallory@example.com", agent="attack5-bot", roles=frozenset({"support"}))
+SSN1 = CUSTOMERS[0][4]  # 123-45-6789
+REDACTED_POLICY: dict[str, Any] = {
+    "version": 1,
+    "extends": ["readonly"],
+    "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact", "filter": "deny"}]},
+}
+
+
+@contextlib.contextmanager
+def _guarded(backend: Backend, policy: dict[str, Any]) -> Iterator[tuple[Any, Shop]]:
+    with seeded(backend) as shop:
+        conn = guardeddb.connect(backend.url, policy=policy)
+        try:
+            with guardeddb.identity(AGENT):
+                yield conn, shop
+        finally:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            conn.close()
+
+
+# -- 1. the text analyzed vs the text psycopg sends --------------------------
+
+
+@pytest.mark.xfail(strict=True, reason="attack5: executemany([None]) analyzed converted, sent raw")
+def test_pg_executemany_none_batch_reads_ssn_in_a_string(pg_backend: Backend) -> None:
+    """Attack: ``cur.executemany(q, [None], returning=True)`` on psycopg's
+    default (server-binding) Cursor. The guard sees a parameter sequence and
+    analyzes ``q`` converted (``%(...)s`` as a value), but psycopg sends each
+    None set's text as written. ``regexp%(length(')s`` is, for sqlglot and
+    pglast, ``regexp ?``/``regexp$1`` followed by a string literal holding
+    ``... ssn AS c FROM customers ... --``; for PostgreSQL it is
+    ``regexp % (length(')s ...'))``: the quote opens inside the placeholder,
+    so the "string" is SQL that reads the customers table
+    (``reverse(ssn)``: a cell the value detectors do not recognise).
+
+    Impact: a readonly agent with ssn masked (filter: deny) reads every SSN
+    raw; the statement's audit record names no table.
+
+    Root cause: ``Guard.begin`` (``_pipeline.py``) sets ``converted`` from
+    ``params is not None`` where params is executemany's ``(seq,)``; psycopg
+    converts per set and sends a None set unconverted. ``mixed_placement`` only
+    guards client-side cursors (``_ClientParams``), not psycopg's Cursor.
+    """
+    with _guarded(pg_backend, REDACTED_POLICY) as (conn, shop):
+        cur = conn.cursor()
+        q = (
+            "SELECT regexp%(length(')s AS a, ')) AS a, reverse(ssn) AS c "
+            f"FROM {shop.customers}, (SELECT 1 AS regexp) q ORDER BY 1 --' AS c "
+            "FROM (SELECT 1 AS regexp) q"
+        )
+        try:
+            cur.executemany(q, [None], returning=True)
+            rows = cur.fetchall()
+        except guardeddb.Error:
+            rows = []
+    # reversed, so the value detectors do not recognise an SSN in the cell
+    assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
