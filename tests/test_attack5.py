@@ -80,3 +80,35 @@ def test_pg_executemany_none_batch_reads_ssn_in_a_string(pg_backend: Backend) ->
             rows = []
     # reversed, so the value detectors do not recognise an SSN in the cell
     assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
+
+
+@pytest.mark.xfail(strict=True, reason="attack5: PyMySQL executemany([None]) analyzed converted, sent raw")
+def test_mysql_executemany_none_batch_reads_ssn_in_a_string(mysql_backend: Backend) -> None:
+    """Attack: ``cur.executemany(q, [None])`` on PyMySQL, which runs
+    ``execute(q, None)`` per set (no ``%`` formatting) and keeps the last
+    result to fetch. The guard analyzes ``q`` converted: ``any%(length(')s``
+    is sqlglot's ``ANY ?`` and a string literal after it; MariaDB reads
+    ``any % (length(')s ...'))`` (``any`` a column of a derived table), so
+    the "string" is SQL reading ``reverse(ssn)`` from the customers table.
+
+    Impact: a readonly agent with ssn masked (filter: deny) reads every SSN.
+
+    Root cause: ``Guard.begin`` (``_pipeline.py``) judges on the converted
+    analysis because executemany's params ``(seq,)`` is not None;
+    ``_ClientParams._self_placed`` checks a batch of only None sets against
+    the unconverted analysis (placement), but the decision and masking plan
+    come from the converted one.
+    """
+    with _guarded(mysql_backend, REDACTED_POLICY) as (conn, shop):
+        cur = conn.cursor()
+        q = (
+            "SELECT any%(length(')s AS a, ')) AS a, reverse(ssn) AS c "
+            f"FROM {shop.customers}, (SELECT 1 AS any) q ORDER BY 1 -- ' AS c "
+            "FROM (SELECT 1 AS any) q"
+        )
+        try:
+            cur.executemany(q, [None])
+            rows = list(cur.fetchall())
+        except guardeddb.Error:
+            rows = []
+    assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
