@@ -112,3 +112,45 @@ def test_mysql_executemany_none_batch_reads_ssn_in_a_string(mysql_backend: Backe
         except guardeddb.Error:
             rows = []
     assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
+
+
+@pytest.mark.xfail(strict=True, reason="attack5: executemany([None]) hides a DELETE from the guardrails")
+def test_pg_executemany_none_batch_deletes_every_row(pg_backend: Backend) -> None:
+    """Attack: the same desync as above, for guardrails: under the default
+    policy (agent-safe) ``DELETE FROM customers`` is blocked
+    (write-needs-where), but ``cur.executemany(q, [None], returning=True)``
+    with ``q`` = ``WITH q AS (SELECT 1 AS regexp), x AS (SELECT
+    regexp%(length(')s AS a, ')) AS a FROM q), d AS (DELETE FROM customers
+    RETURNING 1) SELECT count(*) FROM d -- ' AS b FROM q) SELECT a FROM x``
+    is analyzed (and checked by pglast) as one SELECT of constants, and runs
+    on PostgreSQL as a data-modifying CTE deleting every row.
+
+    Impact: any guardrail (blocked, held for approval) is bypassed by a
+    single statement; the audit record says a read of no table.
+
+    Root cause: as above, ``Guard.begin`` ``converted = params is not None``
+    while psycopg sends a None parameter set as written.
+    """
+    with seeded(pg_backend) as shop:
+        conn = guardeddb.connect(pg_backend.url)
+        try:
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                q = (
+                    "WITH q AS (SELECT 1 AS regexp), x AS (SELECT regexp%(length(')s AS a, '"
+                    f")) AS a FROM q), d AS (DELETE FROM {shop.customers} RETURNING 1) "
+                    "SELECT count(*) FROM d -- ' AS b FROM q) SELECT a FROM x"
+                )
+                with contextlib.suppress(guardeddb.Error):
+                    cur.executemany(q, [None], returning=True)
+                conn.commit()
+        finally:
+            conn.close()
+        raw = pg_backend.connect_raw()
+        try:
+            check = raw.cursor()
+            check.execute(f"SELECT count(*) FROM {shop.customers}")
+            left = check.fetchone()[0]
+        finally:
+            raw.close()
+    assert left == len(CUSTOMERS)
