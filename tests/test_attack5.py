@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,7 +83,9 @@ def test_pg_executemany_none_batch_reads_ssn_in_a_string(pg_backend: Backend) ->
     assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
 
 
-@pytest.mark.xfail(strict=True, reason="attack5: PyMySQL executemany([None]) analyzed converted, sent raw")
+@pytest.mark.xfail(
+    strict=True, reason="attack5: PyMySQL executemany([None]) analyzed converted, sent raw"
+)
 def test_mysql_executemany_none_batch_reads_ssn_in_a_string(mysql_backend: Backend) -> None:
     """Attack: ``cur.executemany(q, [None])`` on PyMySQL, which runs
     ``execute(q, None)`` per set (no ``%`` formatting) and keeps the last
@@ -114,7 +117,9 @@ def test_mysql_executemany_none_batch_reads_ssn_in_a_string(mysql_backend: Backe
     assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
 
 
-@pytest.mark.xfail(strict=True, reason="attack5: executemany([None]) hides a DELETE from the guardrails")
+@pytest.mark.xfail(
+    strict=True, reason="attack5: executemany([None]) hides a DELETE from the guardrails"
+)
 def test_pg_executemany_none_batch_deletes_every_row(pg_backend: Backend) -> None:
     """Attack: the same desync as above, for guardrails: under the default
     policy (agent-safe) ``DELETE FROM customers`` is blocked
@@ -154,3 +159,69 @@ def test_pg_executemany_none_batch_deletes_every_row(pg_backend: Backend) -> Non
         finally:
             raw.close()
     assert left == len(CUSTOMERS)
+
+
+# -- 4. approvals: the re-measured impact is not the impact that runs ---------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="attack5: a seeded random() makes the re-measure differ from the run"
+)
+def test_approved_two_rows_deletes_three_with_a_seeded_random(
+    pg_backend: Backend, tmp_path: Path
+) -> None:
+    """Attack: a review rule holds deletes touching more than one row. The
+    agent runs ``SELECT setseed(0.0005)`` then ``DELETE FROM payments WHERE
+    id > 0 AND random() < 0.5``: the dry run counts 2 rows and the request
+    shows 2; a person approves 2 rows. The agent runs ``SELECT
+    setseed(0.008)`` and the same DELETE: the re-measure (in a savepoint)
+    draws the next three numbers and counts at most 2, so the approval is
+    used; the run itself draws the three after those and deletes all 3.
+    ``setseed``'s generator state is not undone by ROLLBACK TO SAVEPOINT.
+
+    Impact: an approval for N rows runs on more than N; the re-measurement
+    added by the approvimpact change is only as good as the statement is
+    deterministic (random(), clock_timestamp(), nextval() of any sequence).
+
+    Root cause: ``Guard.approval`` (``_pipeline.py``, "measured again, it
+    applies to at most that many rows") trusts a dry run of a statement with
+    volatile functions to predict its run; nothing bounds the run's own
+    rowcount (or refuses volatile functions in a held statement).
+    """
+    from guardeddb.approvals import ApprovalStore
+
+    store = f"sqlite:///{tmp_path}/approvals.db"
+    policy = {
+        "version": 1,
+        "rules": [
+            {
+                "id": "bulk-delete",
+                "match": {"statements": ["delete"], "affected_rows": {"gt": 1}},
+                "action": "review",
+            }
+        ],
+        "approvals": {"store": store},
+    }
+    with seeded(pg_backend) as shop:
+        conn = guardeddb.connect(pg_backend.url, policy=policy)
+        delete = shop.sql("DELETE FROM {p} WHERE id > 0 AND random() < 0.5")
+        try:
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                cur.execute("SELECT setseed(0.0005)")
+                with pytest.raises(guardeddb.ApprovalRequired) as held:
+                    cur.execute(delete)
+                conn.rollback()
+                shown = ApprovalStore(store).get(held.value.request_id)
+                assert shown is not None and shown.impact == 2
+                ApprovalStore(store).decide(held.value.request_id, True, "dba", "2 rows, fine")
+                cur.execute("SELECT setseed(0.008)")
+                try:
+                    cur.execute(delete)
+                    conn.commit()
+                except guardeddb.Error:  # held again or refused: safe
+                    conn.rollback()
+        finally:
+            conn.close()
+        left = pg_backend.rows(shop.sql("SELECT count(*) FROM {p}"))
+    assert left[0][0] >= 1, f"approved 2 rows, deleted {3 - left[0][0]}"
