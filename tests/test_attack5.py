@@ -161,6 +161,65 @@ def test_pg_executemany_none_batch_deletes_every_row(pg_backend: Backend) -> Non
     assert left == len(CUSTOMERS)
 
 
+MASKED_POLICY: dict[str, Any] = {
+    "version": 1,
+    "extends": ["readonly"],
+    "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact"}]},
+}
+
+
+@pytest.mark.xfail(
+    strict=True, reason="attack5: a placeholder glued to a name makes a new column name"
+)
+@pytest.mark.parametrize("client", [False, True], ids=["Cursor", "ClientCursor"])
+def test_pg_placeholder_glued_to_a_name_reads_an_unmasked_column(
+    pg_backend: Backend, client: bool
+) -> None:
+    """Attack: ``SELECT regexp%s ... FROM (SELECT reverse(ssn) AS "regexp$1"
+    FROM customers) q`` with parameters. The analysis reads the converted
+    text ``regexp ? `` (``pyformat.convert`` spaces every placeholder) as
+    sqlglot's REGEXP over a value: an output with no lineage, not masked.
+    psycopg's Cursor sends ``regexp$1`` and its ClientCursor ``regexp1``
+    (the int 1 spliced in): one identifier, the derived table's column that
+    carries ``reverse(ssn)``. pglast sees the same identifier but compares
+    only relations and functions. (``$1`` itself is unreferenced there; a
+    second ``%s::int`` gives the bind its one typed parameter.)
+
+    Impact: every SSN, reversed, through a readonly identity whose ssn is
+    masked: masked columns reach the caller unmasked, with the ordinary
+    ``execute(sql, params)`` call on both cursor classes.
+
+    Root cause: ``sql/pyformat.py`` ``convert`` writes `` ? `` where the
+    driver writes ``$n`` or a literal with no space: a placeholder glued to
+    an identifier character is a different token for the server.
+    """
+    import psycopg
+
+    kw: dict[str, Any] = {"cursor_factory": psycopg.ClientCursor} if client else {}
+    with seeded(pg_backend) as shop:
+        conn = guardeddb.connect(pg_backend.url, policy=MASKED_POLICY, **kw)
+        try:
+            with guardeddb.identity(AGENT):
+                cur = conn.cursor()
+                if client:
+                    q = "SELECT regexp%s AS a FROM (SELECT reverse(ssn) AS regexp1 FROM {c}) q"
+                    params: tuple[int, ...] = (1,)
+                else:
+                    q = (
+                        "SELECT regexp%s, %s::int "
+                        'FROM (SELECT reverse(ssn) AS "regexp$1" FROM {c}) q'
+                    )
+                    params = (1, 2)
+                try:
+                    cur.execute(q.replace("{c}", shop.customers), params)
+                    rows = cur.fetchall()
+                except guardeddb.Error:
+                    rows = []
+        finally:
+            conn.close()
+    assert SSN1 not in [str(r[0])[::-1] for r in rows], rows
+
+
 # -- 4. approvals: the re-measured impact is not the impact that runs ---------
 
 
