@@ -220,6 +220,38 @@ def test_pg_placeholder_glued_to_a_name_reads_an_unmasked_column(
     assert SSN1 not in [str(r[0])[::-1] for r in rows], rows
 
 
+@pytest.mark.xfail(
+    strict=True, reason="attack5: a placeholder glued to a name makes a new column name"
+)
+@pytest.mark.parametrize("word", ["any", "distinct", "not", "interval", "binary"])
+def test_mysql_placeholder_glued_to_a_name_reads_an_unmasked_column(
+    mysql_backend: Backend, word: str
+) -> None:
+    """Attack: PyMySQL, ``SELECT any%s AS a FROM (SELECT reverse(ssn) AS any1
+    FROM customers) q`` with ``(1,)``. The analysis reads ``ANY ?`` (or
+    ``DISTINCT ?``, ``NOT ?``, ``INTERVAL ?``, ``BINARY ?``): a value, no
+    lineage, not masked; PyMySQL sends ``any1``, the derived table's column
+    carrying ``reverse(ssn)``. ``_surface.placement`` passes it: the
+    placeholder is where the analysis saw a value.
+
+    Impact: every SSN (reversed) through a masked readonly identity with the
+    ordinary ``execute(sql, params)``.
+
+    Root cause: ``sql/pyformat.py`` ``convert`` spaces the placeholder
+    (`` ? ``); PyMySQL splices the escaped value with no space, so a value
+    glued to a name is part of that name.
+    """
+    with _guarded(mysql_backend, MASKED_POLICY) as (conn, shop):
+        cur = conn.cursor()
+        q = f"SELECT {word}%s AS a FROM (SELECT reverse(ssn) AS {word}1 FROM {shop.customers}) q"
+        try:
+            cur.execute(q, (1,))
+            rows = list(cur.fetchall())
+        except guardeddb.Error:
+            rows = []
+    assert SSN1 not in [str(r[0])[::-1] for r in rows], rows
+
+
 # -- 4. approvals: the re-measured impact is not the impact that runs ---------
 
 
