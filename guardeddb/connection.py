@@ -291,17 +291,19 @@ class GuardedCursor(CursorBase):
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
         batch: int = 0,
+        params: Any = _NO_PARAMS,
     ) -> Any:
         """Guard ``query``, then ``method(*args, **kwargs)``; the span stays
-        open while the statement has rows left to fetch."""
+        open while the statement has rows left to fetch. ``params``: what
+        the guard is told of the parameters, when not ``args[1:]``."""
         self._self_done()
         raw = self.__wrapped__
         guard = self._self_guard
         failure = None
+        if params is _NO_PARAMS:
+            params = args[1:] or _keyword_params(kwargs)
         with guard.lock:  # the session switch and the statement, together
-            op, self._self_mask = guard.begin(
-                query, raw, batch, args[1:] or _keyword_params(kwargs)
-            )
+            op, self._self_mask = guard.begin(query, raw, batch, params)
             self._self_left = guard.max_rows
             try:
                 result = method(*args, **kwargs)
@@ -359,8 +361,14 @@ class GuardedCursor(CursorBase):
         Arguments pass through untouched (PyMySQL calls the sequence ``args``,
         psycopg ``params_seq``, sqlite3 ``parameters``).
         """
+        args, kwargs, params = batch_params(self, query, args, kwargs)
         return self._self_run(
-            self.__wrapped__.executemany, query, (query, *args), kwargs, batch_size(args, kwargs)
+            self.__wrapped__.executemany,
+            query,
+            (query, *args),
+            kwargs,
+            batch_size(args, kwargs),
+            params,
         )
 
     fetchone = CursorBase._self_fetchone
@@ -1079,6 +1087,26 @@ def _param_sets(
         else:
             kwargs = {**kwargs, key: seq}  # type: ignore[dict-item]
     return args, kwargs, {_surface.shape(p) for p in seq}
+
+
+def batch_params(
+    cursor: Any, query: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[tuple[Any, ...], dict[str, Any], Any]:
+    """executemany's arguments (a generator listed once) and what the guard
+    is told of its parameters: None when every set is None, since a pyformat
+    driver then sends the text as written each time (``%%`` stays ``%%``);
+    a text holding a ``%`` with some sets None and others not is refused,
+    as one analysis cannot be both texts."""
+    args, kwargs, shapes = _param_sets(args, kwargs)
+    if "none" not in shapes:
+        return args, kwargs, args or _keyword_params(kwargs)
+    if shapes == {"none"}:
+        return args, kwargs, None
+    guard: Guard = cursor._self_guard
+    if not isinstance(query, str | bytes) or "%" in query:
+        analysis = guard.analyze(query, cursor.__wrapped__)
+        raise _refused_placement(guard, analysis, _surface.mixed_placement())
+    return args, kwargs, args or _keyword_params(kwargs)
 
 
 def _refused_placement(guard: Guard, analysis: Analysis, decision: Decision) -> QueryBlocked:

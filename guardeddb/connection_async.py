@@ -29,7 +29,6 @@ from .connection import (
     _compose,
     _ConnectionItself,
     _InfoView,
-    _keyword_params,
     _NextSet,
     _NoticeHandlers,
     _param_sets,
@@ -37,6 +36,7 @@ from .connection import (
     _PsycopgClientParams,
     _ReadOnly,
     _RowFactory,
+    batch_params,
     query_params,
     stream_ended,
     streamed_row,
@@ -99,12 +99,13 @@ class GuardedAsyncCursor(CursorBase):
 
     async def executemany(self, query: Any, *args: Any, **kwargs: Any) -> Any:
         """Guard and run a statement for each parameter set, as one BATCH span."""
+        args, kwargs, params = batch_params(self, query, args, kwargs)
         return await self._self_run(
             self.__wrapped__.executemany,
             query,
             (query, *args),
             kwargs,
-            args or _keyword_params(kwargs),
+            params,
             batch_size(args, kwargs),
         )
 

@@ -47,7 +47,6 @@ def _guarded(backend: Backend, policy: dict[str, Any]) -> Iterator[tuple[Any, Sh
 # -- 1. the text analyzed vs the text psycopg sends --------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="attack5: executemany([None]) analyzed converted, sent raw")
 def test_pg_executemany_none_batch_reads_ssn_in_a_string(pg_backend: Backend) -> None:
     """Attack: ``cur.executemany(q, [None], returning=True)`` on psycopg's
     default (server-binding) Cursor. The guard sees a parameter sequence and
@@ -83,9 +82,6 @@ def test_pg_executemany_none_batch_reads_ssn_in_a_string(pg_backend: Backend) ->
     assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
 
 
-@pytest.mark.xfail(
-    strict=True, reason="attack5: PyMySQL executemany([None]) analyzed converted, sent raw"
-)
 def test_mysql_executemany_none_batch_reads_ssn_in_a_string(mysql_backend: Backend) -> None:
     """Attack: ``cur.executemany(q, [None])`` on PyMySQL, which runs
     ``execute(q, None)`` per set (no ``%`` formatting) and keeps the last
@@ -117,9 +113,6 @@ def test_mysql_executemany_none_batch_reads_ssn_in_a_string(mysql_backend: Backe
     assert SSN1 not in [str(r[1])[::-1] for r in rows], rows
 
 
-@pytest.mark.xfail(
-    strict=True, reason="attack5: executemany([None]) hides a DELETE from the guardrails"
-)
 def test_pg_executemany_none_batch_deletes_every_row(pg_backend: Backend) -> None:
     """Attack: the same desync as above, for guardrails: under the default
     policy (agent-safe) ``DELETE FROM customers`` is blocked
@@ -168,9 +161,6 @@ MASKED_POLICY: dict[str, Any] = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True, reason="attack5: a placeholder glued to a name makes a new column name"
-)
 @pytest.mark.parametrize("client", [False, True], ids=["Cursor", "ClientCursor"])
 def test_pg_placeholder_glued_to_a_name_reads_an_unmasked_column(
     pg_backend: Backend, client: bool
@@ -220,9 +210,6 @@ def test_pg_placeholder_glued_to_a_name_reads_an_unmasked_column(
     assert SSN1 not in [str(r[0])[::-1] for r in rows], rows
 
 
-@pytest.mark.xfail(
-    strict=True, reason="attack5: a placeholder glued to a name makes a new column name"
-)
 @pytest.mark.parametrize("word", ["any", "distinct", "not", "interval", "binary"])
 def test_mysql_placeholder_glued_to_a_name_reads_an_unmasked_column(
     mysql_backend: Backend, word: str

@@ -504,6 +504,12 @@ def fresh_converted(text: str, dialect: str) -> Analysis:
         except Exception:  # not understood: _statements says so
             tokens = None
     statements = _statements(sql, tokens, d, dialect, converted=True)
+    if sent.glued:
+        why = (
+            f"the placeholder {sent.glued} touches a name, number or quote, which the "
+            "value the driver writes there would join; put a space or an operator between them"
+        )
+        statements = (replace(Statement.unknown(why), refused=why),)
     if dialect == "postgres" and (disagreement := second_opinion(sent.server, statements, True)):
         why = f"the PostgreSQL parser disagrees: {disagreement}"
         statements = tuple(Statement.unknown(why) for _ in statements or (None,))

@@ -24,6 +24,10 @@ __all__ = ["Converted", "convert"]
 # (not a newline: psycopg's pattern has no DOTALL), or ``%(name)`` and one.
 _PLACEHOLDER = re.compile(r"%(?:\(([^)]+)\).|.)")
 _FORMATS = frozenset("sbt")
+# What may not touch a placeholder: the driver writes ``$1`` or a literal
+# with no space, so ``regexp%s`` is the identifier ``regexp$1`` (or
+# ``regexp1``), and ``'a'%s`` one string ``'a''x'`` with the quote inside.
+_GLUE = re.compile(r"[\w$'\"`.\\]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +40,9 @@ class Converted:
     server: str
     #: (offset in ``analyzed``, offset in the original text, the placeholder as written)
     placeholders: tuple[tuple[int, int, str], ...]
+    #: a placeholder written against a name, a number or a quote, which the
+    #: driver's value would join (``regexp%s``); '' when there is none
+    glued: str = ""
 
 
 def convert(text: str) -> Converted:
@@ -51,6 +58,7 @@ def convert(text: str) -> Converted:
     marks: list[tuple[int, int, str]] = []
     size = 0  # length of ``analyzed`` so far
     cur = 0
+    glued = ""
     for m in _PLACEHOLDER.finditer(text):
         start, end = m.span()
         plain = text[cur:start]
@@ -65,6 +73,11 @@ def convert(text: str) -> Converted:
         elif spec[-1] in _FORMATS and (len(spec) == 2 or m.group(1) is not None):
             # spaced: ``%s::int`` must not read as ``?::`` nor ``%s|`` as ``?|``
             marks.append((size + 1, start, spec))
+            if not glued and (
+                (start and text[start - 1] != "%" and _GLUE.match(text, start - 1))
+                or (end < len(text) and _GLUE.match(text, end))
+            ):
+                glued = spec
             analyzed.append(" ? ")
             server.append("$1")
             size += 3
@@ -77,4 +90,4 @@ def convert(text: str) -> Converted:
         return Converted(text, text, ())
     analyzed.append(text[cur:])
     server.append(text[cur:])
-    return Converted("".join(analyzed), "".join(server), tuple(marks))
+    return Converted("".join(analyzed), "".join(server), tuple(marks), glued)
