@@ -1097,6 +1097,19 @@ def batch_params(
     driver then sends the text as written each time (``%%`` stays ``%%``);
     a text holding a ``%`` with some sets None and others not is refused,
     as one analysis cannot be both texts."""
+    key = next((k for k in ("args", "params_seq", "parameters") if k in kwargs), None)
+    seq = args[0] if args else kwargs.get(key) if key else None
+    if seq is not None and not isinstance(seq, list | tuple):
+        # A generator is never read ahead (approvals refuse it, spans call
+        # its size unknown): a None set in it is refused as it comes, before
+        # the driver sends it as written while the analysis read it rewritten.
+        if not isinstance(query, str | bytes) or "%" in query:
+            seq = _no_none_sets(cursor, query, seq)
+            if args:
+                args = (seq, *args[1:])
+            else:
+                kwargs = {**kwargs, key: seq}  # type: ignore[dict-item]
+        return args, kwargs, args or _keyword_params(kwargs)
     args, kwargs, shapes = _param_sets(args, kwargs)
     if "none" not in shapes:
         return args, kwargs, args or _keyword_params(kwargs)
@@ -1107,6 +1120,15 @@ def batch_params(
         analysis = guard.analyze(query, cursor.__wrapped__)
         raise _refused_placement(guard, analysis, _surface.mixed_placement())
     return args, kwargs, args or _keyword_params(kwargs)
+
+
+def _no_none_sets(cursor: Any, query: Any, seq: Any) -> Iterator[Any]:
+    for params in seq:
+        if params is None:
+            guard: Guard = cursor._self_guard
+            analysis = guard.analyze(query, cursor.__wrapped__)
+            raise _refused_placement(guard, analysis, _surface.mixed_placement())
+        yield params
 
 
 def _refused_placement(guard: Guard, analysis: Analysis, decision: Decision) -> QueryBlocked:

@@ -20,7 +20,7 @@ import pytest
 import guardeddb
 from guardeddb import Identity
 
-from .fix_db import Backend
+from .fix_db import PERMISSIVE, Backend
 from .fix_shop import CUSTOMERS, Shop, seeded
 
 AGENT = Identity(user="pctfix@example.com", agent="pctfix-bot", roles=frozenset({"support"}))
@@ -246,6 +246,26 @@ def test_mysql_batch_mixing_none_and_parameters_is_refused(mysql_backend: Backen
         sql = shop.sql("SELECT id FROM {p} WHERE id %% 2 = 1")
         with pytest.raises(guardeddb.QueryBlocked):
             cur.executemany(sql, [None, ()])
+
+
+@pytest.mark.parametrize("kind", ["cursor", "client"])
+def test_pg_batches_with_none_sets_are_judged_as_sent(pg_backend: Backend, kind: str) -> None:
+    """A None set is sent as written: a batch of only None sets is judged as
+    written (``%%`` kept), one mixing None and parameters is refused before
+    anything runs, and a generator's None set is refused as it comes, before
+    the driver sends it; the rows on the server say what ran."""
+    with _conn(pg_backend, PERMISSIVE) as (conn, shop):
+        cur = _cursor(conn, kind)
+        insert = shop.sql("INSERT INTO {p} (id, amount) VALUES (%s, 1)")
+        with pytest.raises(guardeddb.QueryBlocked, match="parameter-placement"):
+            cur.executemany(insert.replace("%s", "900 %% 7"), [None, (901,)])
+        with pytest.raises(guardeddb.QueryBlocked, match="parameter-placement"):
+            cur.executemany(insert, ((i,) if i else None for i in (902, 0, 903)))
+        conn.commit()
+        ids = {r[0] for r in pg_backend.rows(shop.sql("SELECT id FROM {p} WHERE id >= 900"))}
+    # at most the set before the None one (a ClientCursor reads them all
+    # first); never the first batch, the None set or anything after it
+    assert ids <= {902}
 
 
 # -- the conversion itself: what psycopg's _split_query makes of a text --------
