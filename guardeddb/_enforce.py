@@ -358,12 +358,24 @@ def _blocked(names: list[str]) -> Decision:
 class SqliteEngine(Engine):
     """SQLite: the authorizer, the function allowlist, a progress-handler timeout."""
 
-    __slots__ = ("allowed", "analysis", "denied", "internal", "read_only", "started", "timeout")
+    __slots__ = (
+        "allowed",
+        "analysis",
+        "codes",
+        "denied",
+        "internal",
+        "read_only",
+        "started",
+        "timeout",
+    )
 
     def __init__(self, raw: sqlite3.Connection, limits: dict[str, Any]) -> None:
         super().__init__(limits)
         self.analysis: Analysis | None = None
         self.read_only = False
+        # the armed statement's allowed action codes, found at its first
+        # authorizer call (a statement SQLite has cached compiles no more)
+        self.codes: frozenset[int] | None = None
         self.internal = 0
         self.denied: str | None = None  # why the last action was denied
         # per (analysis, read_only): the action codes allowed, computed at
@@ -378,6 +390,7 @@ class SqliteEngine(Engine):
     def arm(self, analysis: Analysis, read_only: bool) -> None:
         self.analysis = analysis
         self.read_only = read_only
+        self.codes = None
         self.denied = None
         # The clock starts at the statement's first progress call (after
         # 10,000 VM steps, well under a millisecond): no clock read per execute.
@@ -448,7 +461,10 @@ class SqliteEngine(Engine):
         if analysis is None:
             return sqlite3.SQLITE_OK  # nothing guarded has run yet: guardeddb's own setup
         read_only = self.read_only
-        if action in self._codes(analysis, read_only):
+        codes = self.codes
+        if codes is None:
+            codes = self.codes = self._codes(analysis, read_only)
+        if action in codes:
             if action == _PRAGMA:
                 name = (arg1 or "").lower()
                 if name in _TABLE_PRAGMAS:

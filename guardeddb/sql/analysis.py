@@ -22,6 +22,7 @@ from .classify import (
     classify,
     expand_commands,
     kernel_refusal,
+    names_own_state,
     normalize_tokens,
     untokenizable,
 )
@@ -407,11 +408,8 @@ def _shared(
     found = shape_of(text, tokens)
     if found is None:
         return None, None
-    key, spans = found
-    starts = {start for start, _end in spans}
-    if kernel_refusal(
-        [t for t in tokens if t.token_type is TokenType.STRING and t.start in starts], dialect
-    ):
+    key, spans, values = found
+    if names_own_state(values):
         # The kernel reads strings (guardeddb's own table names in SQL text
         # a function could run): a text whose own values it refuses is
         # analyzed whole, never copied from one it let through.

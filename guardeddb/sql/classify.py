@@ -920,13 +920,9 @@ def untokenizable(sql: str, dialect: str) -> Statement:
     return st
 
 
-def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
-    """Why this statement is refused under every policy, or None.
-
-    guardeddb's own tables (named as identifiers, or inside a string that a
-    function could run as SQL) and settings that change how the server reads
-    SQL are out of reach whatever the policy says.
-    """
+def names_own_state(tokens: Sequence[Token]) -> str | None:
+    """Why ``tokens`` reach guardeddb's own tables, named as identifiers or
+    inside a string a function could run as SQL; None when they do not."""
     for tok in tokens:
         tt = tok.token_type
         if tt is TokenType.IDENTIFIER or tt is TokenType.VAR:
@@ -938,6 +934,19 @@ def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
                 for own in OWN_TABLES:
                     if own in lowered:
                         return f"{own} is guardeddb's own state"
+    return None
+
+
+def kernel_refusal(tokens: Sequence[Token], dialect: str) -> str | None:
+    """Why this statement is refused under every policy, or None.
+
+    guardeddb's own tables (named as identifiers, or inside a string that a
+    function could run as SQL) and settings that change how the server reads
+    SQL are out of reach whatever the policy says.
+    """
+    own = names_own_state(tokens)
+    if own:
+        return own
     verdict = judge_set(tokens, dialect)
     if verdict is not None and verdict.refused:
         return verdict.refused

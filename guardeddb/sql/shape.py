@@ -72,8 +72,8 @@ _LITERALS = frozenset({_T.NUMBER, _T.STRING})
 _ENDS = _BOUNDARIES | {None}
 _LIMIT_ENDS = frozenset({None, _T.OFFSET, _T.SEMICOLON})
 
-#: (shape key, (start, end, placeholder) of each value taken out)
-Shape = tuple[str, tuple[tuple[int, int], ...]]
+#: (shape key, (start, end) of each value taken out, the tokens taken out)
+Shape = tuple[str, tuple[tuple[int, int], ...], tuple[Token, ...]]
 
 
 def _plain(sql: str, tok: Token) -> bool:
@@ -150,6 +150,7 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
             if before is not _T.IN:
                 rows.add(close)
     spans: list[tuple[int, int]] = []
+    values: list[Token] = []
     for i in range(pad, last + 1):
         kind = types[i]
         if kind not in _LITERALS:
@@ -168,6 +169,7 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
             )
         ):
             spans.append((tok.start, tok.end + 1))
+            values.append(tok)
     if not spans:
         return None
     parts: list[str] = []
@@ -177,7 +179,7 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
         parts.append(_MARK + ("'" if sql[start] == "'" else "0"))
         at = end
     parts.append(sql[at:])
-    return "".join(parts), tuple(spans)
+    return "".join(parts), tuple(spans), tuple(values)
 
 
 def with_placeholders(sql: str, spans: Sequence[tuple[int, int]], mark: str) -> str:
