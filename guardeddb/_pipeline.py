@@ -194,20 +194,17 @@ class Guard:
 
     # --- 1. analyze ---------------------------------------------------------
 
-    def converts(self, raw: Any, params: Any) -> bool:
-        """Whether the driver rewrites the text before sending it: pyformat
-        drivers (psycopg, PyMySQL) given parameters, even ``()``, turn ``%%``
-        into ``%`` (``sql/pyformat.py``); psycopg's RawCursor does not."""
-        if params is None:
-            return False
+    @staticmethod
+    def converts(raw: Any) -> bool:
+        """Whether a pyformat driver's cursor ``raw`` rewrites a text given
+        parameters, even ``()``, before sending it (``%%`` as ``%``,
+        ``sql/pyformat.py``): psycopg's RawCursor does not."""
         cls = type(raw)
         found = _REWRITES.get(cls)  # the hot path: a dict hit
         if found is None:
-            # a cursor class belongs to one driver, so to one dialect
             query_cls = getattr(cls, "_query_cls", None)  # psycopg's own, per cursor class
-            found = _REWRITES[cls] = self.converted is not self.cache and (
-                query_cls is None
-                or all(c.__name__ != "PostgresRawQuery" for c in getattr(query_cls, "__mro__", ()))
+            found = _REWRITES[cls] = query_cls is None or all(
+                c.__name__ != "PostgresRawQuery" for c in getattr(query_cls, "__mro__", ())
             )
         return found
 
@@ -303,7 +300,7 @@ class Guard:
         a contextvar read, a dict hit for the decision, the audit record when
         there is a trail, and nothing else when no SDK records.
         """
-        converted = params is not None and (_REWRITES.get(type(raw)) or self.converts(raw, params))
+        converted = params is not None and self.converted is not self.cache and self.converts(raw)
         analysis, ident, verdict, ready = self.prepare(query, raw, converted)
         if not ready or verdict is None:
             steps = self.steps(analysis, ident, verdict, query, raw, batch, params)
@@ -319,7 +316,8 @@ class Guard:
     async def begin_async(self, query: Any, raw: Any, batch: int = 0, params: Any = None) -> Begun:
         """``begin`` for an asyncio connection: the same pipeline, awaited;
         with an audit trail, the record is written off the event loop."""
-        analysis, ident, verdict, ready = self.prepare(query, raw, self.converts(raw, params))
+        converted = params is not None and self.converted is not self.cache and self.converts(raw)
+        analysis, ident, verdict, ready = self.prepare(query, raw, converted)
         if ready and verdict is not None and self.audit is None:
             op = self.opened(analysis, ident, verdict, batch)
             self.refuse(op, analysis, verdict[0])
@@ -563,19 +561,20 @@ class Guard:
             return Decision("block", decision.rule_id, f"held for review, but {exc}"), None, None
         granted = yield Call(self.approvals.find, (digest,))
         retired = None
+        if granted is not None and granted.impact is None:
+            # approved with no count shown: nothing to hold it to
+            why = f"approved by {granted.approver or 'an approver'} (request {granted.id})"
+            return Decision("allow", decision.rule_id, why), None, granted.id
+        if impact is not None and not impact.measured:
+            yield from impact.measure(self.driver, self.raw, text, params, analysis)
         if granted is not None:
-            by = granted.approver or "an approver"
-            why = f"approved by {by} (request {granted.id}"
-            limit = granted.impact
-            if limit is None:  # approved with no count shown: nothing to hold it to
-                return Decision("allow", decision.rule_id, why + ")"), None, granted.id
-            # Approved as shown: measured again, before the approval is used,
-            # and it covers at most the rows the person saw.
-            if impact is not None and not impact.measured:
-                yield from impact.measure(self.driver, self.raw, text, params, analysis)
+            # Approved as shown: measured again before the approval is used,
+            # it covers at most the rows the person saw.
+            by, limit = granted.approver or "an approver", granted.impact
             rows = impact.count if impact is not None else None
             if rows is not None and rows <= limit:
-                why += f", shown {limit} rows; this run touches {rows})"
+                why = f"approved by {by} (request {granted.id}, shown {limit} rows; "
+                why += f"this run touches {rows})"
                 return Decision("allow", decision.rule_id, why), None, granted.id
             yield Call(self.approvals.supersede, (granted.id,))
             now = "an unmeasured number of" if rows is None else str(rows)
@@ -583,8 +582,6 @@ class Guard:
                 f"approval {granted.id} by {by} was for {limit} rows and this run would "
                 f"touch {now}: not used, superseded"
             )
-        if impact is not None and not impact.measured:
-            yield from impact.measure(self.driver, self.raw, text, params, analysis)
         reason = decision.message
         if retired is not None:  # the approver of the new request sees why
             reason = f"{reason}; {retired}" if reason else retired

@@ -1071,13 +1071,19 @@ class _ClientParams:
                 raise _refused_placement(guard, analysis, decision)
 
 
+def _batch_seq(args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[str | None, Any]:
+    """executemany's sequence of parameter sets, and its keyword if given by
+    one (PyMySQL ``args``, psycopg ``params_seq``, sqlite3 ``parameters``)."""
+    key = next((k for k in ("args", "params_seq", "parameters") if k in kwargs), None)
+    return key, args[0] if args else kwargs.get(key) if key else None
+
+
 def _param_sets(
     args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> tuple[tuple[Any, ...], dict[str, Any], set[str]]:
     """executemany's parameter sets, listed once (a generator is read here
     and handed on as a list), with the shapes the driver will bind."""
-    key = next((k for k in ("args", "params_seq", "parameters") if k in kwargs), None)
-    seq = args[0] if args else kwargs.get(key) if key else None
+    key, seq = _batch_seq(args, kwargs)
     if seq is None:
         return args, kwargs, set()
     if not isinstance(seq, list | tuple):
@@ -1097,8 +1103,7 @@ def batch_params(
     driver then sends the text as written each time (``%%`` stays ``%%``);
     a text holding a ``%`` with some sets None and others not is refused,
     as one analysis cannot be both texts."""
-    key = next((k for k in ("args", "params_seq", "parameters") if k in kwargs), None)
-    seq = args[0] if args else kwargs.get(key) if key else None
+    key, seq = _batch_seq(args, kwargs)
     if seq is not None and not isinstance(seq, list | tuple):
         # A generator is never read ahead (approvals refuse it, spans call
         # its size unknown): a None set in it is refused as it comes, before

@@ -307,9 +307,7 @@ class Telemetry:
         ctx = otel_context.get_current()
         if ctx.get(_SUPPRESS_KEY):
             return None if audit is None else Operation(self, None, None, audit)
-        # Keyed like _static: on what the analysis cache says caches of
-        # facts key on (one object per statement shape once sql/shape.py
-        # shares analyses; the analysis itself until then).
+        # Keyed like _static: on analysis.key, one object per statement shape.
         key = (analysis.key, batch, ident, decision.action, decision.rule_id)
         entry = self._ops.get(key)
         if entry is None:
@@ -340,11 +338,10 @@ class Telemetry:
         the decision counter's key of one (statement, batch, caller,
         decision): everything start() would otherwise build per call.
 
-        Keyed on the analysis (or the shape it shares: the same
-        ``db.query.text``, summary and procedure for every text mapped to
-        it), the identity (frozen, compared by value) and what the decision
-        says: everything the entry is built from; bounded like the other
-        per-statement caches.
+        Keyed on the analysis's shape (the same ``db.query.text``, summary
+        and procedure for every text of it), the identity (frozen, compared
+        by value) and what the decision says: everything the entry is built
+        from; bounded like the other per-statement caches.
         """
         name, static, metric = self._static(analysis, key[1])
         attrs = dict(static)

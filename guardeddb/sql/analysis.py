@@ -457,14 +457,30 @@ def fresh(text: str, dialect: str, tokens: list[Token] | None = None) -> Analysi
     _COUNTS[1] += 1
     d = _dialect(dialect)
     sanitized, summary, tokens, procedure = sanitize_and_summarize(text, d, tokens)
-    statements = _statements(text, tokens, d, dialect)
-    if dialect == "postgres" and (disagreement := second_opinion(text, statements)):
-        why = f"the PostgreSQL parser disagrees: {disagreement}"
-        statements = tuple(Statement.unknown(why) for _ in statements or (None,))
-    shape = " ".join(sanitized.split()).lower()
-    fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    statements = _checked(_statements(text, tokens, d, dialect), dialect, text)
     marks = _marks(text, tokens) if "%" in text and dialect in ("postgres", "mysql") else ()
-    return Analysis(text, dialect, sanitized, summary, fingerprint, statements, marks, procedure)
+    return Analysis(
+        text, dialect, sanitized, summary, _fingerprint(sanitized), statements, marks, procedure
+    )
+
+
+def _checked(
+    statements: tuple[Statement, ...], dialect: str, server_text: str, converted: bool = False
+) -> tuple[Statement, ...]:
+    """``statements``, or all not understood when PostgreSQL's own parser
+    reads ``server_text`` otherwise (``pgparse.py``)."""
+    if dialect == "postgres" and (
+        disagreement := second_opinion(server_text, statements, converted)
+    ):
+        why = f"the PostgreSQL parser disagrees: {disagreement}"
+        return tuple(Statement.unknown(why) for _ in statements or (None,))
+    return statements
+
+
+def _fingerprint(sanitized: str) -> str:
+    """A stable id of the statement's shape: its sanitized text, spaces and case folded."""
+    shape = " ".join(sanitized.split()).lower()
+    return hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
 def _operator_as_value(tree: exp.Expr) -> bool:
@@ -508,11 +524,7 @@ def fresh_converted(text: str, dialect: str) -> Analysis:
             "value the driver writes there would join; put a space or an operator between them"
         )
         statements = (replace(Statement.unknown(why), refused=why),)
-    if dialect == "postgres" and (disagreement := second_opinion(sent.server, statements, True)):
-        why = f"the PostgreSQL parser disagrees: {disagreement}"
-        statements = tuple(Statement.unknown(why) for _ in statements or (None,))
-    shape = " ".join(sanitized.split()).lower()
-    fingerprint = hashlib.sha256(shape.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    statements = _checked(statements, dialect, sent.server, True)
     values = (
         set()
         if tokens is None
@@ -520,7 +532,15 @@ def fresh_converted(text: str, dialect: str) -> Analysis:
     )
     marks = tuple((at, spec) for start, at, spec in sent.placeholders if start in values)
     return Analysis(
-        text, dialect, sanitized, summary, fingerprint, statements, marks, procedure, sent=sql
+        text,
+        dialect,
+        sanitized,
+        summary,
+        _fingerprint(sanitized),
+        statements,
+        marks,
+        procedure,
+        sent=sql,
     )
 
 

@@ -116,7 +116,7 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
     None when nothing is taken out or the statement is not one to share."""
     if not tokens or tokens[0].token_type not in _STATEMENTS or _MARK in sql:
         return None
-    # Indexes below are into ``types``: token i is types[i + 1], and the
+    # Indexes below are into ``types``: token i is types[i + _PAD], and the
     # Nones at both ends stand for "nothing there".
     types: list[TokenType | None] = [None] * _PAD
     types += [t.token_type for t in tokens]
@@ -172,21 +172,20 @@ def shape_of(sql: str, tokens: Sequence[Token]) -> Shape | None:
             values.append(tok)
     if not spans:
         return None
-    parts: list[str] = []
-    at = 0
-    for start, end in spans:
-        parts.append(sql[at:start])
-        parts.append(_MARK + ("'" if sql[start] == "'" else "0"))
-        at = end
-    parts.append(sql[at:])
-    return "".join(parts), tuple(spans), tuple(values)
+    # a string and a number stay apart in the key (MySQL compares them apart)
+    key = _spliced(sql, spans, [_MARK + ("'" if sql[a] == "'" else "0") for a, _ in spans])
+    return key, tuple(spans), tuple(values)
 
 
 def with_placeholders(sql: str, spans: Sequence[tuple[int, int]], mark: str) -> str:
     """``sql`` with each taken-out value replaced by the placeholder ``mark``."""
+    return _spliced(sql, spans, [mark] * len(spans))
+
+
+def _spliced(sql: str, spans: Sequence[tuple[int, int]], marks: Sequence[str]) -> str:
     parts: list[str] = []
     at = 0
-    for start, end in spans:
+    for (start, end), mark in zip(spans, marks, strict=True):
         parts.append(sql[at:start])
         parts.append(mark)
         at = end
