@@ -95,3 +95,120 @@ def test_mysql_equality_join_with_a_numeric_ssn_column_reads_leading_digits(
             c2.execute("DROP TABLE IF EXISTS attack6_guess")
         raw2.close()
     assert (1, 123) not in [tuple(r) for r in seen], seen
+
+
+def _pg_raw(backend: Backend, *sql: str) -> None:
+    raw = backend.connect_raw()
+    try:
+        cur = raw.cursor()
+        for s in sql:
+            cur.execute(s)
+        raw.commit()
+    finally:
+        raw.close()
+
+
+def _pg_count(backend: Backend, table: str) -> int:
+    raw = backend.connect_raw()
+    try:
+        cur = raw.cursor()
+        cur.execute(f"SELECT count(*) FROM {table}")
+        return int(cur.fetchone()[0])
+    finally:
+        raw.close()
+
+
+_BULK_DELETE_BLOCKED: dict[str, Any] = {
+    "version": 1,
+    "extends": [],
+    "rules": [
+        {
+            "id": "bulk-delete",
+            "match": {"statements": ["delete", "update"], "affected_rows": {"gt": 5}},
+            "action": "block",
+        }
+    ],
+}
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: a data-modifying CTE under a SELECT is measured by the SELECT's "
+    "row count; affected_rows sees 1 row and 50 are deleted",
+)
+def test_pg_affected_rows_counts_a_data_modifying_cte_by_its_select(pg_backend: Backend) -> None:
+    """Attack: ``affected_rows: {gt: 5}`` blocks ``DELETE FROM t WHERE id > 0``
+    (50 rows). The agent sends ``WITH d AS (DELETE FROM t WHERE id > 0
+    RETURNING 1) SELECT count(*) FROM d`` instead: the dry run's count is the
+    driver's rowcount, the outer SELECT's one row, so the rule (and an
+    approval request, which shows and re-measures the same count) sees 1.
+    ``WITH d AS (DELETE ...) DELETE FROM t2 WHERE id = -1`` counts 0 the same way.
+
+    Impact: every row of the table deleted past a rule that blocks (or holds
+    for a person) deletes of more than 5 rows.
+
+    Root cause: ``drivers.Driver.dry_run`` returns the rowcount of the
+    statement as a whole; ``_pipeline._changes_rows`` measures any single
+    statement whose kinds include a row change, including one whose writes
+    sit in a CTE the rowcount does not count.
+    """
+    _pg_raw(
+        pg_backend,
+        "DROP TABLE IF EXISTS attack6_big",
+        "CREATE TABLE attack6_big (id int)",
+        "INSERT INTO attack6_big SELECT generate_series(1, 50)",
+    )
+    conn = guardeddb.connect(pg_backend.url, policy=_BULK_DELETE_BLOCKED)
+    try:
+        cur = conn.cursor()
+        with guardeddb.identity(AGENT), contextlib.suppress(guardeddb.Error):
+            cur.execute(
+                "WITH d AS (DELETE FROM attack6_big WHERE id > 0 RETURNING 1) "
+                "SELECT count(*) FROM d"
+            )
+            conn.commit()
+    finally:
+        conn.close()
+    left = _pg_count(pg_backend, "attack6_big")
+    _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_big")
+    assert left > 44, f"{50 - left} rows deleted past affected_rows > 5"
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: ON DELETE CASCADE rows are not in the dry run's count",
+)
+def test_pg_affected_rows_misses_rows_deleted_by_a_cascade(pg_backend: Backend) -> None:
+    """Attack: the same ``affected_rows: {gt: 5}`` rule; ``DELETE FROM parent
+    WHERE id = 1`` deletes one parent row, and its foreign key's ON DELETE
+    CASCADE deletes its 50 children in the same statement. The dry run counts
+    the driver's rowcount, 1 (PostgreSQL counts the statement's own rows).
+
+    Impact: 51 rows deleted past a rule that blocks (or holds for a person,
+    showing "1 row") deletes of more than 5 rows.
+
+    Root cause: ``drivers.Driver.dry_run`` measures ``cursor.rowcount`` only;
+    rows changed by cascades (and triggers) are not in it.
+    """
+    _pg_raw(
+        pg_backend,
+        "DROP TABLE IF EXISTS attack6_child",
+        "DROP TABLE IF EXISTS attack6_par",
+        "CREATE TABLE attack6_par (id int PRIMARY KEY)",
+        "CREATE TABLE attack6_child (id int, p int REFERENCES attack6_par(id) ON DELETE CASCADE)",
+        "INSERT INTO attack6_par VALUES (1)",
+        "INSERT INTO attack6_child SELECT g, 1 FROM generate_series(1, 50) g",
+    )
+    conn = guardeddb.connect(pg_backend.url, policy=_BULK_DELETE_BLOCKED)
+    try:
+        cur = conn.cursor()
+        with guardeddb.identity(AGENT), contextlib.suppress(guardeddb.Error):
+            cur.execute("DELETE FROM attack6_par WHERE id = 1")
+            conn.commit()
+    finally:
+        conn.close()
+    left = _pg_count(pg_backend, "attack6_child")
+    _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_child", "DROP TABLE IF EXISTS attack6_par")
+    assert left > 44, f"{50 - left} child rows deleted past affected_rows > 5"
