@@ -37,13 +37,14 @@ def _equality_policy() -> dict[str, Any]:
 
 
 @pytest.mark.mysql
+@pytest.mark.parametrize("join", ["ON c.ssn = g.ssn", "USING (ssn)"])
 @pytest.mark.xfail(
     strict=True,
     reason="attack6: MySQL equality filter trusts any column the rule covers, "
     "whatever its type; a numeric ssn column reads the masked string's leading digits",
 )
 def test_mysql_equality_join_with_a_numeric_ssn_column_reads_leading_digits(
-    mysql_backend: Backend,
+    mysql_backend: Backend, join: str
 ) -> None:
     """Attack: under ``*.ssn`` ``filter: equality`` on MariaDB, the agent
     creates ``attack6_guess (ssn BIGINT, k BIGINT)`` holding 0..999 in both
@@ -54,9 +55,11 @@ def test_mysql_equality_join_with_a_numeric_ssn_column_reads_leading_digits(
 
     Impact: the masked SSN's leading digits (all digits for an SSN stored
     without dashes) reach a caller that may only see it redacted, the exact
-    oracle the MySQL ``equality`` rule says it closes.
+    oracle the MySQL ``equality`` rule says it closes. ``JOIN ... USING
+    (ssn)`` and ``c.ssn IN (SELECT ssn FROM attack6_guess)`` do the same.
 
-    Root cause: ``masking/filters.py`` ``_Judge.text``/``same_rule`` accepts
+    Root cause: ``masking/filters.py`` ``_Judge.text``/``same_rule`` (and
+    ``using_text`` for USING) accepts
     a column as "provable text" when it is a base-table column the same
     masking rule covers, by name only (``*.ssn``): nothing knows its type,
     and any table may have a numeric column of that name.
@@ -80,8 +83,7 @@ def test_mysql_equality_join_with_a_numeric_ssn_column_reads_leading_digits(
             )
             conn.commit()
             gc.execute(
-                "SELECT c.id, g.k FROM attack6_cust c JOIN attack6_guess g ON c.ssn = g.ssn "
-                "ORDER BY c.id"
+                f"SELECT c.id, g.k FROM attack6_cust c JOIN attack6_guess g {join} ORDER BY c.id"
             )
             seen = list(gc.fetchall())
     finally:
