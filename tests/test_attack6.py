@@ -10,6 +10,7 @@ guardeddb's own decision.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 from typing import Any
 
 import pytest
@@ -214,3 +215,51 @@ def test_pg_affected_rows_misses_rows_deleted_by_a_cascade(pg_backend: Backend) 
     left = _pg_count(pg_backend, "attack6_child")
     _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_child", "DROP TABLE IF EXISTS attack6_par")
     assert left > 44, f"{50 - left} child rows deleted past affected_rows > 5"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: masking/channels.parsed rewrites %s in any text, so '%ssn' "
+    "(SQLite's modulo by ssn) hides the column from the filter judge",
+)
+def test_sqlite_percent_glued_to_a_masked_column_hides_it_from_the_filter() -> None:
+    """Attack: under ``*.ssn`` ``filter: deny`` on SQLite (no parameters),
+    ``SELECT id FROM c WHERE (SELECT 200 %ssn) = 200``. SQLite reads
+    ``200 % ssn`` (``ssn`` cast to its numeric prefix, 123 for
+    '123-45-6789'), so the row comes back iff that prefix is over 200: a
+    range oracle, binary-searchable, on a column whose rule allows it only
+    as itself in a select list (``WHERE ssn > '2'`` is refused). ``ORDER BY
+    (SELECT 0 - 1000000 %ssn)`` orders by it the same way.
+
+    Impact: the leading digits of every masked SSN (all of them when stored
+    without dashes) through row presence or order.
+
+    Root cause: ``masking/channels.py`` ``parsed`` re-parses
+    ``_PYFORMAT.sub(mark, analysis.text)`` for every dialect and every text,
+    executed with parameters or not: ``%ssn`` becomes ``NULLsn`` (an alias
+    of a constant), so the filter judge (``filters.filters_masked``) and
+    ``carries_masked`` never see the column the analysis and SQLite read.
+    """
+    raw = sqlite3.connect(":memory:")
+    raw.execute("CREATE TABLE attack6_c (id INTEGER PRIMARY KEY, ssn TEXT)")
+    raw.executemany("INSERT INTO attack6_c VALUES (?, ?)", [(1, SSN1), (2, SSN2)])
+    raw.commit()
+    policy = {
+        "version": 1,
+        "extends": ["readonly"],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact", "filter": "deny"}]},
+    }
+    conn = guardeddb.wrap(raw, policy=policy, identity=AGENT)
+    try:
+        cur = conn.cursor()
+        with pytest.raises(guardeddb.QueryBlocked):
+            cur.execute("SELECT id FROM attack6_c WHERE ssn > '2'")
+        answers = []
+        for bound in (100, 200):
+            with contextlib.suppress(guardeddb.Error):
+                cur.execute(f"SELECT id FROM attack6_c WHERE (SELECT {bound} %ssn) = {bound}")
+                answers.append([r[0] for r in cur.fetchall()])
+    finally:
+        conn.close()
+    # [[1, 2], [2]]: both prefixes over 100, only customer 2's over 200
+    assert answers != [[1, 2], [2]], answers
