@@ -263,3 +263,54 @@ def test_sqlite_percent_glued_to_a_masked_column_hides_it_from_the_filter() -> N
         conn.close()
     # [[1, 2], [2]]: both prefixes over 100, only customer 2's over 200
     assert answers != [[1, 2], [2]], answers
+
+
+@pytest.mark.mysql
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: masking/channels.parsed rewrites %s in a text sent without "
+    "parameters, so '%ssn' (MariaDB's modulo by ssn) hides the column from the filter",
+)
+def test_mysql_percent_glued_to_a_masked_column_hides_it_from_the_filter(
+    mysql_backend: Backend,
+) -> None:
+    """Attack: the SQLite attack above on MariaDB through PyMySQL, no
+    parameters (PyMySQL sends the text as written): ``SELECT id FROM t WHERE
+    200 %ssn = 200`` under ``filter: deny``. MariaDB reads ``200 % ssn``,
+    ``ssn`` as its numeric prefix; the filter judge reads ``200 ?sn``.
+
+    Impact: a range oracle on the masked column (row presence), the leading
+    digits of every SSN by binary search.
+
+    Root cause: ``masking/channels.py`` ``parsed``: ``_PYFORMAT.sub("?",
+    analysis.text)`` also rewrites a ``%s`` that is no placeholder (the
+    analysis, ``_placeholders``, read ``%ssn`` as a modulo and ``ssn``).
+    """
+    raw = mysql_backend.connect_raw()
+    cur = raw.cursor()
+    cur.execute("DROP TABLE IF EXISTS attack6_pct")
+    cur.execute("CREATE TABLE attack6_pct (id INT PRIMARY KEY, ssn VARCHAR(20))")
+    cur.execute(f"INSERT INTO attack6_pct VALUES (1, '{SSN1}'), (2, '{SSN2}')")
+    raw.commit()
+    policy = {
+        "version": 1,
+        "extends": ["readonly"],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact", "filter": "deny"}]},
+    }
+    conn = guardeddb.wrap(raw, policy=policy, identity=AGENT)
+    answers = []
+    try:
+        gc = conn.cursor()
+        for bound in (100, 200):
+            with contextlib.suppress(guardeddb.Error):
+                gc.execute(f"SELECT id FROM attack6_pct WHERE {bound} %ssn = {bound} ORDER BY id")
+                answers.append([r[0] for r in gc.fetchall()])
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+        raw2 = mysql_backend.connect_raw()
+        with contextlib.suppress(Exception):
+            raw2.cursor().execute("DROP TABLE IF EXISTS attack6_pct")
+        raw2.close()
+    assert answers != [[1, 2], [2]], answers
