@@ -314,3 +314,57 @@ def test_mysql_percent_glued_to_a_masked_column_hides_it_from_the_filter(
             raw2.cursor().execute("DROP TABLE IF EXISTS attack6_pct")
         raw2.close()
     assert answers != [[1, 2], [2]], answers
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason='attack6: channels.parsed re-parses the raw text, where U&"\\0073sn" is '
+    "not ssn; the filter judge never sees the masked column",
+)
+def test_pg_unicode_escaped_identifier_hides_a_masked_column_from_the_filter(
+    pg_backend: Backend,
+) -> None:
+    """Attack: under ``*.ssn`` ``filter: deny`` on PostgreSQL, ``SELECT id
+    FROM t WHERE U&"\\0073sn" > '2'`` (``WHERE ssn > '2'`` is refused).
+    PostgreSQL reads ``U&"\\0073sn"`` as the identifier ``ssn``; so does the
+    analysis (``normalize_tokens`` decodes it). ``ORDER BY U&"\\0073sn"``
+    sorts by it the same way.
+
+    Impact: a range/sort oracle on the masked column: customers whose SSN is
+    over '2' come back, and binary search reads every character.
+
+    Root cause: ``masking/channels.py`` ``parsed`` re-parses the raw text
+    with ``sqlglot.parse``, whose tokenizer reads ``U & "\\0073sn"`` (a
+    column named ``\\0073sn``): the trees the filter judge
+    (``filters.filters_masked``) and ``carries_masked`` walk are not the
+    ones the analysis built from the normalized tokens.
+    """
+    _pg_raw(
+        pg_backend,
+        "DROP TABLE IF EXISTS attack6_u",
+        "CREATE TABLE attack6_u (id int PRIMARY KEY, ssn text)",
+        f"INSERT INTO attack6_u VALUES (1, '{SSN1}'), (2, '{SSN2}')",
+    )
+    policy = {
+        "version": 1,
+        "extends": ["readonly"],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact", "filter": "deny"}]},
+    }
+    conn = guardeddb.connect(pg_backend.url, policy=policy)
+    rows: list[Any] = []
+    try:
+        cur = conn.cursor()
+        with guardeddb.identity(AGENT):
+            with pytest.raises(guardeddb.QueryBlocked):
+                cur.execute("SELECT id FROM attack6_u WHERE ssn > '2'")
+            conn.rollback()
+            with contextlib.suppress(guardeddb.Error):
+                cur.execute("SELECT id FROM attack6_u WHERE U&\"\\0073sn\" > '2'")
+                rows = list(cur.fetchall())
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+        _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_u")
+    assert rows != [(2,)], rows
