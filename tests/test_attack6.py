@@ -368,3 +368,59 @@ def test_pg_unicode_escaped_identifier_hides_a_masked_column_from_the_filter(
         conn.close()
         _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_u")
     assert rows != [(2,)], rows
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: channels.parsed re-parses the raw text, so the copy check "
+    'misses U&"\\0073sn"; INSERT ... SELECT copies the SSN to an unmasked column',
+)
+def test_pg_unicode_escaped_identifier_copies_a_masked_column_out(pg_backend: Backend) -> None:
+    """Attack: ``*.ssn`` masked (``redact``, default filter), an identity
+    that may write. ``INSERT INTO notes SELECT id, ssn FROM t`` is refused
+    (``masking-side-channel``: it would copy the masked column), but
+    ``INSERT INTO notes SELECT id, U&"\\0073sn" FROM t`` runs, and ``SELECT
+    txt FROM notes`` returns every SSN in clear (``CREATE TABLE ... AS``
+    does the same).
+
+    Impact: masked values reach the caller unmasked, the core promise of
+    masking, for any identity allowed to write one table.
+
+    Root cause: ``masking/channels.py`` ``carries_masked`` walks the trees
+    of ``parsed``, which re-parses the raw text with sqlglot's tokenizer
+    (``U & "\\0073sn"``: no column ssn) instead of the analysis's
+    normalized tokens, where ``U&"\\0073sn"`` is ``ssn``.
+    """
+    _pg_raw(
+        pg_backend,
+        "DROP TABLE IF EXISTS attack6_uc",
+        "DROP TABLE IF EXISTS attack6_notes",
+        "CREATE TABLE attack6_uc (id int PRIMARY KEY, ssn text)",
+        "CREATE TABLE attack6_notes (id int, txt text)",
+        f"INSERT INTO attack6_uc VALUES (1, '{SSN1}'), (2, '{SSN2}')",
+    )
+    policy = {
+        "version": 1,
+        "extends": [],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact"}]},
+    }
+    conn = guardeddb.connect(pg_backend.url, policy=policy)
+    seen: list[Any] = []
+    try:
+        cur = conn.cursor()
+        with guardeddb.identity(AGENT):
+            with pytest.raises(guardeddb.QueryBlocked):
+                cur.execute("INSERT INTO attack6_notes SELECT id, ssn FROM attack6_uc")
+            conn.rollback()
+            with contextlib.suppress(guardeddb.Error):
+                cur.execute('INSERT INTO attack6_notes SELECT id, U&"\\0073sn" FROM attack6_uc')
+                conn.commit()
+            cur.execute("SELECT txt FROM attack6_notes")
+            seen = [r[0] for r in cur.fetchall()]
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+        _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_uc", "DROP TABLE IF EXISTS attack6_notes")
+    assert SSN1 not in seen, seen
