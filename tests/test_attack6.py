@@ -424,3 +424,66 @@ def test_pg_unicode_escaped_identifier_copies_a_masked_column_out(pg_backend: Ba
         conn.close()
         _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_uc", "DROP TABLE IF EXISTS attack6_notes")
     assert SSN1 not in seen, seen
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: filters_masked pairs statement i with sqlglot tree i; an empty "
+    "statement with a comment shifts the trees, so a masked WHERE is judged as SELECT 2",
+)
+def test_pg_empty_commented_statement_shifts_the_filter_judge(pg_backend: Backend) -> None:
+    """Attack: under ``*.ssn`` ``filter: deny`` on PostgreSQL, with a policy
+    that does not refuse stacked statements (psycopg without parameters runs
+    them all): ``SELECT 1; /* c */ ; SELECT 2; SELECT 3; SELECT id FROM t
+    WHERE id = 2 AND ssn > '2'``. The analysis drops the empty ``/* c */ ;``
+    statement (4 statements); ``sqlglot.parse`` returns a Semicolon and a
+    None for it (6 trees), so the 4th statement is judged on the tree of
+    ``SELECT 2``. The last result set has a row iff customer 2's SSN is over
+    '2' (its cells come back as None, the row count does not).
+
+    Impact: a range oracle on the masked column by row count, one bit per
+    query: every SSN by binary search.
+
+    Root cause: ``masking/filters.py`` ``filters_masked``: ``tree =
+    trees[i]`` with ``trees = channels.parsed(analysis)``, whose statements
+    are not ``analysis.statements`` (``analysis._chunks`` leaves out a
+    chunk holding only a semicolon and its comment; sqlglot keeps two nodes).
+    """
+    _pg_raw(
+        pg_backend,
+        "DROP TABLE IF EXISTS attack6_m",
+        "CREATE TABLE attack6_m (id int PRIMARY KEY, ssn text)",
+        f"INSERT INTO attack6_m VALUES (1, '{SSN1}'), (2, '{SSN2}')",
+    )
+    policy = {
+        "version": 1,
+        "extends": [],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact", "filter": "deny"}]},
+    }
+    conn = guardeddb.connect(pg_backend.url, policy=policy)
+    counts: list[int] = []
+    try:
+        cur = conn.cursor()
+        with guardeddb.identity(AGENT):
+            with pytest.raises(guardeddb.QueryBlocked):
+                cur.execute("SELECT id FROM attack6_m WHERE id = 2 AND ssn > '2'")
+            conn.rollback()
+            for who in (1, 2):
+                with contextlib.suppress(guardeddb.Error):
+                    cur.execute(
+                        "SELECT 1; /* c */ ; SELECT 2; SELECT 3; "
+                        f"SELECT id FROM attack6_m WHERE id = {who} AND ssn > '2'"
+                    )
+                    last = cur.fetchall()
+                    while cur.nextset():
+                        last = cur.fetchall()
+                    counts.append(len(last))
+                conn.rollback()
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+        _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_m")
+    # [0, 1]: customer 1's SSN is not over '2', customer 2's is
+    assert counts != [0, 1], counts
