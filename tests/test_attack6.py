@@ -487,3 +487,60 @@ def test_pg_empty_commented_statement_shifts_the_filter_judge(pg_backend: Backen
         _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_m")
     # [0, 1]: customer 1's SSN is not over '2', customer 2's is
     assert counts != [0, 1], counts
+
+
+@pytest.mark.pg
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: carries_masked pairs statement i with sqlglot tree i; an empty "
+    "commented statement shifts them and an INSERT ... SELECT ssn is judged as SELECT 2",
+)
+def test_pg_empty_commented_statement_copies_a_masked_column_out(pg_backend: Backend) -> None:
+    """Attack: ``*.ssn`` masked (``redact``), a policy that allows writes and
+    does not refuse stacked statements: ``INSERT INTO notes SELECT id, ssn
+    FROM t`` alone is refused (``masking-side-channel``), but ``SELECT 1;
+    /* c */ ; SELECT 2; SELECT 3; INSERT INTO notes SELECT id, ssn FROM t``
+    runs, and ``SELECT txt FROM notes`` returns every SSN in clear.
+
+    Impact: masked values reach the caller unmasked.
+
+    Root cause: ``masking/channels.py`` ``carries_masked``: ``tree =
+    trees[i]`` over ``parsed(analysis)``, which has two more entries (a
+    Semicolon, a None) for the empty ``/* c */ ;`` statement that
+    ``analysis._chunks`` leaves out; the INSERT is judged on ``SELECT 2``.
+    """
+    _pg_raw(
+        pg_backend,
+        "DROP TABLE IF EXISTS attack6_sm",
+        "DROP TABLE IF EXISTS attack6_sn",
+        "CREATE TABLE attack6_sm (id int PRIMARY KEY, ssn text)",
+        "CREATE TABLE attack6_sn (id int, txt text)",
+        f"INSERT INTO attack6_sm VALUES (1, '{SSN1}'), (2, '{SSN2}')",
+    )
+    policy = {
+        "version": 1,
+        "extends": [],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact"}]},
+    }
+    conn = guardeddb.connect(pg_backend.url, policy=policy)
+    seen: list[Any] = []
+    try:
+        cur = conn.cursor()
+        with guardeddb.identity(AGENT):
+            with pytest.raises(guardeddb.QueryBlocked):
+                cur.execute("INSERT INTO attack6_sn SELECT id, ssn FROM attack6_sm")
+            conn.rollback()
+            with contextlib.suppress(guardeddb.Error):
+                cur.execute(
+                    "SELECT 1; /* c */ ; SELECT 2; SELECT 3; "
+                    "INSERT INTO attack6_sn SELECT id, ssn FROM attack6_sm"
+                )
+                conn.commit()
+            cur.execute("SELECT txt FROM attack6_sn")
+            seen = [r[0] for r in cur.fetchall()]
+    finally:
+        with contextlib.suppress(Exception):
+            conn.rollback()
+        conn.close()
+        _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_sm", "DROP TABLE IF EXISTS attack6_sn")
+    assert SSN1 not in seen, seen
