@@ -544,3 +544,44 @@ def test_pg_empty_commented_statement_copies_a_masked_column_out(pg_backend: Bac
         conn.close()
         _pg_raw(pg_backend, "DROP TABLE IF EXISTS attack6_sm", "DROP TABLE IF EXISTS attack6_sn")
     assert SSN1 not in seen, seen
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="attack6: the same tree shift through SQLite's executescript copies SSNs out",
+)
+def test_sqlite_executescript_empty_statement_copies_a_masked_column_out() -> None:
+    """Attack: the PostgreSQL attack above through ``cursor.executescript``
+    on SQLite (any policy without a stacked-statement rule): ``SELECT 1;
+    /* c */ ; SELECT 2; SELECT 3; INSERT INTO n SELECT id, ssn FROM c``.
+
+    Impact: the SSN lands in ``n.txt`` (not masked) and is read in clear.
+
+    Root cause: ``masking/channels.py`` ``carries_masked`` pairs
+    ``analysis.statements[i]`` with ``parsed(analysis)[i]``.
+    """
+    raw = sqlite3.connect(":memory:")
+    raw.execute("CREATE TABLE c (id INTEGER PRIMARY KEY, ssn TEXT)")
+    raw.execute("CREATE TABLE n (id INT, txt TEXT)")
+    raw.execute("INSERT INTO c VALUES (1, ?)", (SSN1,))
+    raw.commit()
+    policy = {
+        "version": 1,
+        "extends": [],
+        "masking": {"rules": [{"columns": ["*.ssn"], "operator": "redact"}]},
+    }
+    conn = guardeddb.wrap(raw, policy=policy, identity=AGENT)
+    try:
+        cur = conn.cursor()
+        with pytest.raises(guardeddb.QueryBlocked):
+            cur.execute("INSERT INTO n SELECT id, ssn FROM c")
+        with contextlib.suppress(guardeddb.Error):
+            cur.executescript(
+                "SELECT 1; /* c */ ; SELECT 2; SELECT 3; INSERT INTO n SELECT id, ssn FROM c"
+            )
+            conn.commit()
+        cur.execute("SELECT txt FROM n")
+        seen = [r[0] for r in cur.fetchall()]
+    finally:
+        conn.close()
+    assert SSN1 not in seen, seen
