@@ -897,7 +897,14 @@ class _Impact:
     def measure(
         self, driver: Driver, conn: Any, sql: str, params: Any, analysis: Analysis
     ) -> Steps[None]:
-        self.count = yield from driver.dry_run(conn, sql, params, analysis.tables)
+        count = yield from driver.dry_run(conn, sql, params, analysis.tables)
+        st = analysis.statements[0]
+        if st.kind not in _ROW_CHANGING:
+            # The write is nested (WITH d AS (DELETE ...) SELECT ...): the
+            # driver's row count is the outer query's, not the rows touched.
+            # Unknown, which a rule holding or blocking by count takes as large.
+            count = None
+        self.count = count
         self.measured = True
 
 

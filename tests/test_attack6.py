@@ -39,11 +39,6 @@ def _equality_policy() -> dict[str, Any]:
 
 @pytest.mark.mysql
 @pytest.mark.parametrize("join", ["ON c.ssn = g.ssn", "USING (ssn)"])
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: MySQL equality filter trusts any column the rule covers, "
-    "whatever its type; a numeric ssn column reads the masked string's leading digits",
-)
 def test_mysql_equality_join_with_a_numeric_ssn_column_reads_leading_digits(
     mysql_backend: Backend, join: str
 ) -> None:
@@ -135,11 +130,6 @@ _BULK_DELETE_BLOCKED: dict[str, Any] = {
 
 
 @pytest.mark.pg
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: a data-modifying CTE under a SELECT is measured by the SELECT's "
-    "row count; affected_rows sees 1 row and 50 are deleted",
-)
 def test_pg_affected_rows_counts_a_data_modifying_cte_by_its_select(pg_backend: Backend) -> None:
     """Attack: ``affected_rows: {gt: 5}`` blocks ``DELETE FROM t WHERE id > 0``
     (50 rows). The agent sends ``WITH d AS (DELETE FROM t WHERE id > 0
@@ -217,11 +207,6 @@ def test_pg_affected_rows_misses_rows_deleted_by_a_cascade(pg_backend: Backend) 
     assert left > 44, f"{50 - left} child rows deleted past affected_rows > 5"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: masking/channels.parsed rewrites %s in any text, so '%ssn' "
-    "(SQLite's modulo by ssn) hides the column from the filter judge",
-)
 def test_sqlite_percent_glued_to_a_masked_column_hides_it_from_the_filter() -> None:
     """Attack: under ``*.ssn`` ``filter: deny`` on SQLite (no parameters),
     ``SELECT id FROM c WHERE (SELECT 200 %ssn) = 200``. SQLite reads
@@ -266,11 +251,6 @@ def test_sqlite_percent_glued_to_a_masked_column_hides_it_from_the_filter() -> N
 
 
 @pytest.mark.mysql
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: masking/channels.parsed rewrites %s in a text sent without "
-    "parameters, so '%ssn' (MariaDB's modulo by ssn) hides the column from the filter",
-)
 def test_mysql_percent_glued_to_a_masked_column_hides_it_from_the_filter(
     mysql_backend: Backend,
 ) -> None:
@@ -317,11 +297,6 @@ def test_mysql_percent_glued_to_a_masked_column_hides_it_from_the_filter(
 
 
 @pytest.mark.pg
-@pytest.mark.xfail(
-    strict=True,
-    reason='attack6: channels.parsed re-parses the raw text, where U&"\\0073sn" is '
-    "not ssn; the filter judge never sees the masked column",
-)
 def test_pg_unicode_escaped_identifier_hides_a_masked_column_from_the_filter(
     pg_backend: Backend,
 ) -> None:
@@ -371,11 +346,6 @@ def test_pg_unicode_escaped_identifier_hides_a_masked_column_from_the_filter(
 
 
 @pytest.mark.pg
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: channels.parsed re-parses the raw text, so the copy check "
-    'misses U&"\\0073sn"; INSERT ... SELECT copies the SSN to an unmasked column',
-)
 def test_pg_unicode_escaped_identifier_copies_a_masked_column_out(pg_backend: Backend) -> None:
     """Attack: ``*.ssn`` masked (``redact``, default filter), an identity
     that may write. ``INSERT INTO notes SELECT id, ssn FROM t`` is refused
@@ -427,11 +397,6 @@ def test_pg_unicode_escaped_identifier_copies_a_masked_column_out(pg_backend: Ba
 
 
 @pytest.mark.pg
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: filters_masked pairs statement i with sqlglot tree i; an empty "
-    "statement with a comment shifts the trees, so a masked WHERE is judged as SELECT 2",
-)
 def test_pg_empty_commented_statement_shifts_the_filter_judge(pg_backend: Backend) -> None:
     """Attack: under ``*.ssn`` ``filter: deny`` on PostgreSQL, with a policy
     that does not refuse stacked statements (psycopg without parameters runs
@@ -490,11 +455,6 @@ def test_pg_empty_commented_statement_shifts_the_filter_judge(pg_backend: Backen
 
 
 @pytest.mark.pg
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: carries_masked pairs statement i with sqlglot tree i; an empty "
-    "commented statement shifts them and an INSERT ... SELECT ssn is judged as SELECT 2",
-)
 def test_pg_empty_commented_statement_copies_a_masked_column_out(pg_backend: Backend) -> None:
     """Attack: ``*.ssn`` masked (``redact``), a policy that allows writes and
     does not refuse stacked statements: ``INSERT INTO notes SELECT id, ssn
@@ -546,10 +506,6 @@ def test_pg_empty_commented_statement_copies_a_masked_column_out(pg_backend: Bac
     assert SSN1 not in seen, seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="attack6: the same tree shift through SQLite's executescript copies SSNs out",
-)
 def test_sqlite_executescript_empty_statement_copies_a_masked_column_out() -> None:
     """Attack: the PostgreSQL attack above through ``cursor.executescript``
     on SQLite (any policy without a stacked-statement rule): ``SELECT 1;

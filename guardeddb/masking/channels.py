@@ -19,9 +19,8 @@ import contextlib
 import re
 from typing import TYPE_CHECKING, Any
 
-import sqlglot
-
 from ..errors import Error
+from ..sql.analysis import trees_of
 from ..sql.lineage import stored
 
 if TYPE_CHECKING:
@@ -39,7 +38,6 @@ _DIAGNOSTICS = re.compile(
 )
 # A user variable assigned from a query: SET @x = ..., @x := ..., INTO @x.
 _ASSIGNS = re.compile(r":=|\bINTO\s+@|\bSET\s+@|@\w+\s*=", re.IGNORECASE)
-_PYFORMAT = re.compile(r"%\(\w+\)s|%s")
 #: Catalogs that keep copies of column values: PostgreSQL's most common
 #: values and histogram bounds (pg_stats, pg_stats_ext and what they show),
 #: MariaDB's per-column min/max and histograms (and MySQL 8's), SQLite's
@@ -109,18 +107,11 @@ def _statistics(table: str, dialect: str) -> bool:
 
 
 def parsed(analysis: Analysis) -> list[Any] | None:
-    """The statements' syntax trees again (the analysis keeps only facts);
-    None when they cannot be had. Only statements that read a masked column
-    come here, once per statement and identity (decisions are cached)."""
-    try:
-        # pyformat markers read as ? on MySQL, NULL elsewhere: sqlglot's MySQL
-        # parser takes %s for a modulo, its PostgreSQL one ? for a JSON operator
-        mark = "?" if analysis.dialect == "mysql" else "NULL"
-        # a text a pyformat driver rewrites was analyzed as sent (%% as %)
-        text = analysis.sent or _PYFORMAT.sub(mark, analysis.text)
-        return list(sqlglot.parse(text, read=analysis.dialect))
-    except Exception:
-        return None
+    """The statements' syntax trees again, one per statement of the analysis
+    and read from its own tokens (``trees_of``); None when they cannot be
+    had. Only statements that read a masked column come here, once per
+    statement and identity (decisions are cached)."""
+    return trees_of(analysis)
 
 
 def carries_masked(analysis: Analysis, masking: Masking) -> str | None:

@@ -467,15 +467,16 @@ class _Judge:
         ``equality``: values; on MySQL only provable text (``text``)."""
         if not self.mysql:
             return _plain
-        rules = {id(r) for r in map(self.masking._rule, sources) if r is not None}
-        return lambda node: self.text(node, scope, ctes, rules)
+        own = frozenset(sources)
+        return lambda node: self.text(node, scope, ctes, own)
 
-    def text(self, node: exp.Expr | None, scope: _Scope, ctes: _Ctes, rules: set[int]) -> bool:
+    def text(self, node: exp.Expr | None, scope: _Scope, ctes: _Ctes, own: frozenset[str]) -> bool:
         """Whether MySQL compares ``node`` with a masked string as a string,
         not as a number (which reads the string's leading digits): a string
         literal, NULL, a value cast to a character type, a column only when
-        it is a base-table column the masked column's own rule covers (a
-        string like it), a subquery only when each of its columns is such."""
+        it is the masked column itself (the same table's, in a self-join: a
+        column of another table is not known to be text, whatever its name),
+        a subquery only when each of its columns is such."""
         while isinstance(node, exp.Paren):
             node = node.this
         if isinstance(node, exp.Cast | exp.Literal | exp.Null):
@@ -484,37 +485,27 @@ class _Judge:
             if isinstance(node.this, exp.Star):
                 return False
             sources, bare = self.resolver.column(node, scope)
-            return bare and self.same_rule(sources, rules)
+            return bare and _same_column(sources, own)
         if not isinstance(node, _QUERIES):
             return False
         q = _unwrap(node)
         ctes = self.resolver.with_ctes(q, ctes, scope)
         if isinstance(q, exp.SetOperation):
-            return self.text(q.this, scope, ctes, rules) and self.text(
-                q.expression, scope, ctes, rules
-            )
+            return self.text(q.this, scope, ctes, own) and self.text(q.expression, scope, ctes, own)
         if not isinstance(q, exp.Select) or not q.expressions:
             return False
         inner = self.resolver.scope(q, ctes, scope)
         return all(
-            self.text(e.this if isinstance(e, exp.Alias) else e, inner, ctes, rules)
+            self.text(e.this if isinstance(e, exp.Alias) else e, inner, ctes, own)
             for e in q.expressions
         )
 
-    def same_rule(self, sources: set[str] | frozenset[str], rules: set[int]) -> bool:
-        """Every source a base-table column covered by the one rule in ``rules``."""
-        if len(rules) != 1 or not sources:
-            return False
-        for src in sources:
-            rule = self.masking._rule(src)
-            if src.startswith("?.") or src.endswith(".*") or rule is None or id(rule) not in rules:
-                return False
-        return True
-
     def using_text(self, name: str, scope: _Scope, sources: set[str]) -> bool:
-        """On MySQL, whether a join USING (``name``) compares only columns
-        the masked column's own rule covers: no item may bring a number."""
-        rules = {id(r) for r in map(self.masking._rule, sources) if r is not None}
+        """On MySQL, whether a join USING (``name``) compares only the masked
+        column with itself (a self-join): no item may bring a number."""
+        own = frozenset(sources)
+        if len(own) != 1:  # two tables' columns of that name: one may be a number
+            return False
         for item in scope.items.values():
             if (
                 item.kind == "derived"
@@ -524,7 +515,7 @@ class _Judge:
             ):
                 continue  # certainly not a column of this item
             got, bare = item.column(name)
-            if not bare or not self.same_rule(got, rules):
+            if not bare or not _same_column(got, own):
                 return False
         return True
 
@@ -654,6 +645,13 @@ def _value(node: exp.Expr | None) -> bool:
 
 
 _TEXT = frozenset({"CHAR", "VARCHAR", "TEXT", "NCHAR", "NVARCHAR", "CHARACTER_SET"})
+
+
+def _same_column(sources: set[str] | frozenset[str], own: frozenset[str]) -> bool:
+    """Every source one of the masked column's own base-table columns."""
+    return bool(sources) and all(
+        not src.startswith("?.") and not src.endswith(".*") and src in own for src in sources
+    )
 
 
 def _text_value(node: exp.Expr | None) -> bool:

@@ -43,6 +43,7 @@ __all__ = [
     "cache_for",
     "fresh",
     "oversized",
+    "trees_of",
 ]
 
 #: Distinct SQL texts kept per dialect; applications have a bounded set of
@@ -277,50 +278,66 @@ def _marks(text: str, tokens: list[Token] | None) -> tuple[tuple[int, str], ...]
 
 
 def _statements(
-    sql: str, tokens: list[Token] | None, dialect: Dialect, name: str, converted: bool = False
+    sql: str,
+    tokens: list[Token] | None,
+    dialect: Dialect,
+    name: str,
+    converted: bool = False,
+    trees: list[exp.Expr | None] | None = None,
 ) -> tuple[Statement, ...]:
     """The facts of each statement of ``sql``; ``converted``: ``sql`` is a
-    pyformat driver's text as sent (``pyformat.py``), its values spelled ``?``."""
+    pyformat driver's text as sent (``pyformat.py``), its values spelled ``?``.
+    ``trees``, when given, receives each statement's syntax tree (None for
+    one read without a tree), in the statements' order: see ``trees_of``."""
+    statements: list[Statement] = []
+
+    def add(fact: Statement, tree: exp.Expr | None = None) -> None:
+        statements.append(fact)
+        if trees is not None:
+            trees.append(tree)
+
     if tokens is None:
-        return (untokenizable(sql, name),)
+        add(untokenizable(sql, name))
+        return tuple(statements)
     if name == "mysql" and ("/*!" in sql or "/*M!" in sql):
         # MySQL runs the inside of /*! ... */; every parser skips it.
-        return (Statement.unknown("MySQL executable comment (/*! ... */)"),)
+        add(Statement.unknown("MySQL executable comment (/*! ... */)"))
+        return tuple(statements)
     if name in ("postgres", "mysql") and not converted:
         tokens = _placeholders(tokens)
     tokens, differential = normalize_tokens(tokens, sql, name)
     if differential:
         # The server would split or read this text otherwise: no fact holds,
         # so no policy may let it through.
-        return (replace(Statement.unknown(differential), refused=differential),)
-    statements = []
+        add(replace(Statement.unknown(differential), refused=differential))
+        return tuple(statements)
     for chunk in _chunks(tokens):
         control = _transaction_control(chunk)
         if control is not None:
-            statements.append(control)
+            add(control)
             continue
         facts, problem = expand_commands(chunk, name)
         refused = kernel_refusal(facts, name)
         if refused:
-            statements.append(replace(Statement.unknown(refused), refused=refused))
+            add(replace(Statement.unknown(refused), refused=refused))
             continue
         if problem:
-            statements.append(Statement.unknown(problem))
+            add(Statement.unknown(problem))
             continue
         parsing = _PARSING.set(True)
         try:
-            trees = dialect.parser(error_level=ErrorLevel.RAISE).parse(chunk, sql)
+            parsed = dialect.parser(error_level=ErrorLevel.RAISE).parse(chunk, sql)
         except Exception as exc:  # any parser failure, even its own bugs: not understood
-            statements.append(Statement.unknown(parse_problem(exc)))
+            add(Statement.unknown(parse_problem(exc)))
             continue
         finally:
             _PARSING.reset(parsing)
         text = sql[chunk[0].start : chunk[-1].end + 1]
-        for tree in trees:
+        for tree in parsed:
             if tree is None:
                 continue
             if converted and name == "postgres" and _operator_as_value(tree):
-                statements.append(Statement.unknown(_OPERATOR_AS_VALUE))
+                add(Statement.unknown(_OPERATOR_AS_VALUE))
                 continue
             try:
                 fact = classify(tree, text, name, facts)
@@ -331,8 +348,25 @@ def _statements(
                 # An opaque command (CALL p(pg_read_file(...))): its arguments
                 # were never parsed, but the names it calls are in its tokens.
                 fact = replace(fact, functions=called_names(facts))
-            statements.append(fact)
+            add(fact, tree)
     return tuple(statements)
+
+
+def trees_of(analysis: Analysis) -> list[exp.Expr | None] | None:
+    """The syntax tree of each of ``analysis``'s statements (None where it
+    has none), read from the same normalized tokens as its facts (comments
+    dropped, ``U&`` names decoded, pyformat markers as values, empty
+    statements left out), so that ``trees_of(a)[i]`` is the tree of
+    ``a.statements[i]``. None when that cannot be had (the analysis keeps
+    only facts: checks that need a tree ask for it again, rarely)."""
+    sql = analysis.sent or analysis.text
+    try:
+        tokens = _tokenize(analysis.dialect, sql)
+    except Exception:  # the analysis could not tokenize it either
+        return None
+    out: list[exp.Expr | None] = []
+    _statements(sql, tokens, _dialect(analysis.dialect), analysis.dialect, bool(analysis.sent), out)
+    return out if len(out) == len(analysis.statements) else None
 
 
 def cache_for(dialect: str, converted: bool = False) -> dict[str, Analysis]:
